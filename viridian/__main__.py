@@ -1,0 +1,5 @@
+"""``python -m viridian``."""
+
+from viridian.cli.main import main
+
+raise SystemExit(main())
