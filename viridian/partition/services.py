@@ -34,6 +34,10 @@ class MachineServices(Protocol):
         """Something became pending for ``vp`` (message, timer, event): wake it if halted/idle."""
         ...
 
+    def enter_idle(self, vp: int) -> None:
+        """GUEST_IDLE read: park ``vp`` until any interrupt arrives, even with IF = 0 (TLFS §7.x)."""
+        ...
+
 
 @dataclass
 class RecordingServices:
@@ -46,6 +50,7 @@ class RecordingServices:
     resets: list[int] = field(default_factory=list)
     crashes: list[tuple[int, tuple[int, int, int, int, int], bytes | None]] = field(default_factory=list)
     kicks: list[int] = field(default_factory=list)
+    idles: list[int] = field(default_factory=list)
 
     def flush_tlb(self, source_vp: int, targets: Iterable[int], gvas: Iterable[int] | None) -> None:
         self.flushes.append((source_vp, tuple(targets), None if gvas is None else tuple(gvas)))
@@ -64,3 +69,6 @@ class RecordingServices:
 
     def kick(self, vp: int) -> None:
         self.kicks.append(vp)
+
+    def enter_idle(self, vp: int) -> None:
+        self.idles.append(vp)
