@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from msr.faults import Fault, ud
+from msr.faults import Fault, GuestFault, ud
 from viridian.abi.control import HypercallControl, result_value
 from viridian.abi.memory import GuestMemory, GuestMemoryError
 from viridian.abi.registers import HypercallRegisters, fast_output_capacity
@@ -194,6 +194,9 @@ class HypercallTable(Generic[C]):
             self._finish(out, regs, rej.status, 0)
         except _Fault as flt:
             out.fault, out.advance_rip = flt.fault, False
+        except GuestFault as gf:  # docs/architecture.md: handlers may raise GuestFault; it becomes a fault
+            out.registers.clear()
+            out.fault, out.advance_rip = gf.fault, False
         except Exception:  # host bug: never let it reach the vCPU loop
             log.exception("hypercall %s raised; answering INVALID_HYPERCALL_INPUT", out.name)
             out.registers.clear()
@@ -239,8 +242,12 @@ class HypercallTable(Generic[C]):
                 raise _Fault(ud("XMM fast hypercall input not available"))
             if in_len > XMM_FAST_INPUT_MAX:
                 raise _Reject(HvStatus.INVALID_HYPERCALL_INPUT)
-            if out_len and (not policy.xmm_output or not regs.long_mode or out_len > fast_output_capacity(in_len)):
+            if out_len and (not policy.xmm_output or not regs.long_mode):
                 raise _Fault(ud("XMM fast hypercall output not available"))
+            # TLFS §3.7 "XMM fast output": #UD only when the interface is not offered; output that does not
+            # fit the registers after the input is a bad input value, like input > 112 bytes (OpenVMM too).
+            if out_len > fast_output_capacity(in_len):
+                raise _Reject(HvStatus.INVALID_HYPERCALL_INPUT)
             block = regs.fast_input_block(in_len, xmm)
         else:
             in_gpa, output_gpa = regs.param1, regs.param2
@@ -257,8 +264,9 @@ class HypercallTable(Generic[C]):
             assert spec.simple_handler is not None
             res = spec.simple_handler(ctx, call)
             status, output = (res, b"") if isinstance(res, HvStatus) else res
+            output = output[: spec.output_size]  # a call without output never touches its (unchecked) GPA
             if output and status == HvStatus.SUCCESS:
-                self._write_output(out, regs, memory, call, in_len, 0, output[: spec.output_size])
+                self._write_output(out, regs, memory, call, in_len, 0, output)
             self._finish(out, regs, status, 0)
             return
 
@@ -292,10 +300,14 @@ class HypercallTable(Generic[C]):
         data: bytes,
     ) -> None:
         if call.fast:
-            out.registers.update(regs.fast_output_writes(in_len, bytes(offset) + data if offset else data))
+            # Output of reps before RepStartIndex stays as the earlier execution left it (TLFS §3.7).
+            out.registers.update(regs.fast_output_writes(in_len, data, offset))
         else:
             assert call.output_gpa is not None
-            memory.write(call.output_gpa + offset, data)
+            try:
+                memory.write(call.output_gpa + offset, data)
+            except GuestMemoryError:  # TLFS §3.8 common status: GPA not in the (writable) GPA space
+                raise _Reject(HvStatus.INVALID_ALIGNMENT) from None
 
     @staticmethod
     def _finish(out: HypercallOutcome, regs: HypercallRegisters, status: HvStatus, reps: int) -> None:

@@ -65,11 +65,21 @@ class HypercallRegisters:
             raw += b"".join((x & M128).to_bytes(16, "little") for x in self.xmm[:XMM_COUNT])
         return raw[:length]
 
-    def fast_output_writes(self, input_length: int, output: bytes) -> dict[str, int]:
+    def fast_output_writes(self, input_length: int, output: bytes, offset: int = 0) -> dict[str, int]:
         """XMM fast output: the 16-byte register units after the input (rounded up to 16 bytes) —
-        unit 0 is RDX:R8, units 1..6 are XMM0..XMM5 (TLFS §3.7 "XMM fast output")."""
+        unit 0 is RDX:R8, units 1..6 are XMM0..XMM5 (TLFS §3.7 "XMM fast output").
+
+        ``output`` lands at byte ``offset`` of the output area (a rep call's RepStartIndex * element size).
+        Units wholly before ``offset`` are not written, and bytes before it in a shared unit keep their
+        value: they hold the output of reps already completed (TLFS §3.7 "rep start index ... how many
+        elements have been completed"). The rest of the last unit is zeroed (TLFS: padding may be
+        overwritten, with zeros)."""
         writes: dict[str, int] = {}
-        unit = (input_length + 15) // 16
+        if not output:
+            return writes
+        unit = (input_length + 15) // 16 + offset // 16
+        if offset % 16:
+            output = self._unit_bytes(unit)[: offset % 16] + output
         for off in range(0, len(output), 16):
             chunk = output[off : off + 16].ljust(16, b"\0")
             if unit == 0:
@@ -79,6 +89,12 @@ class HypercallRegisters:
                 writes[f"xmm{unit - 1}"] = int.from_bytes(chunk, "little")
             unit += 1
         return writes
+
+    def _unit_bytes(self, unit: int) -> bytes:
+        """Current contents of fast register unit ``unit`` (0 = RDX:R8, n = XMM(n-1))."""
+        if unit == 0:
+            return (self.rdx & M64).to_bytes(8, "little") + (self.r8 & M64).to_bytes(8, "little")
+        return (self.xmm[unit - 1] & M128).to_bytes(16, "little")
 
 
 def fast_output_capacity(input_length: int) -> int:

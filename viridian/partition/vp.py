@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple
 
 from msr.apic import LocalApicPort
 from msr.faults import Fault
@@ -14,6 +15,15 @@ from viridian.partition.synic import SynIC
 
 if TYPE_CHECKING:
     from viridian.partition.partition import Partition
+
+
+class Overlay(NamedTuple):
+    """A hypervisor-owned page mapped into the guest (TLFS §5.x "overlay pages"): its GPA, what it is
+    ("hypercall", "reference_tsc", ...), and whether the guest may write it."""
+
+    gpa: int
+    kind: str
+    writable: bool
 
 
 class VirtualProcessor:
@@ -50,6 +60,16 @@ class VirtualProcessor:
         """Called right after the VP stops running guest code (APIC assist: retire lazy EOIs)."""
         self.assist.after_run()
 
+    def overlays(self) -> list[Overlay]:
+        """Per-VP overlay pages: whatever a component (SynIC, APIC assist) lists through an optional
+        ``overlays()`` method of its own (none does today: SIMP/SIEFP/assist pages are plain RAM)."""
+        out: list[Overlay] = []
+        for part in (self.synic, self.assist):
+            listing: Callable[[], Iterable[Overlay]] | None = getattr(part, "overlays", None)
+            if listing is not None:
+                out.extend(listing())
+        return out
+
     def reset(self) -> None:
         """VP reset state (TLFS: SynIC pages and SINTs back to their initial values)."""
         self.runtime_100ns = 0
@@ -58,4 +78,4 @@ class VirtualProcessor:
         self.assist.reset()
 
 
-__all__ = ["NOT_MINE", "VirtualProcessor"]
+__all__ = ["NOT_MINE", "Overlay", "VirtualProcessor"]
