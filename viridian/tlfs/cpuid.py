@@ -132,12 +132,14 @@ class Recommendation(IntFlag):
     INT_FOR_MBEC_SYSCALLS = 1 << 13
     ENLIGHTENED_VMCS = 1 << 14
     SYNCED_TIMELINE = 1 << 15
+    CORE_SCHEDULER_REQUESTED = 1 << 16  # Mile.HyperV.TLFS.h (6.0b: reserved)
     DIRECT_LOCAL_FLUSH_ENTIRE = 1 << 17
     NO_NONARCHITECTURAL_CORE_SHARING = 1 << 18
     MMIO_HYPERCALLS = 1 << 21
 
 
 SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF  # 0x40000004.EBX: never notify (TLFS 6.0b §2.4.5)
+IMPLEMENTED_PA_BITS_MASK = 0x7F  # 0x40000004.ECX[6:0] ImplementedPhysicalAddressBits (0 = not reported)
 
 
 class HardwareFeature(IntFlag):
@@ -155,15 +157,66 @@ class HardwareFeature(IntFlag):
     SYNTHETIC_TIMERS_VOLATILE = 1 << 9
 
 
+class CpuManagementFeature(IntFlag):
+    """0x40000007.EAX, root partition only (TLFS 6.0b §2.4.8; Mile.HyperV.TLFS HV_X64_HYPERVISOR_CPU_MANAGEMENT_FEATURES)."""
+
+    START_LOGICAL_PROCESSOR = 1 << 0
+    CREATE_ROOT_VIRTUAL_PROCESSOR = 1 << 1
+    PERFORMANCE_COUNTER_SYNC = 1 << 2
+    RESERVED_IDENTITY_BIT = 1 << 31
+
+
+class CpuManagementPower(IntFlag):
+    """0x40000007.EBX (root partition power management)."""
+
+    PROCESSOR_POWER_MANAGEMENT = 1 << 0
+    MWAIT_IDLE_STATES = 1 << 1
+    LOGICAL_PROCESSOR_IDLING = 1 << 2
+
+
+CPU_MANAGEMENT_REMAP_GUEST_UNCACHED = 1 << 0  # 0x40000007.ECX[0]
+
+
+class SvmFeature(IntFlag):
+    """0x40000008.EAX (TLFS 6.0b §2.4.9 HV_HYPERVISOR_SVM_FEATURES); bits 31:11 = MaxPasidSpacePasidCount."""
+
+    SVM_SUPPORTED = 1 << 0
+
+
+SVM_MAX_PASID_COUNT_SHIFT = 11
+SVM_MAX_PASID_COUNT_MASK = 0x1FFFFF << SVM_MAX_PASID_COUNT_SHIFT  # 0x40000008.EAX[31:11]
+
+
+class NestedPrivilege(IntFlag):
+    """0x40000009.EAX: virtual MSRs exposed when running nested (TLFS feature-discovery.md)."""
+
+    ACCESS_SYNIC_REGS = 1 << 2
+    ACCESS_INTR_CTRL_REGS = 1 << 4
+    ACCESS_HYPERCALL_MSRS = 1 << 5
+    ACCESS_VP_INDEX = 1 << 6
+    ACCESS_REENLIGHTENMENT_CONTROLS = 1 << 12
+
+
+class NestedFeature(IntFlag):
+    """0x40000009.EDX: hypercall features exposed when running nested (TLFS feature-discovery.md)."""
+
+    XMM_REGISTERS_FOR_FAST_HYPERCALL = 1 << 4
+    FAST_HYPERCALL_OUTPUT = 1 << 15
+    SINT_POLLING_MODE = 1 << 17
+
+
 class NestedOptimization(IntFlag):
     """0x4000000A.EAX (eVMCS version in 15:0) (TLFS §2.4.11; QEMU hv-evmcs/hv-tlbflush-direct/hv-emsr-bitmap)."""
 
     DIRECT_VIRTUAL_FLUSH = 1 << 17
     FLUSH_GUEST_PHYSICAL = 1 << 18
     ENLIGHTENED_MSR_BITMAP = 1 << 19
+    VIRTUALIZATION_EXCEPTION = 1 << 20  # Mile.HyperV.TLFS (md: reserved)
 
 
 EVMCS_VERSION = 0x0101  # QEMU: 0x4000000A.EAX[15:0] with hv-evmcs
+EVMCS_VERSION_LOW_MASK = 0x00FF  # 0x4000000A.EAX[7:0] lowest supported eVMCS version
+EVMCS_VERSION_HIGH_MASK = 0xFF00  # 0x4000000A.EAX[15:8] highest supported eVMCS version
 
 
 def vendor_registers(vendor: str) -> tuple[int, int, int]:

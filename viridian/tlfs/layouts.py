@@ -16,15 +16,36 @@ from typing import Any, Literal
 
 from construct import BitsInteger, BitStruct, ByteSwapped, Container, Flag
 
-from viridian.tlfs.cpuid import Feature, PartitionPrivilege, Recommendation
+from viridian.tlfs.cpuid import (
+    CpuManagementFeature,
+    CpuManagementPower,
+    Feature,
+    HardwareFeature,
+    NestedFeature,
+    NestedPrivilege,
+    PartitionPrivilege,
+    Recommendation,
+)
 
 __all__ = [
     "APIC_ASSIST",
+    "CPUID_CPU_MANAGEMENT_EAX",
+    "CPUID_CPU_MANAGEMENT_EBX",
     "CPUID_FEATURES_EAX",
     "CPUID_FEATURES_EBX",
+    "CPUID_FEATURES_ECX",
     "CPUID_FEATURES_EDX",
+    "CPUID_HARDWARE_FEATURES_EAX",
+    "CPUID_NESTED_FEATURES_EAX",
+    "CPUID_NESTED_FEATURES_EDX",
+    "CPUID_NESTED_OPTIMIZATIONS_EAX",
     "CPUID_RECOMMENDATIONS_EAX",
+    "CPUID_RECOMMENDATIONS_ECX",
+    "CPUID_SVM_FEATURES_EAX",
+    "CPUID_VERSION_EBX",
+    "CPUID_VERSION_EDX",
     "CRASH_CTL",
+    "EOI",
     "GUEST_OS_ID_OPEN_SOURCE",
     "GUEST_OS_ID_PROPRIETARY",
     "GVA_RANGE",
@@ -33,6 +54,7 @@ __all__ = [
     "HYPERCALL",
     "HYPERCALL_INPUT",
     "HYPERCALL_RESULT",
+    "ICR",
     "INPUT_VTL",
     "MESSAGE_FLAGS",
     "OVERLAY_PAGE",
@@ -45,8 +67,10 @@ __all__ = [
     "SINT",
     "STIMER_CONFIG",
     "STIME_UNHALTED_TIMER_CONFIG",
+    "TPR",
     "TSC_EMULATION_CONTROL",
     "TSC_EMULATION_STATUS",
+    "TSC_INVARIANT_CONTROL",
     "VP_ASSIST_PAGE",
     "field_mask",
     "field_spans",
@@ -191,7 +215,16 @@ REENLIGHTENMENT_CONTROL = _register(
 TSC_EMULATION_CONTROL = _register(_bits("rsvdz_63_1", 63), _flag("enabled"))
 TSC_EMULATION_STATUS = _register(_bits("rsvdz_63_1", 63), _flag("in_progress"))
 
+# HV_X64_MSR_TSC_INVARIANT_CONTROL: Linux hyperv-tlfs.h HV_EXPOSE_INVARIANT_TSC (KVM: bit 0 only, sticky).
+TSC_INVARIANT_CONTROL = _register(_bits("rsvdz_63_1", 63), _flag("expose_invariant_tsc"))
+
 # --- Per-VP MSRs ---------------------------------------------------------------------------------------------
+
+# HV_X64_MSR_EOI / ICR / TPR: TLFS virtual-interrupts.md "Synthetic APIC MSRs" (APIC EOI 0xB0, ICR 0x310:0x300,
+# TPR 0x80).
+EOI = _register(_bits("rsvdz_63_32", 32), _bits("eoi", 32))
+ICR = _register(_bits("icr_high", 32), _bits("icr_low", 32))
+TPR = _register(_bits("rsvdz_63_8", 56), _bits("tpr", 8))
 
 # HV_X64_MSR_SCONTROL: TLFS "SynIC MSRs", SCONTROL Register.
 SCONTROL = _register(
@@ -277,6 +310,52 @@ CPUID_FEATURES_EBX = _flag_register(PartitionPrivilege, 32)
 CPUID_FEATURES_EDX = _flag_register(Feature, 0)
 # 0x40000004.EAX implementation recommendations: TLFS feature-discovery.md.
 CPUID_RECOMMENDATIONS_EAX = _flag_register(Recommendation, 0)
+# 0x40000006.EAX hardware features in use; 0x40000007 root CPU management; 0x40000009 nested features.
+CPUID_HARDWARE_FEATURES_EAX = _flag_register(HardwareFeature, 0)
+CPUID_CPU_MANAGEMENT_EAX = _flag_register(CpuManagementFeature, 0)
+CPUID_CPU_MANAGEMENT_EBX = _flag_register(CpuManagementPower, 0)
+CPUID_NESTED_FEATURES_EAX = _flag_register(NestedPrivilege, 0)
+CPUID_NESTED_FEATURES_EDX = _flag_register(NestedFeature, 0)
+
+# 0x40000002 hypervisor version: TLFS feature-discovery.md "Hypervisor System Identity" (EAX build, ECX SP).
+CPUID_VERSION_EBX = _register(_bits("major", 16), _bits("minor", 16))
+CPUID_VERSION_EDX = _register(_bits("service_branch", 8), _bits("service_number", 24))
+
+# 0x40000003.ECX: TLFS md power/misc bits; [3:0] = max processor power state C0..C3 (Win7-era WDK ff542428).
+CPUID_FEATURES_ECX = _register(
+    _bits("rsvd_31_11", 21),
+    _flag("vp_ghcb_root_mapping"),
+    _flag("vp_dispatch_interrupt_injection"),
+    _flag("exception_trap_intercept"),
+    _flag("architectural_pmu"),
+    _flag("supervisor_shadow_stack"),
+    _flag("invariant_mperf"),
+    _bits("rsvd_4", 1),
+    _bits("max_power_state", 4),
+)
+
+# 0x40000004.ECX: TLFS feature-discovery.md, ImplementedPhysicalAddressBits (0 = not reported).
+CPUID_RECOMMENDATIONS_ECX = _register(_bits("rsvd_31_7", 25), _bits("implemented_physical_address_bits", 7))
+
+# 0x40000008.EAX: TLFS 6.0b HV_HYPERVISOR_SVM_FEATURES.
+CPUID_SVM_FEATURES_EAX = _register(
+    _bits("max_pasid_space_pasid_count", 21),
+    _bits("rsvd_10_1", 10),
+    _flag("svm_supported"),
+)
+
+# 0x4000000A.EAX: TLFS feature-discovery.md "Hypervisor Nested Virtualization Features" (bit 20 per
+# Mile.HyperV.TLFS HV_HYPERVISOR_NESTED_VIRTUALIZATION_FEATURES).
+CPUID_NESTED_OPTIMIZATIONS_EAX = _register(
+    _bits("rsvd_31_21", 11),
+    _flag("virtualization_exception"),
+    _flag("enlightened_msr_bitmap"),
+    _flag("flush_guest_physical"),
+    _flag("direct_virtual_flush"),
+    _bits("rsvd_16", 1),
+    _bits("evmcs_version_high", 8),
+    _bits("evmcs_version_low", 8),
+)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
