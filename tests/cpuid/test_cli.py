@@ -78,3 +78,48 @@ def test_bad_flag_with_json_prints_nothing_on_stdout(capsys: pytest.CaptureFixtu
     assert main(["cpuid", "--hv", "hv-relaxd", "--json"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "did you mean hv-relaxed?" in err
+
+
+WIDE_CONFIGS = [
+    ["--preset", "all"], ["--preset", "recommended"], ["--preset", "xen-defaults"], ["--preset", "none"],
+    ["--hv", "hv-passthrough,hv-no-nonarch-coresharing=on"],
+    ["--xen", "all,guest_idle", "--guest-os-id", "0x0001040A00004F7C"],
+    ["--hv", "hv-relaxed,hv-vendor-id=WWWWWWWWWWWW,hv-version-id-build=0xffffffff,hv-version-id-major=0xffff,"
+             "hv-version-id-minor=0xffff,hv-version-id-spack=0xffffffff,hv-version-id-sbranch=0xff,"
+             "hv-version-id-snumber=0xffffff,x-hv-max-vps=0xffffffff,x-hv-max-lps=0xffffffff"],
+]
+
+
+@pytest.mark.parametrize("args", WIDE_CONFIGS, ids=lambda a: " ".join(a)[:40])
+def test_human_output_fits_80_columns(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert main(["cpuid", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n")
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_human_output_one_bit_name_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpuid", "--preset", "all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line for line in lines if re.fullmatch(r"4000000[0-9a]( {2}[0-9a-f]{8}){4}", line)]
+    assert [line[:8] for line in table] == [k[2:] for k in LEAF_KEYS]  # every leaf, raw, in order
+    decoded = lines[lines.index("decoded:") + 1:]
+    names = [line.split()[-1] for line in decoded]
+    for name in ("relaxed_timing", "ex_processor_masks", "direct_synthetic_timers", "post_messages",
+                 "extended_gva_ranges_for_flush_va_list", "enlightened_msr_bitmap"):
+        assert name in names  # alone at the end of its own line
+    edx = next(i for i, line in enumerate(decoded) if line.startswith(" " * 10 + "edx"))
+    assert decoded[edx].split() == ["edx", "cpu_dynamic_partitioning"]
+
+
+def test_human_output_prints_vendor_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    # no console markup interpretation of guest-visible strings
+    assert main(["cpuid", "--hv", "hv-relaxed,hv-vendor-id=[red]x[/]"]) == 0
+    assert "vendor '[red]x[/]'" in capsys.readouterr().out
+
+
+def test_human_output_without_enlightenments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpuid", "--preset", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "no Hyper-V interface offered" in out
+    assert "40000001  00000000  00000000  00000000  00000000" in out
