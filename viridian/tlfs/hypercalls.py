@@ -55,6 +55,10 @@ class HvCall(IntEnum):
     MODIFY_SPARSE_GPA_PAGE_HOST_VISIBILITY = 0x00DB
     MMIO_READ = 0x0106
     MMIO_WRITE = 0x0107
+    # Win7-era numbering (WDK 2013 ff541397) of calls the TLFS later renumbered (0x0094-0x0096).
+    ASSERT_VIRTUAL_INTERRUPT_WIN7 = 0x0055
+    CREATE_PORT_WIN7 = 0x0057
+    CONNECT_PORT_WIN7 = 0x0059
     # Extended hypercalls (TLFS §3.x "Extended hypercall interface"), need ENABLE_EXTENDED_HYPERCALLS.
     EXT_QUERY_CAPABILITIES = 0x8001
     EXT_GET_BOOT_ZEROED_MEMORY = 0x8002
