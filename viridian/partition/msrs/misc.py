@@ -64,6 +64,8 @@ _NOT_MODELLED: list[tuple[tuple[HvMsr, ...], Gate, str]] = [
     ((HvMsr.SYNDBG_CONTROL, HvMsr.SYNDBG_STATUS, HvMsr.SYNDBG_SEND_BUFFER, HvMsr.SYNDBG_RECV_BUFFER,
       HvMsr.SYNDBG_PENDING_BUFFER, HvMsr.SYNDBG_OPTIONS), feature(Feature.DEBUG_REGS),
      "synthetic debugger not modelled (KVM hv-syndbg, EDX11)"),
+    # SynIC SIRBP (Linux hvgdk_mini.h): VSM-only, behind AccessVsm, which no configuration offers.
+    ((HvMsr.SIRBP,), privilege(PartitionPrivilege.ACCESS_VSM), "SIRBP: VSM not modelled (Linux hvgdk, EBX16)"),
     # TLFS App. C synthetic time-unhalted timer (EDX23): needs a PMU-style unhalted clock we lack.
     ((HvMsr.STIME_UNHALTED_TIMER_CONFIG, HvMsr.STIME_UNHALTED_TIMER_COUNT),
      feature(Feature.SYNTHETIC_TIME_UNHALTED_TIMER), "time-unhalted timer not modelled (TLFS App. C, EDX23)"),

@@ -29,12 +29,14 @@ def _settle(vp: VirtualProcessor, now: int) -> None:
 
 
 def _declare_timer(n: int) -> None:
-    @HV_MSRS.reader(stimer_config_msr(n), name=f"STIMER{n}_CONFIG", gate=STIMER)
+    @HV_MSRS.reader(stimer_config_msr(n), name=f"STIMER{n}_CONFIG", gate=STIMER,
+                    cite="TLFS timers.md STIMERx_CONFIG")
     def read_config(vp: VirtualProcessor) -> int:
         # TLFS §12.x: 0 Enable, 1 Periodic, 2 Lazy, 3 AutoEnable, 11:4 ApicVector, 12 Direct, 19:16 SINTx.
         return vp.synic.timers[n].config
 
-    @HV_MSRS.writer(stimer_config_msr(n), name=f"STIMER{n}_CONFIG", gate=STIMER, reserved=STIMER_CONFIG_RESERVED)
+    @HV_MSRS.writer(stimer_config_msr(n), name=f"STIMER{n}_CONFIG", gate=STIMER, reserved=STIMER_CONFIG_RESERVED,
+                    cite="TLFS timers.md STIMERx_CONFIG; KVM stimer_set_config")
     def write_config(vp: VirtualProcessor, value: int) -> None:
         # KVM stimer_set_config: DirectMode without 0x40000003.EDX[19] -> #GP; RsvdZ 15:13, 63:20 -> #GP.
         if value & STIMER_DIRECT_MODE and not _DIRECT_OFFERED(vp):
@@ -43,12 +45,13 @@ def _declare_timer(n: int) -> None:
         vp.synic.timers[n].write_config(value, now)
         _settle(vp, now)
 
-    @HV_MSRS.reader(stimer_count_msr(n), name=f"STIMER{n}_COUNT", gate=STIMER)
+    @HV_MSRS.reader(stimer_count_msr(n), name=f"STIMER{n}_COUNT", gate=STIMER, cite="TLFS timers.md STIMERx_COUNT")
     def read_count(vp: VirtualProcessor) -> int:
         # TLFS §12.x: COUNT reads back the programmed value (100 ns units).
         return vp.synic.timers[n].count
 
-    @HV_MSRS.writer(stimer_count_msr(n), name=f"STIMER{n}_COUNT", gate=STIMER)
+    @HV_MSRS.writer(stimer_count_msr(n), name=f"STIMER{n}_COUNT", gate=STIMER,
+                    cite="TLFS timers.md STIMERx_COUNT; KVM stimer_set_count")
     def write_count(vp: VirtualProcessor, value: int) -> None:
         # TLFS §12.x: 0 disables, AutoEnable + non-zero enables; one-shot absolute, periodic a period.
         now = vp.synic.now()

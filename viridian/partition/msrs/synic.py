@@ -22,67 +22,67 @@ SYNIC = gates.privilege(PartitionPrivilege.ACCESS_SYNIC_REGS)
 _POLLING_OFFERED = gates.feature(Feature.SINT_POLLING_MODE)
 
 
-@HV_MSRS.reader(HvMsr.SCONTROL, name="SCONTROL", gate=SYNIC)
+@HV_MSRS.reader(HvMsr.SCONTROL, name="SCONTROL", gate=SYNIC, cite="TLFS §11.8 SCONTROL")
 def read_scontrol(vp: VirtualProcessor) -> int:
     # TLFS §11.8: bit 0 Enable, 63:1 RsvdP; initial value 0 (TLFS; KVM synic_init also 0).
     return vp.synic.control
 
 
-@HV_MSRS.writer(HvMsr.SCONTROL, name="SCONTROL", gate=SYNIC)
+@HV_MSRS.writer(HvMsr.SCONTROL, name="SCONTROL", gate=SYNIC, cite="TLFS §11.8 SCONTROL")
 def write_scontrol(vp: VirtualProcessor, value: int) -> None:
     # TLFS §11.8: enabling the SynIC makes queued messages deliverable (rescan).
     vp.synic.write_scontrol(value)
 
 
-@HV_MSRS.reader(HvMsr.SVERSION, name="SVERSION", gate=SYNIC)
+@HV_MSRS.reader(HvMsr.SVERSION, name="SVERSION", gate=SYNIC, cite="TLFS §11.8 SVERSION; KVM: write #GP")
 def read_sversion(vp: VirtualProcessor) -> int:
     # TLFS §11.8: read-only version 1 (no writer declared: WRMSR -> #GP, as KVM for guests).
     return vp.synic.version
 
 
-@HV_MSRS.reader(HvMsr.SIEFP, name="SIEFP", gate=SYNIC)
+@HV_MSRS.reader(HvMsr.SIEFP, name="SIEFP", gate=SYNIC, cite="TLFS §11.8 SIEFP")
 def read_siefp(vp: VirtualProcessor) -> int:
     # TLFS §11.8: bit 0 Enable, 11:1 RsvdP, 63:12 GPFN.
     return vp.synic.siefp
 
 
-@HV_MSRS.writer(HvMsr.SIEFP, name="SIEFP", gate=SYNIC)
+@HV_MSRS.writer(HvMsr.SIEFP, name="SIEFP", gate=SYNIC, cite="TLFS §11.8 SIEFP")
 def write_siefp(vp: VirtualProcessor, value: int) -> None:
     # TLFS §11.8: a GPA outside RAM leaves the page inaccessible (no #GP; KVM would #GP).
     vp.synic.write_siefp(value)
 
 
-@HV_MSRS.reader(HvMsr.SIMP, name="SIMP", gate=SYNIC)
+@HV_MSRS.reader(HvMsr.SIMP, name="SIMP", gate=SYNIC, cite="TLFS §11.8 SIMP")
 def read_simp(vp: VirtualProcessor) -> int:
     # TLFS §11.8: bit 0 Enable, 11:1 RsvdP, 63:12 GPFN.
     return vp.synic.simp
 
 
-@HV_MSRS.writer(HvMsr.SIMP, name="SIMP", gate=SYNIC)
+@HV_MSRS.writer(HvMsr.SIMP, name="SIMP", gate=SYNIC, cite="TLFS §11.8 SIMP; KVM zeroes the page")
 def write_simp(vp: VirtualProcessor, value: int) -> None:
     # TLFS §11.8: page zeroed when it appears (KVM); outside RAM -> inaccessible, delivery waits.
     vp.synic.write_simp(value)
 
 
-@HV_MSRS.reader(HvMsr.EOM, name="EOM", gate=SYNIC)
+@HV_MSRS.reader(HvMsr.EOM, name="EOM", gate=SYNIC, cite="TLFS §11.8 EOM")
 def read_eom(vp: VirtualProcessor) -> int:
     # TLFS §11.8: EOM reads return 0.
     return 0
 
 
-@HV_MSRS.writer(HvMsr.EOM, name="EOM", gate=SYNIC)
+@HV_MSRS.writer(HvMsr.EOM, name="EOM", gate=SYNIC, cite="TLFS §11.8 EOM")
 def write_eom(vp: VirtualProcessor, value: int) -> None:
     # TLFS §11.8: any write signals end of message: rescan every message queue.
     vp.synic.eom()
 
 
 def _declare_sint(n: int) -> None:
-    @HV_MSRS.reader(sint_msr(n), name=f"SINT{n}", gate=SYNIC)
+    @HV_MSRS.reader(sint_msr(n), name=f"SINT{n}", gate=SYNIC, cite="TLFS §11.8 SINTx")
     def read_sint(vp: VirtualProcessor) -> int:
         # TLFS §11.8: 7:0 Vector, 16 Masked, 17 AutoEOI, 18 Polling; reset value 0x10000.
         return vp.synic.sints[n]
 
-    @HV_MSRS.writer(sint_msr(n), name=f"SINT{n}", gate=SYNIC)
+    @HV_MSRS.writer(sint_msr(n), name=f"SINT{n}", gate=SYNIC, cite="TLFS §11.8 SINTx; KVM synic_set_sint")
     def write_sint(vp: VirtualProcessor, value: int) -> None:
         # KVM synic_set_sint: vector < 16 #GPs only when unmasked, so writing back the reset value
         # 0x10000 works (TLFS §11.8 says 16-255 without that nuance).
