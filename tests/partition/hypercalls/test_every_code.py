@@ -55,7 +55,7 @@ IMPLEMENTED: dict[int, Shape] = {
 }
 # The status of each implemented call on an all-zero input, whenever the ABI lets it reach the handler.
 ZERO_INPUT: dict[int, HvStatus] = {
-    HvCall.FLUSH_VIRTUAL_ADDRESS_SPACE: OK,  # KVM: empty ProcessorMask flushes nothing (TLFS: INVALID_PARAMETER)
+    HvCall.FLUSH_VIRTUAL_ADDRESS_SPACE: OK,  # KVM: ProcessorMask 0 = every VP (WS2012); TLFS: INVALID_PARAMETER
     HvCall.FLUSH_VIRTUAL_ADDRESS_LIST: OK,
     HvCall.NOTIFY_LONG_SPIN_WAIT: OK,  # advisory: always SUCCESS
     HvCall.SEND_SYNTHETIC_CLUSTER_IPI: HvStatus.INVALID_PARAMETER,  # vector 0 < 0x10 (TLFS)
