@@ -166,3 +166,37 @@ def test_get_rep_budget_continuation() -> None:
     block = header() + u32(R.VP_INDEX) * 5
     res = call(w.partition, HvCall.GET_VP_REGISTERS, block, rep_count=5, out_size=80)
     assert res.outcome.continued and res.outcome.reps_completed == 2
+
+
+# -- CPUID-equivalent registers (TLFS hv_register_name.md: "same as CPUID 0x4000000N") ------------------------
+def _cpuid128(eax: int, ebx: int, ecx: int, edx: int) -> tuple[int, int]:
+    return eax | ebx << 32, ecx | edx << 32
+
+
+@pytest.mark.parametrize("long_mode", MODES, ids=MODE_IDS)
+def test_get_cpuid_equivalent_registers(long_mode: bool) -> None:
+    w = world()  # hc_harness ALL_FLAGS: relaxed, vapic, 0x1fff, vpindex, runtime, crash, time, synic, ...
+    names = [R.HYPERVISOR_VERSION, R.PRIVILEGES_AND_FEATURES_INFO, R.FEATURES_INFO,
+             R.IMPLEMENTATION_LIMITS_INFO, R.HARDWARE_FEATURES_INFO]
+    res = call(w.partition, HvCall.GET_VP_REGISTERS, header(1) + b"".join(u32(n) for n in names),
+               long_mode=long_mode, rep_count=5, out_size=80)
+    assert res.status == OK and res.reps == 5 and res.ram_clean
+    # QEMU values for these flags, by hand: version 10.0.14393; 0x40000003 EAX 0x0AFF (runtime, time, synic,
+    # stimer, vapic, hypercall, vpindex, reset, frequencies), EBX PostMessages|SignalEvents (the test's
+    # grant() widens the gate, not the leaves), EDX 0x4518 = tlbflush-ext|crash|frequencies|xmm-input|
+    # dynamic partitioning; 0x40000004 tlbflush|ipi|ex-masks|relaxed|apic-msrs, spinlocks 0x1fff.
+    assert values(res.output) == [
+        _cpuid128(0x3839, 0x000A0000, 0, 0),
+        _cpuid128(0x0AFF, 0x30, 0, 0x4518),
+        _cpuid128(0xC2C, 0x1FFF, 0, 0),
+        _cpuid128(0xFFFFFFFF, 0x40, 0, 0),
+        (0, 0),
+    ]
+
+
+def test_cpuid_equivalent_registers_are_read_only() -> None:
+    w = world()
+    block = header() + assoc(R.SINT1, 0x10042) + assoc(R.HYPERVISOR_VERSION, 0) + assoc(R.SINT3, 0x10043)
+    res = call(w.partition, HvCall.SET_VP_REGISTERS, block, rep_count=3)
+    assert res.status == HvStatus.ACCESS_DENIED and res.reps == 1
+    assert w.partition.vps[0].rdmsr(sint_msr(3)) == 0x10000

@@ -1,8 +1,10 @@
 """HvCallGetVpRegisters 0x0050 / HvCallSetVpRegisters 0x0051 (TLFS §7 "Virtual processor register access").
 
-Only the synthetic registers that are also synthetic MSRs are reachable: each register name maps to its
-MSR index and the access goes through the partition's MSR table on the target VP, so validation, gates
-and side effects live in the MSR handlers only. A register whose MSR is not offered does not exist.
+The synthetic registers that are also synthetic MSRs map to their MSR index and the access goes through
+the partition's MSR table on the target VP, so validation, gates and side effects live in the MSR handlers
+only; a register whose MSR is not offered does not exist. The 128-bit CPUID-equivalent registers
+(HvRegisterHypervisorVersion 0x100, 0x200-0x203) read the partition's leaves 0x40000002-0x40000006 as
+EAX | EBX << 32 | ECX << 64 | EDX << 96 and are read-only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from msr.faults import Fault
 from viridian.abi.dispatch import HypercallCall, RepResult
 from viridian.partition.gates import privilege
 from viridian.partition.hypercalls import HV_CALLS
-from viridian.tlfs.cpuid import PartitionPrivilege
+from viridian.tlfs.cpuid import Leaf, PartitionPrivilege
 from viridian.tlfs.hypercalls import HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HvCall
 from viridian.tlfs.inputs import (
     HV_INPUT_GET_VP_REGISTERS,
@@ -35,6 +37,26 @@ SET_ELEMENT_SIZE: Final = 32  # {Name u32, RsvdZ u8[12], Value HV_REGISTER_VALUE
 INPUT_VTL0: Final = (0x00, 0x10)  # HV_INPUT_VTL naming VTL 0 (no VSM): all clear, or UseTargetVtl + VTL 0
 
 vp_registers_access = privilege(PartitionPrivilege.ACCESS_VP_REGISTERS)
+
+# TLFS datatypes/hv_register_name.md: "same as CPUID 0x4000000N" (HV_HYPERVISOR_VERSION_INFO, ...).
+CPUID_REGISTERS: Final = {
+    HvRegisterName.HYPERVISOR_VERSION: Leaf.VERSION,
+    HvRegisterName.PRIVILEGES_AND_FEATURES_INFO: Leaf.FEATURES,
+    HvRegisterName.FEATURES_INFO: Leaf.RECOMMENDATIONS,
+    HvRegisterName.IMPLEMENTATION_LIMITS_INFO: Leaf.LIMITS,
+    HvRegisterName.HARDWARE_FEATURES_INFO: Leaf.HARDWARE_FEATURES,
+}
+
+
+def _cpuid_register(target: VirtualProcessor, name: int) -> bytes | None:
+    """The 16-byte value of a CPUID-equivalent register, None for any other name."""
+    leaf = CPUID_REGISTERS.get(name)  # type: ignore[call-overload]
+    if leaf is None:
+        return None
+    regs = target.partition.cpuid(leaf)
+    if regs is None:  # pragma: no cover - the partition answers every hypervisor leaf
+        return None
+    return b"".join(r.to_bytes(4, "little") for r in (regs.eax, regs.ebx, regs.ecx, regs.edx))
 
 
 def _target(vp: VirtualProcessor, header: bytes) -> VirtualProcessor | HvStatus:
@@ -74,7 +96,11 @@ def get_vp_registers(vp: VirtualProcessor, call: HypercallCall, elements: list[b
         return RepResult(target, 0)
     outputs: list[bytes] = []
     for raw in elements:
-        index = _msr_of(vp, target, HV_REGISTER_NAME_ELEMENT.parse(raw).name)
+        name = HV_REGISTER_NAME_ELEMENT.parse(raw).name
+        if (cpuid_value := _cpuid_register(target, name)) is not None:
+            outputs.append(cpuid_value)
+            continue
+        index = _msr_of(vp, target, name)
         if index is None:
             return RepResult(HvStatus.INVALID_PARAMETER, len(outputs), tuple(outputs))
         value = target.partition.msr_table.rdmsr(target, index)
@@ -96,6 +122,8 @@ def set_vp_registers(vp: VirtualProcessor, call: HypercallCall, elements: list[b
     table = target.partition.msr_table
     for done, raw in enumerate(elements):
         assoc = HV_REGISTER_ASSOC.parse(raw)
+        if assoc.name in CPUID_REGISTERS:
+            return RepResult(HvStatus.ACCESS_DENIED, done)  # read-only, like the read-only MSRs
         index = _msr_of(vp, target, assoc.name)
         if index is None:
             return RepResult(HvStatus.INVALID_PARAMETER, done)
