@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from msr.faults import Fault
 from viridian.partition import msrs
 from viridian.tlfs.msrs import HV_MSR_FIRST, HV_MSR_LAST, PARTITION_WIDE, HvMsr
@@ -26,19 +24,18 @@ def test_every_index_declared_gated_and_cited() -> None:
     assert set(HvMsr) >= PARTITION_WIDE
 
 
-@pytest.mark.parametrize("index", [m for m in HvMsr if m not in ALWAYS], ids=lambda m: m.name)
-@pytest.mark.parametrize("value", [0, 1, (1 << 64) - 1])
-def test_gp_when_only_hv1_is_offered(kit: Any, index: HvMsr, value: int) -> None:
+def test_gp_when_only_hv1_is_offered(kit: Any) -> None:
     part = kit.world("hv-relaxed").partition
     kit.set_os_id(part)
-    for vp in part.vps:
-        for res in (vp.rdmsr(index), vp.wrmsr(index, value)):
-            assert isinstance(res, Fault) and (res.vector, res.error_code) == (13, 0)
+    for index in (m for m in HvMsr if m not in ALWAYS):
+        for vp in part.vps:
+            for res in (vp.rdmsr(index), *(vp.wrmsr(index, v) for v in (0, 1, (1 << 64) - 1))):
+                assert isinstance(res, Fault) and (res.vector, res.error_code) == (13, 0), index.name
 
 
-@pytest.mark.parametrize("index", list(HvMsr), ids=lambda m: m.name)
-def test_gp_without_hyperv_at_all(kit: Any, index: HvMsr) -> None:
+def test_gp_without_hyperv_at_all(kit: Any) -> None:
     # KVM: every HV MSR #GPs unless 0x40000001.EAX == "Hv#1".
     part = kit.world("").partition
-    for res in (part.vps[0].rdmsr(index), part.vps[0].wrmsr(index, 0)):
-        assert isinstance(res, Fault) and res.vector == 13
+    for index in HvMsr:
+        for res in (part.vps[0].rdmsr(index), part.vps[0].wrmsr(index, 0)):
+            assert isinstance(res, Fault) and res.vector == 13, index.name
