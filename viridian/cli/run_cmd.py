@@ -1,0 +1,72 @@
+"""``viridian run IMAGE``: run a guest on the emulated machine and report how it ended and what it exited for."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from viridian.config.presets import PRESETS, load_config
+from viridian.errors import UserError
+from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
+
+DEFAULT_PRESET = "recommended"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run a guest image (ELF64 or flat binary) on emulated vCPUs",
+                              description="Run IMAGE under the emulated Hyper-V partition. Serial output goes "
+                              "to stdout; the exit status is the guest's exit code, or one of "
+                              + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ".")
+    p.add_argument("image", help="ELF64 (loaded at p_paddr) or flat binary (loaded and entered at 0x100000)")
+    p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
+    p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups, e.g. base,freq")
+    p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
+    p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)} (default {DEFAULT_PRESET} "
+                   "when no other source is given)")
+    p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--mem", type=int, default=128, metavar="MiB", help="guest RAM in MiB (default 128)")
+    p.add_argument("--max-ticks", type=int, default=20_000_000_000, metavar="N",
+                   help="virtual-time budget in TSC ticks (2 GHz; default 10 s); the run ends 'timeout'")
+    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
+    p.add_argument("--pcpus", type=int, default=None, help="simulated physical CPUs (default: one per vCPU)")
+    p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
+    p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from viridian.machine.loader import load_image
+    from viridian.machine.machine import Machine
+    from viridian.machine.trace import open_tracer
+
+    sources = [args.hv, args.xen, args.libvirt, args.preset]
+    config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt,
+                         preset=args.preset if any(sources) else DEFAULT_PRESET)
+    if args.pcpus is not None and args.pcpus < 1:
+        raise UserError("--pcpus must be at least 1")
+    image = load_image(args.image)
+    tracer = open_tracer(args.trace)
+    try:
+        machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
+                          quantum=args.quantum, pcpus=args.pcpus, tracer=tracer)
+        result = machine.run()
+    finally:
+        if tracer is not None:
+            tracer.close()
+    data = stats_json(machine)
+    if not args.quiet:
+        sys.stdout.write(machine.ports.serial.text())
+        sys.stdout.flush()
+        for line in summary_lines(machine):
+            print(line, file=sys.stderr)
+    if args.stats_json == "-":
+        print(json.dumps(data, indent=2))
+    elif args.stats_json:
+        with open(args.stats_json, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+    if result.status == "exit":
+        return result.code or 0
+    return EXIT_STATUS.get(result.status, 1)

@@ -1,0 +1,112 @@
+"""Exception and interrupt delivery through the guest's 64-bit IDT (SDM vol. 3 §6.14), done by the machine
+because Unicorn hands exceptions to a hook instead of delivering them."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from viridian.machine.paging import PageWalker
+
+ERROR_CODE_VECTORS: Final = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+CONTRIBUTORY: Final = frozenset({0, 10, 11, 12, 13})
+DF, GP, PF = 8, 13, 14
+IF, TF, NT, RF = 1 << 9, 1 << 8, 1 << 14, 1 << 16
+
+
+class TripleFault(Exception):
+    """Delivery of #DF failed: the processor would shut down."""
+
+
+@dataclass
+class CpuView:
+    """The registers delivery reads (one batch read) and the frame it produces."""
+
+    rip: int
+    rsp: int
+    rflags: int
+    cs: int
+    ss: int
+    cr0: int
+    cr3: int
+    idt_base: int
+    idt_limit: int
+    tss_base: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the engine must write to enter the handler."""
+
+    rip: int
+    rsp: int
+    rflags: int
+    cs: int
+    ss: int | None  # None: unchanged
+
+
+class _Fail(Exception):
+    def __init__(self, vector: int, error: int) -> None:
+        self.vector, self.error = vector, error
+
+
+def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, return_rip: int) -> Delivery:
+    """Enter the handler of ``vector``; a failing delivery becomes #GP/#PF, then #DF, then TripleFault
+    (SDM Table 6-5: a contributory or page fault while delivering one is a double fault)."""
+    first = vector
+    for _attempt in range(3):
+        try:
+            return _deliver_once(walker, cpu, vector, error, return_rip)
+        except _Fail as fail:
+            if vector == DF:
+                raise TripleFault(f"double fault delivery failed (first vector {first})") from None
+            benign_first = vector not in CONTRIBUTORY and vector != PF
+            if benign_first:
+                vector, error = fail.vector, fail.error
+            else:
+                vector, error = DF, 0
+    raise TripleFault(f"exception delivery failed for vector {first}")
+
+
+def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, rip: int) -> Delivery:
+    idt_error = vector * 8 + 2  # IDT flag; EXT is 0 for guest-caused events
+    if cpu.idt_limit < vector * 16 + 15:
+        raise _Fail(GP, idt_error)
+    gate = walker.read(cpu.cr3, cpu.cr0, cpu.idt_base + vector * 16, 16)
+    if gate is None:
+        raise _Fail(PF, 0)
+    lo, hi = struct.unpack("<QQ", gate)
+    gate_type, present = (lo >> 40) & 0xF, (lo >> 47) & 1
+    if not present or gate_type not in (0xE, 0xF):
+        raise _Fail(GP, idt_error)
+    target = (lo & 0xFFFF) | ((lo >> 48) & 0xFFFF) << 16 | (hi & 0xFFFF_FFFF) << 32
+    selector, ist = (lo >> 16) & 0xFFFF, (lo >> 32) & 7
+    cpl, new_cpl = cpu.cs & 3, selector & 3
+    rsp, ss = cpu.rsp, None
+    if ist:
+        rsp = _tss_qword(walker, cpu, 0x24 + 8 * (ist - 1))
+    elif new_cpl < cpl:
+        rsp = _tss_qword(walker, cpu, 4 + 8 * new_cpl)
+    if new_cpl < cpl:
+        ss = 0
+    rsp &= ~0xF
+    frame = [cpu.ss, cpu.rsp, cpu.rflags, cpu.cs, rip]
+    if error is not None:
+        frame.append(error & 0xFFFF_FFFF)
+    rsp -= 8 * len(frame)
+    data = struct.pack(f"<{len(frame)}Q", *reversed(frame))
+    if not walker.write(cpu.cr3, cpu.cr0, rsp, data):
+        raise _Fail(PF, 2)
+    flags = cpu.rflags & ~(TF | NT | RF)
+    if gate_type == 0xE:
+        flags &= ~IF
+    return Delivery(target, rsp, flags, selector, ss)
+
+
+def _tss_qword(walker: PageWalker, cpu: CpuView, offset: int) -> int:
+    raw = walker.read(cpu.cr3, cpu.cr0, cpu.tss_base + offset, 8)
+    if raw is None:
+        raise _Fail(PF, 0)
+    value: int = struct.unpack("<Q", raw)[0]
+    return value

@@ -1,0 +1,138 @@
+"""Unicorn specifics shared by the vCPUs: register ids, the native hook entry points, the #DF hazard fix.
+
+The #DF hazard (docs: unicorn-engine-notes): Unicorn never runs QEMU's do_interrupt, so
+``env->old_exception`` is never reset and a second contributory fault is escalated to a spurious #DF.
+We find that field's offset in the saved CPU context *by behaviour* at start-up (a scratch engine takes a
+#PF; the candidate int32 that then holds a fault vector and, once reset to -1, makes the next #GP arrive
+as #GP is the one), and reset it in every exception hook. No build-specific offset is compiled in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+from functools import cache
+
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+log = logging.getLogger(__name__)
+
+MAX_ADDR = 0xFFFF_FFFF_FFFF_FFFF
+GPR = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
+       X.UC_X86_REG_RDI, X.UC_X86_REG_R8)
+XMM = (X.UC_X86_REG_XMM0, X.UC_X86_REG_XMM1, X.UC_X86_REG_XMM2, X.UC_X86_REG_XMM3, X.UC_X86_REG_XMM4,
+       X.UC_X86_REG_XMM5)
+REG_BY_NAME = {"rax": X.UC_X86_REG_RAX, "rbx": X.UC_X86_REG_RBX, "rcx": X.UC_X86_REG_RCX,
+               "rdx": X.UC_X86_REG_RDX, "rsi": X.UC_X86_REG_RSI, "rdi": X.UC_X86_REG_RDI,
+               "r8": X.UC_X86_REG_R8, **{f"xmm{i}": r for i, r in enumerate(XMM)}}
+EFER = 0xC000_0080
+
+
+def c_function(name: str) -> int:
+    """Address of a libunicorn entry point (handed to the native hooks)."""
+    value = ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value
+    assert value is not None
+    return value
+
+
+def hook_add_native(uc: Uc, htype: int, fn: int, user: ctypes.c_void_p | int, begin: int, end: int) -> int:
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, ctypes.c_void_p(fn), user,
+                               ctypes.c_uint64(begin), ctypes.c_uint64(end))
+    if status != 0:
+        raise UcError(status)
+    return handle.value
+
+
+def context_bytes(uc: Uc) -> tuple[object, bytearray]:
+    ctx = uc.context_save()
+    return ctx, bytearray(ctypes.string_at(ctx.context, ctx.size))
+
+
+def _scratch(ram: ctypes.Array[ctypes.c_ubyte]) -> Uc:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map_ptr(0, len(ram), UC_PROT_ALL, ctypes.addressof(ram))
+    q = lambda a, v: struct.pack_into("<Q", ram, a, v)  # noqa: E731
+    q(0x1000, 0x2003), q(0x2000, 0x3003), q(0x3000, 0x83)  # 2 MiB identity page at 0
+    q(0x500, 0), q(0x508, 0x00209A0000000000), q(0x510, 0x0000920000000000)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, 0x17, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, 0x1000)
+    uc.reg_write(X.UC_X86_REG_CR4, 0x620)
+    uc.msr_write(EFER, 0x500)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80010033)
+    uc.reg_write(X.UC_X86_REG_CS, 8)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    uc.reg_write(X.UC_X86_REG_RSP, 0x8000)
+    return uc
+
+
+def _fault_once(uc: Uc, ram: ctypes.Array[ctypes.c_ubyte], code: bytes, at: int) -> list[int]:
+    ram[at : at + len(code)] = code
+    seen: list[int] = []
+
+    def hook(u: Uc, intno: int, _ud: object) -> None:
+        seen.append(intno)
+        u.reg_write(X.UC_X86_REG_RIP, u.reg_read(X.UC_X86_REG_RIP) + 3)
+
+    h = uc.hook_add(UC_HOOK_INTR, hook)
+    try:
+        uc.emu_start(at, MAX_ADDR, count=8)
+    finally:
+        uc.hook_del(h)
+    return seen
+
+
+_PF = bytes.fromhex("48bb00000000007f0000488b03f4")  # mov rbx, 0x7f0000000000; mov rax, [rbx]; hlt
+_GP = bytes.fromhex("48bb0000000000f07f00488b03f4")  # non-canonical load
+
+
+@cache
+def old_exception_offset() -> int | None:
+    """Offset of QEMU's ``old_exception`` in Unicorn's saved context, found by behaviour (None: not found)."""
+    ram = (ctypes.c_ubyte * (2 << 20))()
+    try:
+        uc = _scratch(ram)
+        _, before = context_bytes(uc)
+        if _fault_once(uc, ram, _PF, 0x10000) != [14]:
+            return None
+        ctx, after = context_bytes(uc)
+        candidates = [o for o in range(0, len(after) - 3, 4)
+                      if struct.unpack_from("<i", before, o)[0] == -1
+                      and struct.unpack_from("<i", after, o)[0] in (8, 13, 14)]
+        for off in candidates:
+            patched = bytearray(after)
+            struct.pack_into("<i", patched, off, -1)
+            ctypes.memmove(ctx.context, bytes(patched), len(patched))  # type: ignore[attr-defined]
+            uc.context_restore(ctx)  # type: ignore[arg-type]
+            if _fault_once(uc, ram, _GP, 0x20000) == [13]:
+                return off
+            _fault_once(uc, ram, _PF, 0x30000)
+            ctx, after = context_bytes(uc)
+    except UcError:
+        log.exception("probing Unicorn's exception state failed")
+    return None
+
+
+def reset_old_exception(uc: Uc, offset: int) -> None:
+    ctx = uc.context_save()
+    ptr = ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_int32))
+    ptr[offset // 4] = -1
+    uc.context_restore(ctx)
+
+
+_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def hook_insn_skip(uc: Uc, insn: int, fn: object) -> object:
+    """An instruction hook returning 1 to skip the instruction (RDTSC/RDTSCP: the Python binding only
+    wraps IN/OUT/SYSCALL/CPUID, libunicorn itself supports these). Keep the returned object alive."""
+    cb = _INSN_CB(lambda _uc, _ud: fn(uc, None))  # type: ignore[operator]
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), 2, ctypes.cast(cb, ctypes.c_void_p), None,
+                               ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+    if status != 0:
+        raise UcError(status)
+    return cb

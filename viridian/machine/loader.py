@@ -1,0 +1,84 @@
+"""Guest image loaders (engine-free): ELF64 (PT_LOAD at p_paddr, entry e_entry) and flat binaries."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from viridian.errors import UserError
+from viridian.machine import layout as L
+
+PT_LOAD = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    paddr: int
+    data: bytes
+    memsz: int
+
+
+@dataclass(frozen=True)
+class Image:
+    """A loadable guest: where its bytes go and where every vCPU starts."""
+
+    path: str
+    kind: str  # "elf64" | "flat"
+    entry: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def end(self) -> int:
+        return max(s.paddr + s.memsz for s in self.segments)
+
+
+def load_image(path: str | Path) -> Image:
+    """Read an image; UserError (one line, names the fix) for anything we cannot load."""
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read guest image {p}: {exc.strerror}") from None
+    if not blob:
+        raise UserError(f"guest image {p} is empty")
+    if blob[:4] == b"\x7fELF":
+        return _parse_elf(str(p), blob)
+    return Image(str(p), "flat", L.FLAT_LOAD, (Segment(L.FLAT_LOAD, blob, len(blob)),))
+
+
+def _parse_elf(path: str, blob: bytes) -> Image:
+    if len(blob) < 64 or blob[4] != 2 or blob[5] != 1:
+        raise UserError(f"{path}: only little-endian ELF64 images are supported (build with -m64)")
+    machine, = struct.unpack_from("<H", blob, 18)
+    if machine != 0x3E:
+        raise UserError(f"{path}: ELF machine {machine:#x} is not x86-64")
+    entry, phoff = struct.unpack_from("<QQ", blob, 24)
+    phentsize, phnum = struct.unpack_from("<HH", blob, 54)
+    segments = []
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if off + 56 > len(blob):
+            raise UserError(f"{path}: truncated program header table")
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", blob, off)
+        if p_type != PT_LOAD or p_memsz == 0:
+            continue
+        if p_offset + p_filesz > len(blob) or p_filesz > p_memsz:
+            raise UserError(f"{path}: PT_LOAD segment {i} lies outside the file")
+        segments.append(Segment(p_paddr, blob[p_offset : p_offset + p_filesz], p_memsz))
+    if not segments:
+        raise UserError(f"{path}: no PT_LOAD segments")
+    return Image(path, "elf64", entry, tuple(segments))
+
+
+def place_image(image: Image, ram: memoryview, ram_size: int, vcpus: int) -> None:
+    """Copy the image into RAM after checking it fits between the loader tables and the stacks."""
+    top = L.reserved_top(vcpus, ram_size)
+    for seg in image.segments:
+        if seg.paddr < L.IMAGE_MIN or seg.paddr + seg.memsz > top:
+            raise UserError(
+                f"{image.path}: segment at {seg.paddr:#x}-{seg.paddr + seg.memsz:#x} does not fit in guest RAM "
+                f"[{L.IMAGE_MIN:#x}, {top:#x}) (loader tables below, vCPU stacks above); raise --mem or relink")
+        ram[seg.paddr : seg.paddr + len(seg.data)] = seg.data
+        ram[seg.paddr + len(seg.data) : seg.paddr + seg.memsz] = bytes(seg.memsz - len(seg.data))

@@ -1,0 +1,70 @@
+"""Recovering page faults Unicorn loses (engine notes, hazard 2: "emu_start returns at the same RIP and the
+#PF never reaches the exception hook"). When the engine stops at an instruction for no reason it reports,
+we decode the instruction (capstone), compute its memory operands and walk the guest page tables; a
+non-present or read-only translation is the page fault the guest must see."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import capstone
+from capstone import x86_const as CX
+from unicorn import x86_const as X
+
+
+@cache
+def _disassembler() -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def _reg(uc: Any, md: capstone.Cs, reg: int, next_rip: int) -> int:
+    if reg == 0:
+        return 0
+    if reg == CX.X86_REG_RIP:
+        return next_rip
+    uid = getattr(X, "UC_X86_REG_" + md.reg_name(reg).upper(), None)
+    return int(uc.reg_read(uid)) if uid is not None else 0
+
+
+def memory_operands(uc: Any, code: bytes, rip: int) -> list[tuple[int, int, bool]]:
+    """(linear address, size, is_write) of each memory operand of the instruction at ``rip``."""
+    md = _disassembler()
+    out: list[tuple[int, int, bool]] = []
+    for insn in md.disasm(code, rip, 1):
+        nxt = rip + insn.size
+        for op in insn.operands:
+            if op.type != CX.X86_OP_MEM:
+                continue
+            m = op.mem
+            addr = _reg(uc, md, m.base, nxt) + _reg(uc, md, m.index, nxt) * (m.scale or 1) + m.disp
+            if m.segment == CX.X86_REG_FS:
+                addr += uc.msr_read(0xC000_0100)
+            elif m.segment == CX.X86_REG_GS:
+                addr += uc.msr_read(0xC000_0101)
+            write = bool(op.access & capstone.CS_AC_WRITE)
+            out.append((addr & 0xFFFF_FFFF_FFFF_FFFF, max(1, op.size), write))
+        if insn.mnemonic.startswith("push") or insn.mnemonic.startswith("call"):
+            out.append(((uc.reg_read(X.UC_X86_REG_RSP) - 8) & 0xFFFF_FFFF_FFFF_FFFF, 8, True))
+    return out
+
+
+def classify(uc: Any, code: bytes, rip: int) -> tuple[str, int]:
+    """What the instruction at ``rip`` raises when the engine stopped on it without reporting:
+    ("ud"|"de"|"bp"|"int"|"hypercall"|"other", length)."""
+    if code[:2] == b"\x0f\x0b":
+        return "ud", 2
+    if code[:3] in (b"\x0f\x01\xc1", b"\x0f\x01\xd9"):
+        return "hypercall", 3
+    md = _disassembler()
+    for insn in md.disasm(code, rip, 1):
+        if insn.mnemonic in ("div", "idiv"):
+            return "de", insn.size
+        if insn.mnemonic == "int3":
+            return "bp", insn.size
+        if insn.mnemonic == "int":
+            return "int", insn.size
+        return "other", insn.size
+    return "ud", 1

@@ -1,0 +1,256 @@
+"""The machine: guest RAM, the partition model, local APICs, vCPUs, the port bus, and the deterministic scheduler.
+
+Virtual time: one tick = one virtual TSC cycle. A vCPU's clock advances by the bytes of guest code it
+executes (counted natively per translation block) plus EXIT_TICKS per exit, so the same guest and
+configuration always produce the same exits. Scheduling is in quanta: every quantum each runnable vCPU gets
+a simulated physical CPU (at most ``pcpus`` at once) for up to ``quantum`` ticks, shortened so that the next
+timer deadline is never overshot by more than one block; with nothing runnable, time jumps to the next
+deadline, and with no deadline either the run ends "hung".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from msr.arch import ARCH_MSRS, ArchMsrState
+from msr.faults import Fault
+from msr.registry import Bound, MsrChain
+from msr.x2apic import X2APIC_MSRS
+from viridian.abi.dispatch import HypercallOutcome
+from viridian.abi.memory import BytesMemory
+from viridian.abi.registers import HypercallRegisters
+from viridian.clock import VirtualClock
+from viridian.config.enlightenments import Enlightenments
+from viridian.devices.apic_bus import ApicBus
+from viridian.errors import UserError
+from viridian.machine import layout as L
+from viridian.machine.boot import boot_registers, build_gdt, build_page_tables
+from viridian.machine.loader import Image, place_image
+from viridian.machine.paging import PageWalker
+from viridian.machine.ports import PortBus
+from viridian.machine.stats import VcpuStats, merge
+from viridian.machine.stubs import hypercall_page
+from viridian.machine.vcpu import Vcpu
+from viridian.partition.partition import Partition
+from viridian.tlfs.msrs import HvMsr
+
+log = logging.getLogger(__name__)
+
+QUANTUM = 200_000
+MIN_SLICE = 64
+
+
+@dataclass
+class RunResult:
+    status: str  # exit | reset | crash | hung | timeout | error | triple-fault
+    code: int | None = None
+    vcpu: int | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Machine:
+    """One partition on the emulated host; :meth:`run` drives it to a :class:`RunResult`."""
+
+    def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
+                 max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
+                 tracer: Any = None) -> None:
+        if not 1 <= vcpus <= L.MAX_VCPUS:
+            raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
+        size = mem_mib << 20
+        if not 2 <= mem_mib or size > L.MAX_RAM:
+            raise UserError(f"--mem {mem_mib}: choose 2..{L.MAX_RAM >> 20} MiB")
+        if L.reserved_top(vcpus, size) <= L.IMAGE_MIN:
+            raise UserError(f"--mem {mem_mib} MiB is too small for {vcpus} vCPU stacks; raise --mem")
+        self.ram_size, self.vcpu_count = size, vcpus
+        self.ram_buffer = (ctypes.c_ubyte * size)()
+        self.ram = memoryview(self.ram_buffer).cast("B")
+        self.memory = BytesMemory(self.ram)
+        self.walker = PageWalker(self.ram, size)
+        self.clock = VirtualClock()
+        self.bus = ApicBus.create(vcpus, self.clock, on_kick=self.kick)
+        self.apics = list(self.bus)
+        for apic in self.apics:  # the guest contract: software-enabled at entry
+            apic.write_register(0xF0, 0x1FF)
+        self.partition = Partition(config, self.memory, vp_count=vcpus, services=self, clock=self.clock,
+                                   apics=self.apics)
+        self.arch = [ArchMsrState(i, self.apics[i], self.clock) for i in range(vcpus)]
+        self.chains = [MsrChain([Bound(X2APIC_MSRS, vp), Bound(self.partition.msr_table, vp),
+                                 Bound(ARCH_MSRS, self.arch[vp.index])]) for vp in self.partition.vps]
+        self.ports = PortBus()
+        self.image = image
+        self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
+        self.pcpus = pcpus or vcpus
+        self.tracer = tracer
+        self.result: RunResult | None = None
+        self.T = 0  # host time at the start of the current quantum
+        self.flushes = 0
+        build_page_tables(self.ram, size)
+        place_image(image, self.ram, size, vcpus)
+        self.vcpus: list[Vcpu] = []
+        for i in range(vcpus):
+            build_gdt(self.ram, i)
+            self.vcpus.append(Vcpu(self, i, boot_registers(i, vcpus, image.entry, size)))
+        self._running: Vcpu | None = None
+        self._slice_t0 = 0
+        self._slice_b0 = 0
+
+    # -- results ---------------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def finish(self, status: str, *, code: int | None = None, vcpu: int | None = None, detail: str = "",
+               **extra: Any) -> None:
+        if self.result is None:
+            self.result = RunResult(status, code, vcpu, detail, extra)
+
+    # -- time ------------------------------------------------------------------------------------------------
+    def sync_clock(self, v: Vcpu) -> None:
+        if v is self._running:
+            now = self._slice_t0 + (v.ticks - self._slice_b0)
+            if now > self.clock.tsc():
+                self.clock.set_tsc(now)
+
+    def poll_vcpu(self, v: Vcpu) -> None:
+        self.apics[v.index].poll()
+        self.partition.poll(v.index)
+
+    def next_deadline(self) -> int | None:
+        best: int | None = None
+        for v in self.vcpus:
+            d = self.apics[v.index].next_deadline_tsc()
+            ref = self.partition.poll(v.index)
+            if ref is not None:
+                t = self.clock.tsc_for_ref_time(ref)
+                d = t if d is None else min(d, t)
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    # -- the scheduler -----------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        rr = 0
+        while self.result is None:
+            if self.T >= self.max_ticks:
+                self.finish("timeout", detail=f"virtual time budget of {self.max_ticks} ticks used up")
+                break
+            runnable = [v for v in self.vcpus if v.wants_to_run()]
+            deadline = self.next_deadline()
+            if not runnable:
+                if deadline is None:
+                    self.finish("hung", detail="every vCPU is halted and nothing can wake one")
+                    break
+                self.T = max(self.T, deadline, self.clock.tsc())
+                self.clock.set_tsc(self.T)
+                continue
+            q = self.quantum
+            if deadline is not None and deadline > self.T:
+                q = max(MIN_SLICE, min(q, deadline - self.T))
+            order = runnable[rr % len(runnable):] + runnable[: rr % len(runnable)]
+            rr += 1
+            for pcpu in range(min(self.pcpus, len(order))):
+                budget = q
+                while budget >= MIN_SLICE and order and self.result is None:
+                    v = order.pop(0)
+                    used = self._run_one(v, q - budget, budget)
+                    budget -= used
+                    if used == 0 or not (v.halted or v.idle):
+                        break
+            self.T = max(self.T + q, self.clock.tsc())
+            self.clock.set_tsc(self.T)
+        assert self.result is not None
+        return self.result
+
+    def _run_one(self, v: Vcpu, offset: int, budget: int) -> int:
+        self._running, self._slice_t0, self._slice_b0 = v, self.T + offset, v.ticks
+        self.clock.set_tsc(max(self.clock.tsc(), self._slice_t0))
+        try:
+            return v.run(budget)
+        finally:
+            self._running = None
+
+    # -- model entry points ---------------------------------------------------------------------------------
+    def rdmsr(self, v: Vcpu, index: int) -> int | Fault:
+        res = self.chains[v.index].rdmsr(index)
+        self._count_apic_msr(v, index)
+        return res
+
+    def wrmsr(self, v: Vcpu, index: int, value: int) -> Fault | None:
+        if index == HvMsr.HYPERCALL:
+            self.partition.hypercall_page.contents = hypercall_page(long_mode=True)
+            before = self.partition.hypercall_page_gpa
+        self._count_apic_msr(v, index)
+        res = self.chains[v.index].wrmsr(index, value)
+        if index == HvMsr.HYPERCALL and (gpa := self.partition.hypercall_page_gpa) is not None \
+                and gpa != before:
+            for other in self.vcpus:
+                other.forget_code()
+        return res
+
+    def _count_apic_msr(self, v: Vcpu, index: int) -> None:
+        reg = {0x40000070: 0xB0, 0x40000071: 0x300, 0x40000072: 0x80}.get(index)
+        if reg is None and 0x800 <= index <= 0x8FF:
+            reg = (index - 0x800) << 4
+        if reg is not None:
+            v.stats.apic_access(reg, via_msr=True)
+
+    def hypercall(self, v: Vcpu, regs: HypercallRegisters) -> HypercallOutcome:
+        return self.partition.hypercall(v.index, regs)
+
+    # -- MachineServices (viridian.partition.services) ------------------------------------------------------
+    def flush_tlb(self, source_vp: int, targets: Any, gvas: Any) -> None:
+        for t in targets:
+            if 0 <= t < len(self.vcpus):
+                self.vcpus[t].flush_tlb()
+                self.flushes += 1
+
+    def send_ipi(self, source_vp: int, target_vp: int, vector: int) -> None:
+        if 0 <= target_vp < len(self.vcpus):
+            self.vcpus[source_vp].stats.ipis_sent += 1
+            self.apics[target_vp].assert_interrupt(vector)
+
+    def yield_vp(self, vp: int, reason: str) -> None:
+        v = self.vcpus[vp]
+        v.yield_pending = True
+        v.stats.exit("yield")
+        v.uc.emu_stop()
+        v.stop_requested = True
+
+    def request_reset(self, vp: int) -> None:
+        self.finish("reset", vcpu=vp, detail="HV_X64_MSR_RESET written")
+        self.vcpus[vp].uc.emu_stop()
+
+    def notify_crash(self, vp: int, params: tuple[int, int, int, int, int], message: bytes | None) -> None:
+        text = message.decode("utf-8", errors="replace").rstrip("\0") if message else ""
+        self.finish("crash", vcpu=vp, detail=text, params=[f"{p:#x}" for p in params])
+        self.vcpus[vp].uc.emu_stop()
+
+    def kick(self, vp: int) -> None:
+        v = self._running
+        if v is not None and v.index == vp:
+            v.stop_requested = True  # deliver before more guest code runs
+
+    def enter_idle(self, vp: int) -> None:
+        v = self.vcpus[vp]
+        v.idle = True
+        v.stats.exit("guest_idle")
+
+    # -- reporting --------------------------------------------------------------------------------------------
+    def disassemble(self, v: Vcpu, rip: int) -> str:
+        data = v._read_virt(rip, 16) or b""
+        try:
+            import capstone
+
+            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            for insn in md.disasm(data, rip):
+                return f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}".strip()
+        except ImportError:  # pragma: no cover - capstone is a dependency
+            pass
+        return f"{rip:#x}: " + (data[:8].hex(" ") if data else "<not mapped>")
+
+    def total_stats(self) -> VcpuStats:
+        return merge([v.stats for v in self.vcpus])

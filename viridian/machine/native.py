@@ -1,0 +1,87 @@
+"""Build and load the vCPU hot-path hooks written in C (native/vcpu_native.c).
+
+The library is compiled once per source version with the system C compiler into the user cache
+(``$XDG_CACHE_HOME/viridian`` or ``~/.cache/viridian``; ``VIRIDIAN_CACHE`` overrides) and loaded with
+ctypes. It links against nothing: Unicorn's entry points are handed to it as function pointers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from viridian.errors import UserError
+
+SOURCE = Path(__file__).with_name("native") / "vcpu_native.c"
+TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
+
+STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL = range(4)
+
+
+class VnState(ctypes.Structure):
+    """Mirror of ``vn_state`` in vcpu_native.c (keep the field order identical)."""
+
+    _fields_ = [
+        ("bytes", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("pending_site", ctypes.c_uint64),
+        ("stop_reason", ctypes.c_uint64),
+        ("new_page", ctypes.c_uint64),
+        ("pages_scanned", ctypes.c_uint64),
+        ("last_page", ctypes.c_uint64),
+        ("stop", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("vmem_read", ctypes.c_void_p),
+        ("table", ctypes.POINTER(ctypes.c_uint64)),
+        ("table_mask", ctypes.c_uint64),
+        ("table_used", ctypes.c_uint64),
+        ("rip_reg", ctypes.c_int),
+        ("prot_read", ctypes.c_int),
+    ]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("VIRIDIAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "viridian")
+    return Path(root)
+
+
+@cache
+def library() -> ctypes.CDLL:
+    """The compiled hot-path library (built on first use)."""
+    src = SOURCE.read_bytes()
+    digest = hashlib.sha256(src).hexdigest()[:16]
+    target = _cache_dir() / f"vcpu_native-{digest}.so"
+    if not target.exists():
+        cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise UserError("no C compiler found: viridian run needs gcc (or set CC) to build its vCPU hot path")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise UserError(f"building the vCPU hot path with {cc} failed:\n{proc.stderr.strip()}")
+            os.replace(out, target)
+    lib = ctypes.CDLL(str(target))
+    for name in ("vn_contains", "vn_insert"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]
+        fn.restype = ctypes.c_int
+    lib.vn_clear.argtypes = [ctypes.POINTER(VnState)]
+    lib.vn_clear.restype = None
+    return lib
+
+
+def function_address(lib: ctypes.CDLL, name: str) -> int:
+    value = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    assert value is not None
+    return value

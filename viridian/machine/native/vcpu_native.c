@@ -1,0 +1,126 @@
+/* The vCPU hot path that must not run in Python (docs/architecture.md, "machine").
+ *
+ * One `vn_state` per vCPU, passed as user_data to two Unicorn hooks:
+ *  - vn_block (UC_HOOK_BLOCK, every address): the deterministic clock (executed bytes; stops the
+ *    engine when the slice budget is used up) and RDMSR/WRMSR site discovery: the first time a block
+ *    starts on (or runs into) a virtual page, the page is searched for 0F 30 / 0F 32; if it holds
+ *    candidates the block is abandoned before it runs (RIP rewritten to itself) and the engine stops
+ *    so the machine can hook the sites first.
+ *  - vn_site (UC_HOOK_CODE at one candidate site): records that the MSR instruction is about to run,
+ *    so the hook on the following instruction knows it was reached from there.
+ * Engine entry points arrive as function pointers, so this file links against nothing.
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef int (*stop_fn)(void *uc);
+typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
+typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+
+enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3 };
+
+typedef struct {
+    uint64_t bytes;         /* guest code bytes executed (the clock) */
+    uint64_t limit;         /* stop once bytes >= limit */
+    uint64_t blocks;        /* blocks executed */
+    uint64_t pending_site;  /* address of the MSR instruction about to execute, 0 = none */
+    uint64_t stop_reason;
+    uint64_t new_page;      /* page holding new candidate sites (STOP_NEW_SITES) */
+    uint64_t pages_scanned;
+    uint64_t last_page;     /* one-entry cache of the last page found in the table, +1 */
+    stop_fn stop;
+    reg_write_fn reg_write;
+    vmem_read_fn vmem_read;
+    uint64_t *table;        /* open-addressing set of (page number + 1), 0 = empty */
+    uint64_t table_mask;    /* capacity - 1 (power of two) */
+    uint64_t table_used;
+    int rip_reg;
+    int prot_read;
+} vn_state;
+
+static uint64_t *slot(vn_state *s, uint64_t key) {
+    uint64_t h = (key * 0x9E3779B97F4A7C15ULL) & s->table_mask;
+    while (s->table[h] != 0 && s->table[h] != key)
+        h = (h + 1) & s->table_mask;
+    return &s->table[h];
+}
+
+int vn_contains(vn_state *s, uint64_t page) {
+    return *slot(s, (page >> 12) + 1) != 0;
+}
+
+int vn_insert(vn_state *s, uint64_t page) {
+    uint64_t key = (page >> 12) + 1;
+    uint64_t *p = slot(s, key);
+    if (*p == 0) {
+        if (s->table_used * 4 >= s->table_mask * 3)
+            return -1;
+        *p = key;
+        s->table_used++;
+    }
+    return 0;
+}
+
+void vn_clear(vn_state *s) {
+    memset(s->table, 0, (s->table_mask + 1) * sizeof(uint64_t));
+    s->table_used = 0;
+    s->last_page = 0;
+}
+
+/* 1 if the page has candidate sites, 0 if not (or unreadable); the page is entered in the table. */
+static int scan_page(void *uc, vn_state *s, uint64_t page) {
+    uint8_t buf[4097];
+    s->pages_scanned++;
+    if (s->vmem_read(uc, page, s->prot_read, buf, 4096) != 0)
+        return 0;  /* not mapped now: the fetch faults; scanned again when it is mapped */
+    if (s->vmem_read(uc, page + 4096, s->prot_read, buf + 4096, 1) != 0)
+        buf[4096] = 0;
+    if (vn_insert(s, page) != 0) {
+        s->stop_reason = STOP_TABLE_FULL;
+        return 1;
+    }
+    static const uint8_t stub[11] = {0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x1F, 0x40, 0x00};
+    if (memcmp(buf, stub, sizeof stub) == 0)
+        return 1;  /* our hypercall page (viridian/machine/stubs.py) */
+    for (int i = 0; i < 4096; i++)
+        if (buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32))
+            return 1;
+    return 0;
+}
+
+static int check_page(void *uc, vn_state *s, uint64_t page, uint64_t block) {
+    if (s->last_page == page + 1 || vn_contains(s, page)) {
+        s->last_page = page + 1;
+        return 0;
+    }
+    if (!scan_page(uc, s, page))
+        return 0;
+    if (s->stop_reason != STOP_TABLE_FULL)
+        s->stop_reason = STOP_NEW_SITES;
+    s->new_page = page;
+    (void)block;  /* the exit request set by stop() is checked before the block body runs */
+    s->stop(uc);
+    return 1;
+}
+
+void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t first = address & ~0xFFFULL, last = (address + (size ? size - 1 : 0)) & ~0xFFFULL;
+    if (check_page(uc, s, first, address))
+        return;
+    if (last != first && check_page(uc, s, last, address))
+        return;
+    s->bytes += size;
+    s->blocks++;
+    if (s->bytes >= s->limit) {
+        s->limit = ~0ULL;
+        if (s->stop_reason == STOP_NONE)
+            s->stop_reason = STOP_BUDGET;
+        s->stop(uc);
+    }
+}
+
+void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
+    (void)uc; (void)size;
+    ((vn_state *)user)->pending_site = address;
+}

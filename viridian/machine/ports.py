@@ -1,0 +1,98 @@
+"""The port I/O bus and its devices (engine-free): COM1 (16550 subset) and the exit port."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+COM1: Final = 0x3F8
+EXIT_PORT: Final = 0xF4
+SERIAL_LIMIT: Final = 4 << 20  # bytes of serial output kept (the rest is counted, not stored)
+
+
+class PortDevice(Protocol):
+    def read(self, port: int, size: int) -> int: ...
+    def write(self, port: int, size: int, value: int) -> None: ...
+
+
+@dataclass
+class Serial16550:
+    """COM1 as far as a polled or simple driver needs: THR/RBR, IER, IIR/FCR, LCR (DLAB), MCR, LSR, MSR, SCR.
+    Transmit is instant (LSR THRE|TEMT always set); no receive data, no interrupts."""
+
+    base: int = COM1
+    output: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+    regs: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0x03, 4: 0, 7: 0})
+    divisor: int = 12
+
+    def read(self, port: int, size: int) -> int:
+        off = port - self.base
+        dlab = self.regs[3] & 0x80
+        if off == 0:
+            return self.divisor & 0xFF if dlab else 0
+        if off == 1:
+            return self.divisor >> 8 if dlab else self.regs[1]
+        if off == 2:
+            return 0xC1  # IIR: no interrupt pending, FIFOs enabled
+        if off == 5:
+            return 0x60  # LSR: THR empty, transmitter empty
+        if off == 6:
+            return 0xB0  # MSR: CTS, DSR, DCD
+        return self.regs.get(off, 0)
+
+    def write(self, port: int, size: int, value: int) -> None:
+        off, value = port - self.base, value & 0xFF
+        dlab = self.regs[3] & 0x80
+        if off == 0 and not dlab:
+            if len(self.output) < SERIAL_LIMIT:
+                self.output.append(value)
+            else:
+                self.dropped += 1
+        elif off == 0:
+            self.divisor = (self.divisor & 0xFF00) | value
+        elif off == 1 and dlab:
+            self.divisor = (self.divisor & 0xFF) | value << 8
+        elif off in (1, 3, 4, 7):
+            self.regs[off] = value
+
+    def text(self) -> str:
+        return self.output.decode("utf-8", errors="replace")
+
+
+class ExitRequested(Exception):
+    """OUT to the exit port: the run ends with status "exit" and this code."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class PortBus:
+    """Routes IN/OUT to devices; unclaimed ports read all-ones and are counted."""
+
+    def __init__(self) -> None:
+        self.serial = Serial16550()
+        self.unclaimed: Counter[int] = Counter()
+        self._devices: dict[int, PortDevice] = {}
+        for p in range(COM1, COM1 + 8):
+            self._devices[p] = self.serial
+        self.exit_code: int | None = None
+
+    def read(self, port: int, size: int) -> int:
+        dev = self._devices.get(port)
+        if dev is None:
+            self.unclaimed[port] += 1
+            return (1 << (8 * size)) - 1
+        return dev.read(port, size) & ((1 << (8 * size)) - 1)
+
+    def write(self, port: int, size: int, value: int) -> None:
+        """May raise :class:`ExitRequested` (the exit port)."""
+        if port == EXIT_PORT:
+            self.exit_code = value & 0xFF
+            raise ExitRequested(value & 0xFF)
+        dev = self._devices.get(port)
+        if dev is None:
+            self.unclaimed[port] += 1
+            return
+        dev.write(port, size, value)

@@ -1,0 +1,50 @@
+"""The stats JSON of a run (README "viridian run") and the one-screen summary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from viridian.machine.stats import vcpu_json
+from viridian.tlfs.guest_os_id import decode
+
+if TYPE_CHECKING:
+    from viridian.machine.machine import Machine
+
+EXIT_STATUS = {"reset": 100, "crash": 101, "hung": 102, "timeout": 103, "error": 104, "triple-fault": 105}
+
+
+def stats_json(m: Machine) -> dict[str, Any]:
+    res = m.result
+    assert res is not None
+    total = m.total_stats()
+    exits = vcpu_json(total)
+    avoided = sum(vp.assist.eois_avoided for vp in m.partition.vps)
+    os_id = m.partition.guest_os_id
+    return {
+        "result": {"status": res.status, "code": res.code, "vcpu": res.vcpu, "detail": res.detail, **res.extra},
+        "vcpus": m.vcpu_count,
+        "image": {"path": m.image.path, "kind": m.image.kind, "entry": f"{m.image.entry:#x}"},
+        "time": {"tsc": m.clock.tsc(), "tsc_hz": m.clock.tsc_hz, "reference_time_100ns": m.clock.ref_time()},
+        "exits": exits,
+        "apic": {
+            "eoi_exits": total.eoi_exits, "eoi_avoided": avoided, "icr_exits": total.icr_exits,
+            "tpr_exits": total.tpr_exits, "interrupts_delivered": total.interrupts_delivered,
+            "ipis_sent": total.ipis_sent,
+        },
+        "tlb_flushes": m.flushes,
+        "unclaimed_ports": {f"{p:#06x}": n for p, n in sorted(m.ports.unclaimed.items())},
+        "guest": {"os_id": f"{os_id:#018x}", "os": str(decode(os_id)) if os_id else None},
+        "serial": m.ports.serial.text(),
+        "per_vcpu": [vcpu_json(v.stats) | {"ticks": v.ticks_used} for v in m.vcpus],
+    }
+
+
+def summary_lines(m: Machine) -> list[str]:
+    res = m.result
+    assert res is not None
+    total = m.total_stats()
+    head = f"viridian: {res.status}" + (f" code {res.code}" if res.code is not None else "")
+    if res.detail:
+        head += f" ({res.detail})"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(total.by_reason.items()))
+    return [head, f"viridian: {total.total} exits on {m.vcpu_count} vCPU(s): {reasons or 'none'}"]

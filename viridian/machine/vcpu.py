@@ -1,0 +1,563 @@
+"""One emulated vCPU: a Unicorn instance over the shared RAM, its traps, and interrupt/exception entry.
+
+Traps (each becomes an exit counted in :class:`~viridian.machine.stats.VcpuStats`):
+CPUID, RDTSC/RDTSCP (insn hooks) · RDMSR/WRMSR (native pre-hook at each discovered site + a Python hook on
+the next instruction, so Unicorn's own no-op execution of the MSR instruction needs no RIP redirect) ·
+the hypercall page (a hook inside our stub; VMCALL/VMMCALL anywhere else through the invalid-insn hook) ·
+HLT (the engine stops after it) · IN/OUT · xAPIC MMIO · exceptions (the INTR hook; delivered through the IDT).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_PROT_READ,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+from msr.faults import Fault
+from viridian.abi.registers import HypercallRegisters
+from viridian.machine import engine as E
+from viridian.machine import layout as L
+from viridian.machine.boot import BootRegisters
+from viridian.machine.cpuid_base import base_leaf
+from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
+from viridian.machine.lost_fault import classify, memory_operands
+from viridian.machine.native import STOP_NEW_SITES, STOP_TABLE_FULL, TABLE_PAGES, VnState, function_address, library
+from viridian.machine.ports import ExitRequested
+from viridian.machine.stats import VcpuStats
+from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, site_offsets
+
+if TYPE_CHECKING:
+    from viridian.machine.machine import Machine
+
+log = logging.getLogger(__name__)
+
+NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
+                         0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC000_0103})  # SYSENTER, EFER, STAR.., FS/GS
+WINDOW_TICKS = 256  # slice length while an interrupt waits for RFLAGS.IF / the STI shadow
+EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
+VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
+_HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
+                   X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
+_CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
+             X.UC_X86_REG_CR0, X.UC_X86_REG_CR3)
+
+
+class Vcpu:
+    """A vCPU of a :class:`~viridian.machine.machine.Machine`."""
+
+    def __init__(self, machine: Machine, index: int, boot: BootRegisters) -> None:
+        self.m = machine
+        self.index = index
+        self.stats = VcpuStats()
+        self.halted = False  # HLT: runnable again when an interrupt can be delivered
+        self.idle = False  # GUEST_IDLE: runnable again when any interrupt is pending (even IF = 0)
+        self.wait_sipi = False  # application processor parked until INIT-SIPI-SIPI (not at boot here)
+        self.stop_requested = False
+        self.yield_pending = False  # NotifyLongSpinWait: give up the rest of this slice
+        self.ticks_used = 0
+        self.sites: dict[int, int] = {}  # MSR instruction address -> 1 for WRMSR, 0 for RDMSR
+        self._hooked_pages: set[int] = set()
+        self._stub_hooks: set[int] = set()
+        self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
+        # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
+        # report later exceptions. Those hooks stop the engine and leave the redirect to the run loop.
+        self._next_rip: int | None = None
+        self._pending_exc: tuple[int, int | None, int] | None = None
+        self.vp = machine.partition.vps[index]
+        self.apic = machine.apics[index]
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
+        uc.mmio_map(L.APIC_BASE, 0x1000, self._mmio_read, None, self._mmio_write, None)
+        self._native = VnState()
+        self._table = (ctypes.c_uint64 * TABLE_PAGES)()
+        lib = library()
+        n = self._native
+        n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
+        n.reg_write, n.vmem_read = E.c_function("uc_reg_write"), E.c_function("uc_vmem_read")
+        n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
+        n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
+        self._lib = lib
+        self._site_fn = function_address(lib, "vn_site")
+        E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
+        uc.hook_add(UC_HOOK_INSN, self._guard(self._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
+        self._keep = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self._rdtsc, 1)),
+                      E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self._rdtscp, 1))]
+        uc.hook_add(UC_HOOK_INSN, self._guard(self._in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._guard(self._out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._invalid, True))
+        uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
+        self._set_boot_state(boot)
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _set_boot_state(self, b: BootRegisters) -> None:
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, b.gdt, 7 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        uc.reg_write(X.UC_X86_REG_CR3, L.PML4)
+        uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
+        uc.msr_write(E.EFER, L.EFER_BOOT)
+        uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
+        uc.reg_write(X.UC_X86_REG_CS, L.CODE64)
+        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(reg, L.DATA)
+        uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
+        uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
+                            (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RFLAGS, 2)])
+
+    def _guard(self, fn: Any, default: Any = None) -> Any:
+        """Hooks never let a Python exception reach Unicorn: a host bug ends the run with status "error"."""
+
+        def hook(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except ExitRequested as ex:
+                self.m.finish("exit", code=ex.code, vcpu=self.index)
+                self.uc.emu_stop()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive host bugs
+                log.debug("hook failure", exc_info=True)
+                self.m.finish("error", vcpu=self.index, detail=f"host error in {fn.__name__}: {exc!r}",
+                              traceback=traceback.format_exc())
+                self.uc.emu_stop()
+            return default
+
+        return hook
+
+    # -- clock ------------------------------------------------------------------------------------------
+    @property
+    def ticks(self) -> int:
+        return int(self._native.bytes)
+
+    def _exit(self, reason: str) -> None:
+        """Account one exit and bring the partition clock up to this vCPU's time."""
+        self.stats.exit(reason)
+        self._native.bytes += EXIT_TICKS
+        self.m.sync_clock(self)
+        if self.m.tracer is not None:
+            self.m.tracer.exit(self, reason)
+
+    def _stop(self) -> None:
+        self.stop_requested = True
+        self.uc.emu_stop()
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, budget: int) -> int:
+        """Run guest code for at most ``budget`` ticks (a block may overshoot); returns ticks used."""
+        n, uc = self._native, self.uc
+        start = int(n.bytes)
+        end = start + budget
+        self.stop_requested = self.yield_pending = False
+        while not self.m.done and n.bytes < end:
+            self.inject_pending()
+            if self.halted or self.idle or self.m.done:
+                break
+            limit = end
+            if self.apic.pending_vector() is not None:
+                limit = min(end, int(n.bytes) + WINDOW_TICKS)  # blocked interrupt: look again soon
+                self.stats.exit("interrupt_window")
+            self.vp.before_run()
+            n.stop_reason = 0
+            n.limit = limit
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            try:
+                uc.emu_start(rip, E.MAX_ADDR)
+            except UcError as exc:
+                self._engine_error(exc)
+            finally:
+                self.vp.after_run()
+            self._apply_deferred()
+            if n.stop_reason in (STOP_NEW_SITES, STOP_TABLE_FULL):
+                self._hook_page(int(n.new_page), full=n.stop_reason == STOP_TABLE_FULL)
+                continue
+            if self.m.done or self.idle:
+                break
+            if self.stop_requested:
+                self.stop_requested = False
+                if self.yield_pending:
+                    break
+                continue
+            if n.stop_reason:
+                continue  # budget or interrupt-window slice used up
+            self._after_natural_stop()
+            if self.halted:
+                continue  # an interrupt may already be deliverable (inject_pending wakes it)
+        used = int(n.bytes) - start
+        self.ticks_used += used
+        return used
+
+    def _apply_deferred(self) -> None:
+        if self._next_rip is not None:
+            self.uc.reg_write(X.UC_X86_REG_RIP, self._next_rip)
+            self._next_rip = None
+        if self._pending_exc is not None and not self.m.done:
+            vector, error, rip = self._pending_exc
+            self._pending_exc = None
+            self._enter(vector, error, rip)
+
+    def _after_natural_stop(self) -> None:
+        """emu_start returned by itself: HLT (RIP is after it)."""
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        prev = self._read_virt(rip - 1, 1)
+        if prev == b"\xf4":
+            self._exit("hlt")
+            self.halted = True
+            return
+        if self._recover_lost_fault(rip):
+            return
+        self.m.finish("error", vcpu=self.index, detail=f"engine stopped unexpectedly at {rip:#x}",
+                      disasm=self.m.disassemble(self, rip))
+
+    def _recover_lost_fault(self, rip: int) -> bool:
+        """Engine hazard 2 (see lost_fault.py): deliver the #PF the engine swallowed."""
+        code = self._read_virt(rip, 15) or self._read_virt(rip, 1)
+        if not code:
+            return False
+        cr3, cr0 = self._paging()
+        for addr, size, write in memory_operands(self.uc, code, rip):
+            for probe in {addr, addr + size - 1}:
+                if self.m.walker.translate(cr3, cr0, probe, write) is None:
+                    self.uc.reg_write(X.UC_X86_REG_CR2, probe)
+                    present = self.m.walker.translate(cr3, cr0, probe) is not None
+                    cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
+                    err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
+                    self.stats.exit("exception")
+                    self.stats.by_reason["lost_fault_recovered"] += 1
+                    self.raise_exception(PF, err, rip, deferred=False)
+                    return True
+        kind, length = classify(self.uc, code, rip)
+        if kind == "hypercall":
+            self._invalid(self.uc, None)
+            self._apply_deferred()
+            return True
+        vector, ret = {"ud": (6, rip), "de": (0, rip), "bp": (3, rip + length)}.get(kind, (-1, rip))
+        if kind == "int":
+            vector, ret = code[1], rip + length
+        if vector < 0:
+            return False
+        self.stats.by_reason["lost_fault_recovered"] += 1
+        self.raise_exception(vector, None, ret, count_exit=True, deferred=False)
+        return True
+
+    def _engine_error(self, exc: UcError) -> None:
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        self.m.finish("error", vcpu=self.index, detail=f"engine error at {rip:#x}: {exc}",
+                      disasm=self.m.disassemble(self, rip))
+
+    # -- guest memory by virtual address --------------------------------------------------------------------
+    def _paging(self) -> tuple[int, int]:
+        cr0, cr3 = self.uc.reg_read_batch((X.UC_X86_REG_CR0, X.UC_X86_REG_CR3))
+        return int(cr3), int(cr0)
+
+    def _read_virt(self, vaddr: int, length: int) -> bytes | None:
+        cr3, cr0 = self._paging()
+        return self.m.walker.read(cr3, cr0, vaddr, length)
+
+    # -- MSR sites ------------------------------------------------------------------------------------------
+    def _hook_page(self, page: int, full: bool = False) -> None:
+        """A page about to run holds 0F 30 / 0F 32 (or our hypercall stub): hook its sites first."""
+        if full:
+            log.warning("vCPU %d: scanned-page table full; clearing it", self.index)
+            self._lib.vn_clear(ctypes.byref(self._native))
+            self._lib.vn_insert(ctypes.byref(self._native), page)
+        data = self._read_virt(page, 0x1001) or self._read_virt(page, 0x1000)
+        if data is None:
+            return
+        if page not in self._hooked_pages:
+            self._hooked_pages.add(page)
+            for off, is_write in site_offsets(data):
+                self._add_site(page + off, is_write)
+        if is_hypercall_stub(data) and page not in self._stub_hooks:
+            self._stub_hooks.add(page)
+            self.uc.hook_add(UC_HOOK_CODE, self._guard(self._stub_call), None,
+                             page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
+        self.uc.ctl_remove_cache(page, page + 0x1000)
+
+    def _add_site(self, addr: int, is_write: bool) -> None:
+        if addr in self.sites:
+            return
+        self.sites[addr] = int(is_write)
+        E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
+        for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
+            self.uc.hook_add(UC_HOOK_CODE, self._guard(self._msr_done), None, nxt, nxt)
+
+    def forget_code(self, page: int | None = None) -> None:
+        """Guest-visible code changed (e.g. the hypercall page was written): rescan pages on next execution."""
+        self._lib.vn_clear(ctypes.byref(self._native))
+        self._hooked_pages.clear() if page is None else self._hooked_pages.discard(page)
+        if page is None:
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(page, page + 0x1000)
+
+    def flush_tlb(self) -> None:
+        """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def _msr_done(self, uc: Uc, address: int, size: int, _ud: Any) -> None:
+        site = int(self._native.pending_site)
+        if not site or address - site not in (2, 3) or site not in self.sites:
+            return
+        self._native.pending_site = 0
+        ecx, eax, edx = uc.reg_read_batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+        index = ecx & 0xFFFF_FFFF
+        if self.sites[site]:
+            self._exit("msr_write")
+            self.stats.msr_writes[index] += 1
+            if index in NATIVE_MSRS:
+                return
+            res = self.m.wrmsr(self, index, (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF))
+            if isinstance(res, Fault):
+                self.raise_exception(res.vector, res.error_code, site)
+                return
+        else:
+            self._exit("msr_read")
+            self.stats.msr_reads[index] += 1
+            if index in NATIVE_MSRS:
+                return
+            value = self.m.rdmsr(self, index)
+            if isinstance(value, Fault):
+                self.raise_exception(value.vector, value.error_code, site)
+                return
+            uc.reg_write_batch([(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, value >> 32)])
+        self._after_exit(address)
+
+    def _after_exit(self, resume_rip: int) -> None:
+        """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""
+        if self.m.done:
+            self.uc.emu_stop()
+            return
+        if self.idle or self.stop_requested:
+            self.uc.emu_stop()
+            return
+        if self.apic.pending_vector() is not None and self.interruptible():
+            self._stop()  # the run loop injects it before the next instruction
+
+    # -- hypercalls -----------------------------------------------------------------------------------------
+    def _hypercall_regs(self) -> HypercallRegisters:
+        vals = self.uc.reg_read_batch(_HYPERCALL_READ)
+        rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
+        cs, cr0 = vals[13], vals[14]
+        efer = self.uc.msr_read(E.EFER)
+        long_mode = bool(efer & 0x400) and self._cs_long(cs)
+        return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
+                                  rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8, xmm=list(vals[7:13]))
+
+    def _cs_long(self, cs: int) -> bool:
+        return True  # guests run 64-bit code segments (the boot GDT); compatibility mode is not offered
+
+    def _hypercall(self, rip: int, via: str) -> tuple[bool, bool]:
+        """Run the hypercall; returns (handled without fault, continued)."""
+        self._exit("hypercall")
+        regs = self._hypercall_regs()
+        outcome = self.m.hypercall(self, regs)
+        self.stats.hypercalls[outcome.code] += 1
+        if outcome.fault is not None:
+            self.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
+            return False, False
+        if outcome.registers:
+            self.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in outcome.registers.items()])
+        return True, outcome.continued
+
+    def _stub_call(self, uc: Uc, address: int, size: int, _ud: Any) -> None:
+        """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
+        if self._resume_at == address:  # stopped inside this hook last time: the call is already done
+            self._resume_at = None
+            return
+        ok, continued = self._hypercall(address, "page")
+        if self.stop_requested or self.m.done or self._pending_exc is not None:
+            self._resume_at = address
+        if ok and not continued:
+            self._after_exit(address + size)
+
+    def _invalid(self, uc: Uc, _ud: Any) -> bool:
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        insn = self._read_virt(rip, 3)
+        if insn in (VMCALL, VMMCALL):
+            ok, continued = self._hypercall(rip, "vmcall")
+            if ok and not continued:
+                self._next_rip = rip + 3
+            self._stop()
+            return True
+        self.raise_exception(6, None, rip, count_exit=True)
+        return True
+
+    # -- other traps ------------------------------------------------------------------------------------------
+    def _cpuid(self, uc: Uc, _ud: Any) -> int:
+        self._exit("cpuid")
+        leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
+        leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
+        r = self.m.partition.cpuid(leaf, sub)
+        if r is None:
+            arch = self.m.arch[self.index]
+            r = base_leaf(leaf, sub, self.apic.apic_id, self.m.vcpu_count,
+                          invariant_tsc=not self.m.partition.invariant_tsc_suppressed(),
+                          limit_maxval=arch.limit_cpuid_maxval)
+            if leaf == 1:
+                r = type(r)(r.eax, r.ebx, r.ecx, r.edx | (1 << 9 if self.apic.hw_enabled else 0))
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
+                            (X.UC_X86_REG_RDX, r.edx)])
+        return 1
+
+    def _tsc(self) -> int:
+        self.m.sync_clock(self)
+        return self.m.arch[self.index].guest_tsc()
+
+    def _rdtsc(self, uc: Uc, _ud: Any) -> int:
+        self._exit("rdtsc")
+        t = self._tsc()
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32)])
+        return 1
+
+    def _rdtscp(self, uc: Uc, _ud: Any) -> int:
+        self._exit("rdtsc")
+        t = self._tsc()
+        aux = uc.msr_read(0xC000_0103)
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32),
+                            (X.UC_X86_REG_RCX, aux & 0xFFFF_FFFF)])
+        return 1
+
+    def _in(self, uc: Uc, port: int, size: int, _ud: Any) -> int:
+        self._exit("io")
+        self.stats.ports[port] += 1
+        return self.m.ports.read(port, size)
+
+    def _out(self, uc: Uc, port: int, size: int, value: int, _ud: Any) -> None:
+        self._exit("io")
+        self.stats.ports[port] += 1
+        self.m.ports.write(port, size, value)
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, _ud: Any) -> int:
+        try:
+            self._exit("mmio")
+            reg = offset & ~0xF
+            self.stats.apic_access(reg, via_msr=False)
+            if self.apic.x2apic:
+                return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
+            value = self.apic.read_register(reg) if offset & 0xF < 4 else 0
+            return (value >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
+        except Exception as exc:  # noqa: BLE001
+            self.m.finish("error", vcpu=self.index, detail=f"host error in APIC read: {exc!r}",
+                          traceback=traceback.format_exc())
+            uc.emu_stop()
+            return 0
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _ud: Any) -> None:
+        try:
+            self._exit("mmio")
+            reg = offset & ~0xF
+            self.stats.apic_access(reg, via_msr=False)
+            if self.apic.x2apic or offset & 0xF:
+                return
+            self.apic.write_register(reg, value & 0xFFFF_FFFF)
+            if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
+                self._stop()  # a new priority decision or a timer change: re-evaluate before more guest code
+        except Exception as exc:  # noqa: BLE001
+            self.m.finish("error", vcpu=self.index, detail=f"host error in APIC write: {exc!r}",
+                          traceback=traceback.format_exc())
+            uc.emu_stop()
+
+    # -- exceptions and interrupts ----------------------------------------------------------------------------
+    def _interrupt(self, uc: Uc, intno: int, _ud: Any) -> None:
+        off = E.old_exception_offset()
+        if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
+            E.reset_old_exception(uc, off)
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        error = 0 if intno in ERROR_CODE_VECTORS else None
+        if intno == PF:
+            error = self._pf_error_code(uc.reg_read(X.UC_X86_REG_CR2))
+        self.raise_exception(intno, error, rip, count_exit=True, deferred=False)
+
+    def _pf_error_code(self, cr2: int) -> int:
+        cr3, cr0 = self._paging()
+        present = self.m.walker.translate(cr3, cr0, cr2) is not None
+        cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
+        return (1 if present else 0) | (2 if present else 0) | (4 if cpl == 3 else 0)
+
+    def raise_exception(self, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
+                        deferred: bool = True) -> None:
+        """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
+        ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
+        if count_exit:
+            self._exit("exception")
+        self.stats.exceptions[vector] += 1
+        if vector in ERROR_CODE_VECTORS and error is None:
+            error = 0
+        if deferred:
+            self._pending_exc = (vector, error, rip)
+            self._stop()
+        else:
+            self._enter(vector, error, rip)
+
+    def _enter(self, vector: int, error: int | None, rip: int) -> bool:
+        vals = self.uc.reg_read_batch(_CPU_VIEW)
+        idtr = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        tr = self.uc.reg_read(X.UC_X86_REG_TR)
+        cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1])
+        try:
+            d = deliver(self.m.walker, cpu, vector, error, rip)
+        except TripleFault as tf:
+            self.m.finish("triple-fault", vcpu=self.index, detail=str(tf), disasm=self.m.disassemble(self, rip))
+            self.uc.emu_stop()
+            return False
+        if d.cs != cpu.cs:
+            self.uc.reg_write(X.UC_X86_REG_CS, d.cs)
+        if d.ss is not None:
+            self.uc.reg_write(X.UC_X86_REG_SS, d.ss)
+        self.uc.reg_write_batch([(X.UC_X86_REG_RSP, d.rsp), (X.UC_X86_REG_RFLAGS, d.rflags)])
+        self.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
+        return True
+
+    def interruptible(self) -> bool:
+        rip, rflags = self.uc.reg_read_batch((X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
+        if not rflags & (1 << 9):
+            return False
+        return self._read_virt(rip - 1, 1) != b"\xfb"  # STI shadow: the instruction after STI runs first
+
+    def inject_pending(self, resume_rip: int | None = None) -> bool:
+        """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
+        apic = self.apic
+        self.vp.assist.retire_lazy_eoi()
+        self.m.poll_vcpu(self)
+        if self.idle and apic.irr_vectors():
+            self.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
+        vector = apic.pending_vector()
+        if vector is None:
+            return False
+        if not self.interruptible():
+            return False
+        apic.acknowledge()
+        self.vp.assist.on_inject(vector)
+        rip = resume_rip if resume_rip is not None else self.uc.reg_read(X.UC_X86_REG_RIP)
+        self.halted = False
+        if self._enter(vector, None, rip):
+            self.stats.interrupts_delivered += 1
+        return True
+
+    def wants_to_run(self) -> bool:
+        if self.idle:
+            self.m.poll_vcpu(self)
+            if self.apic.irr_vectors():
+                self.idle = False
+        if self.halted:
+            self.m.poll_vcpu(self)
+            return self.apic.pending_vector() is not None and self._if_set()
+        return not self.idle
+
+    def _if_set(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9))
