@@ -13,6 +13,7 @@ import ctypes
 import logging
 import struct
 from functools import cache
+from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
@@ -47,12 +48,12 @@ def hook_add_native(uc: Uc, htype: int, fn: int, user: ctypes.c_void_p | int, be
     return handle.value
 
 
-def context_bytes(uc: Uc) -> tuple[object, bytearray]:
+def context_bytes(uc: Any) -> tuple[Any, bytearray]:
     ctx = uc.context_save()
     return ctx, bytearray(ctypes.string_at(ctx.context, ctx.size))
 
 
-def _scratch(ram: ctypes.Array[ctypes.c_ubyte]) -> Uc:
+def _scratch(ram: Any) -> Any:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map_ptr(0, len(ram), UC_PROT_ALL, ctypes.addressof(ram))
     q = lambda a, v: struct.pack_into("<Q", ram, a, v)  # noqa: E731
@@ -69,7 +70,7 @@ def _scratch(ram: ctypes.Array[ctypes.c_ubyte]) -> Uc:
     return uc
 
 
-def _fault_once(uc: Uc, ram: ctypes.Array[ctypes.c_ubyte], code: bytes, at: int) -> list[int]:
+def _fault_once(uc: Any, ram: Any, code: bytes, at: int) -> list[int]:
     ram[at : at + len(code)] = code
     seen: list[int] = []
 
@@ -105,8 +106,8 @@ def old_exception_offset() -> int | None:
         for off in candidates:
             patched = bytearray(after)
             struct.pack_into("<i", patched, off, -1)
-            ctypes.memmove(ctx.context, bytes(patched), len(patched))  # type: ignore[attr-defined]
-            uc.context_restore(ctx)  # type: ignore[arg-type]
+            ctypes.memmove(ctx.context, bytes(patched), len(patched))
+            uc.context_restore(ctx)
             if _fault_once(uc, ram, _GP, 0x20000) == [13]:
                 return off
             _fault_once(uc, ram, _PF, 0x30000)

@@ -61,7 +61,7 @@ class Machine:
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
         size = mem_mib << 20
-        if not 2 <= mem_mib or size > L.MAX_RAM:
+        if not mem_mib >= 2 or size > L.MAX_RAM:
             raise UserError(f"--mem {mem_mib}: choose 2..{L.MAX_RAM >> 20} MiB")
         if L.reserved_top(vcpus, size) <= L.IMAGE_MIN:
             raise UserError(f"--mem {mem_mib} MiB is too small for {vcpus} vCPU stacks; raise --mem")
@@ -135,7 +135,7 @@ class Machine:
     def run(self) -> RunResult:
         rr = 0
         while self.result is None:
-            if self.T >= self.max_ticks:
+            if self.max_ticks <= self.T:
                 self.finish("timeout", detail=f"virtual time budget of {self.max_ticks} ticks used up")
                 break
             runnable = [v for v in self.vcpus if v.wants_to_run()]
@@ -152,15 +152,18 @@ class Machine:
                 q = max(MIN_SLICE, min(q, deadline - self.T))
             order = runnable[rr % len(runnable):] + runnable[: rr % len(runnable)]
             rr += 1
-            for pcpu in range(min(self.pcpus, len(order))):
+            longest = 0
+            for _pcpu in range(min(self.pcpus, len(order))):
                 budget = q
                 while budget >= MIN_SLICE and order and self.result is None:
                     v = order.pop(0)
                     used = self._run_one(v, q - budget, budget)
                     budget -= used
-                    if used == 0 or not (v.halted or v.idle):
+                    if used == 0 or not (v.halted or v.idle or v.yield_pending):
                         break
-            self.T = max(self.T + q, self.clock.tsc())
+                longest = max(longest, q - budget)
+            # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
+            self.T = max(self.T + max(MIN_SLICE, min(q, longest)), self.clock.tsc())
             self.clock.set_tsc(self.T)
         assert self.result is not None
         return self.result

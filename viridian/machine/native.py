@@ -1,4 +1,4 @@
-"""Build and load the vCPU hot-path hooks written in C (native/vcpu_native.c).
+"""Build and load the vCPU hot-path hooks written in C (csrc/vcpu_native.c).
 
 The library is compiled once per source version with the system C compiler into the user cache
 (``$XDG_CACHE_HOME/viridian`` or ``~/.cache/viridian``; ``VIRIDIAN_CACHE`` overrides) and loaded with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from viridian.errors import UserError
 
-SOURCE = Path(__file__).with_name("native") / "vcpu_native.c"
+SOURCE = Path(__file__).with_name("csrc") / "vcpu_native.c"
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
 STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL = range(4)

@@ -37,6 +37,6 @@ def open_tracer(path: str | None) -> Tracer | None:
     if path == "-":
         return Tracer(sys.stderr, owned=False)
     try:
-        return Tracer(open(path, "w", encoding="utf-8"), owned=True)  # noqa: SIM115
+        return Tracer(open(path, "w", encoding="utf-8"), owned=True)
     except OSError as exc:
         raise UserError(f"cannot write trace file {path}: {exc.strerror}") from None

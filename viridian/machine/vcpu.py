@@ -38,7 +38,14 @@ from viridian.machine.boot import BootRegisters
 from viridian.machine.cpuid_base import base_leaf
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.lost_fault import classify, memory_operands
-from viridian.machine.native import STOP_NEW_SITES, STOP_TABLE_FULL, TABLE_PAGES, VnState, function_address, library
+from viridian.machine.native import (
+    STOP_NEW_SITES,
+    STOP_TABLE_FULL,
+    TABLE_PAGES,
+    VnState,
+    function_address,
+    library,
+)
 from viridian.machine.ports import ExitRequested
 from viridian.machine.stats import VcpuStats
 from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, site_offsets
@@ -82,7 +89,8 @@ class Vcpu:
         self._pending_exc: tuple[int, int | None, int] | None = None
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self._mmio_read, None, self._mmio_write, None)
         self._native = VnState()
@@ -130,7 +138,7 @@ class Vcpu:
             except ExitRequested as ex:
                 self.m.finish("exit", code=ex.code, vcpu=self.index)
                 self.uc.emu_stop()
-            except Exception as exc:  # noqa: BLE001 - the loop must survive host bugs
+            except Exception as exc:
                 log.debug("hook failure", exc_info=True)
                 self.m.finish("error", vcpu=self.index, detail=f"host error in {fn.__name__}: {exc!r}",
                               traceback=traceback.format_exc())
@@ -309,7 +317,7 @@ class Vcpu:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
-    def _msr_done(self, uc: Uc, address: int, size: int, _ud: Any) -> None:
+    def _msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         site = int(self._native.pending_site)
         if not site or address - site not in (2, 3) or site not in self.sites:
             return
@@ -374,7 +382,7 @@ class Vcpu:
             self.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in outcome.registers.items()])
         return True, outcome.continued
 
-    def _stub_call(self, uc: Uc, address: int, size: int, _ud: Any) -> None:
+    def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
         if self._resume_at == address:  # stopped inside this hook last time: the call is already done
             self._resume_at = None
@@ -385,7 +393,7 @@ class Vcpu:
         if ok and not continued:
             self._after_exit(address + size)
 
-    def _invalid(self, uc: Uc, _ud: Any) -> bool:
+    def _invalid(self, uc: Any, _ud: Any) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         insn = self._read_virt(rip, 3)
         if insn in (VMCALL, VMMCALL):
@@ -398,7 +406,7 @@ class Vcpu:
         return True
 
     # -- other traps ------------------------------------------------------------------------------------------
-    def _cpuid(self, uc: Uc, _ud: Any) -> int:
+    def _cpuid(self, uc: Any, _ud: Any) -> int:
         self._exit("cpuid")
         leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
         leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
@@ -418,13 +426,13 @@ class Vcpu:
         self.m.sync_clock(self)
         return self.m.arch[self.index].guest_tsc()
 
-    def _rdtsc(self, uc: Uc, _ud: Any) -> int:
+    def _rdtsc(self, uc: Any, _ud: Any) -> int:
         self._exit("rdtsc")
         t = self._tsc()
         uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32)])
         return 1
 
-    def _rdtscp(self, uc: Uc, _ud: Any) -> int:
+    def _rdtscp(self, uc: Any, _ud: Any) -> int:
         self._exit("rdtsc")
         t = self._tsc()
         aux = uc.msr_read(0xC000_0103)
@@ -432,17 +440,17 @@ class Vcpu:
                             (X.UC_X86_REG_RCX, aux & 0xFFFF_FFFF)])
         return 1
 
-    def _in(self, uc: Uc, port: int, size: int, _ud: Any) -> int:
+    def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
         self._exit("io")
         self.stats.ports[port] += 1
         return self.m.ports.read(port, size)
 
-    def _out(self, uc: Uc, port: int, size: int, value: int, _ud: Any) -> None:
+    def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
         self._exit("io")
         self.stats.ports[port] += 1
         self.m.ports.write(port, size, value)
 
-    def _mmio_read(self, uc: Uc, offset: int, size: int, _ud: Any) -> int:
+    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
             self._exit("mmio")
             reg = offset & ~0xF
@@ -451,13 +459,13 @@ class Vcpu:
                 return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
             value = self.apic.read_register(reg) if offset & 0xF < 4 else 0
             return (value >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.m.finish("error", vcpu=self.index, detail=f"host error in APIC read: {exc!r}",
                           traceback=traceback.format_exc())
             uc.emu_stop()
             return 0
 
-    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _ud: Any) -> None:
+    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
             self._exit("mmio")
             reg = offset & ~0xF
@@ -467,13 +475,13 @@ class Vcpu:
             self.apic.write_register(reg, value & 0xFFFF_FFFF)
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
                 self._stop()  # a new priority decision or a timer change: re-evaluate before more guest code
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.m.finish("error", vcpu=self.index, detail=f"host error in APIC write: {exc!r}",
                           traceback=traceback.format_exc())
             uc.emu_stop()
 
     # -- exceptions and interrupts ----------------------------------------------------------------------------
-    def _interrupt(self, uc: Uc, intno: int, _ud: Any) -> None:
+    def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         off = E.old_exception_offset()
         if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
             E.reset_old_exception(uc, off)
