@@ -1,0 +1,79 @@
+"""Machine performance, as ratios against bare Unicorn measured in the same run (never a timed test).
+
+1. exit-free loop (loop_alu): viridian run vs a bare Uc executing the same image with no hooks;
+2. synthetic MSR exits (loop_rdmsr, 200k TIME_REF_COUNT reads): exits/s, vs the bare next-instruction hook;
+3. page hypercalls (loop_hypercall, 200k NotifyLongSpinWait): exits/s.
+Run: make bench
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as X
+
+from viridian.config.presets import load_config
+from viridian.machine.loader import load_image, place_image
+from viridian.machine.machine import Machine
+
+BUILD = Path(__file__).resolve().parents[1] / "fixtures" / "build"
+
+
+def viridian_seconds(name: str) -> tuple[float, Machine]:
+    m = Machine(load_config(preset="recommended"), load_image(BUILD / name), max_ticks=10**12)
+    t = time.perf_counter()
+    m.run()
+    return time.perf_counter() - t, m
+
+
+def bare_seconds(name: str, rdmsr_hook: bool = False) -> float:
+    """The same image on a bare Uc: the machine's boot state, no hooks (or the fastest MSR hook)."""
+    m = Machine(load_config(preset="none"), load_image(BUILD / name), max_ticks=10**12)
+    ram = (ctypes.c_ubyte * m.ram_size)()
+    ctypes.memmove(ram, m.ram_buffer, m.ram_size)
+    src = m.vcpus[0].uc
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map_ptr(0, m.ram_size, UC_PROT_ALL, ctypes.addressof(ram))
+    uc.context_restore(src.context_save())
+    hits = [0]
+    uc.hook_add(UC_HOOK_INSN, lambda u, port, size, _d: 0x60, None, 1, 0, X.UC_X86_INS_IN)  # LSR ready
+    if rdmsr_hook:
+        img = load_image(BUILD / name)
+        place_image(img, memoryview(ram).cast("B"), m.ram_size, 1)
+        data = bytes(ram[img.segments[0].paddr : img.segments[0].paddr + 0x2000])
+        for i in range(len(data) - 1):
+            if data[i] == 0x0F and data[i + 1] == 0x32:
+                nxt = img.segments[0].paddr + i + 2
+
+                def hook(u: Uc, a: int, s: int, _d: object) -> None:
+                    hits[0] += 1
+                    u.reg_write(X.UC_X86_REG_RAX, 1)
+
+                uc.hook_add(UC_HOOK_CODE, hook, None, nxt, nxt)
+    t = time.perf_counter()
+    try:
+        uc.emu_start(m.image.entry, 0xFFFF_FFFF_FFFF_FFFF, timeout=60_000_000)
+    except Exception:  # noqa: BLE001 - the bare engine stops at the exit port's OUT or an unmodelled MSR
+        pass
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    tv, _ = viridian_seconds("loop_alu.elf")
+    tb = bare_seconds("loop_alu.elf")
+    print(f"exit-free loop      viridian {tv:7.3f} s   bare {tb:7.3f} s   speed ratio {tb / tv:5.2f}x of bare")
+    tv, m = viridian_seconds("loop_rdmsr.elf")
+    n = m.total_stats().msr_reads[0x40000020]
+    tb = bare_seconds("loop_rdmsr.elf", rdmsr_hook=True)
+    print(f"TIME_REF_COUNT      viridian {n / tv:9.0f} exits/s   bare next-insn hook {200_000 / tb:9.0f}/s   "
+          f"ratio {tv / tb:5.2f}x slower")
+    tv, m = viridian_seconds("loop_hypercall.elf")
+    n = m.total_stats().hypercalls[0x0008]
+    print(f"page hypercalls     viridian {n / tv:9.0f} exits/s (NotifyLongSpinWait, fast)")
+
+
+if __name__ == "__main__":
+    main()
