@@ -113,3 +113,53 @@ def test_cli_user_errors_are_one_line(args: list[str], tmp_path: Path) -> None:
     proc = _cli(*args)
     assert proc.returncode == 2
     assert proc.stderr.startswith("viridian: error:") and "Traceback" not in proc.stderr
+
+
+def test_apic_timer_periodic_oneshot_deadline(guests: Path) -> None:
+    _, s = run_guest(guests / "apic_timer.elf")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["apic"]["interrupts_delivered"] == 12  # 10 periodic + 1 one-shot + 1 TSC-deadline
+    assert s["exits"]["by_reason"]["hlt"] >= 1
+
+
+@pytest.mark.parametrize("vcpus", [2, 4, 8])
+def test_ipis_reach_every_ap(guests: Path, vcpus: int) -> None:
+    _, s = run_guest(guests / "ipi.elf", vcpus=vcpus)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["apic"]["interrupts_delivered"] == 3 * (vcpus - 1)
+    assert s["apic"]["ipis_sent"] == 3 * (vcpus - 1)
+    assert s["exits"]["apic_registers"]["mmio"]["icr_high"] == 3 * (vcpus - 1)  # one high write per IPI
+    assert s["apic"]["icr_exits"] >= 2 * 3 * (vcpus - 1)
+
+
+def test_hlt_wakeup_and_guest_idle_with_if_clear(guests: Path) -> None:
+    """GUEST_IDLE returns once an interrupt is pending even with IF = 0; `sti; nop` then takes it."""
+    _, s = run_guest(guests / "idle.elf")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["exits"]["by_reason"]["guest_idle"] == 1
+    assert s["exits"]["by_reason"]["interrupt_window"] == 1
+
+
+def test_guest_idle_not_offered_is_gp(guests: Path) -> None:
+    _, s = run_guest(guests / "idle.elf", preset="xen-3.4")
+    assert s["result"]["code"] == 44  # the guest saw #GP on RDMSR 0x400000F0
+
+
+def test_64_vcpus_negotiate_in_one_partition(guests: Path) -> None:
+    _, s = run_guest(guests / "hello.elf", vcpus=64)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
+    assert "hello from vcpu 63 of 64" in s["serial"]
+
+
+def test_hung_when_nothing_can_wake(tmp_path: Path) -> None:
+    img = tmp_path / "hang.bin"
+    img.write_bytes(b"\xfa\xf4")  # cli; hlt
+    m = Machine(load_config(preset="none"), load_image(img))
+    assert m.run().status == "hung"
+
+
+def test_timeout_on_a_spinning_guest(tmp_path: Path) -> None:
+    img = tmp_path / "spin.bin"
+    img.write_bytes(b"\xeb\xfe")  # jmp $
+    m = Machine(load_config(preset="none"), load_image(img), max_ticks=10_000_000)
+    assert m.run().status == "timeout"

@@ -29,7 +29,7 @@ def stats_json(m: Machine) -> dict[str, Any]:
         "apic": {
             "eoi_exits": total.eoi_exits, "eoi_avoided": avoided, "icr_exits": total.icr_exits,
             "tpr_exits": total.tpr_exits, "interrupts_delivered": total.interrupts_delivered,
-            "ipis_sent": total.ipis_sent,
+            "ipis_sent": total.ipis_sent + sum(m.bus.ipis_sent.values()),  # hypercall + APIC ICR sends
         },
         "tlb_flushes": m.flushes,
         "unclaimed_ports": {f"{p:#06x}": n for p, n in sorted(m.ports.unclaimed.items())},

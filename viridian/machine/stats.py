@@ -37,7 +37,7 @@ class VcpuStats:
         if offset == 0xB0:
             self.eoi_exits += 1
         elif offset in (0x300, 0x310):
-            self.icr_exits += 1 if offset == 0x300 or via_msr else 0
+            self.icr_exits += 1  # every ICR access exits: xAPIC IPI = high + low write (+ status reads)
         elif offset == 0x80:
             self.tpr_exits += 1
 

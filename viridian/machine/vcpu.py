@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
                          0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC000_0103})  # SYSENTER, EFER, STAR.., FS/GS
-WINDOW_TICKS = 256  # slice length while an interrupt waits for RFLAGS.IF / the STI shadow
 EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
 VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
 _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
@@ -87,6 +86,8 @@ class Vcpu:
         # report later exceptions. Those hooks stop the engine and leave the redirect to the run loop.
         self._next_rip: int | None = None
         self._pending_exc: tuple[int, int | None, int] | None = None
+        self._window_hook: int | None = None
+        self._shadow = False
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -175,10 +176,8 @@ class Vcpu:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
+            self._set_window(self.apic.pending_vector() is not None)
             limit = end
-            if self.apic.pending_vector() is not None:
-                limit = min(end, int(n.bytes) + WINDOW_TICKS)  # blocked interrupt: look again soon
-                self.stats.exit("interrupt_window")
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
@@ -208,6 +207,26 @@ class Vcpu:
         used = int(n.bytes) - start
         self.ticks_used += used
         return used
+
+    # -- interrupt window (VMX "interrupt-window exiting") ---------------------------------------------------
+    def _set_window(self, blocked_interrupt: bool) -> None:
+        """While an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is active), a per-instruction
+        hook stops the engine at the first instruction boundary where it can be taken."""
+        if blocked_interrupt and self._window_hook is None:
+            self.stats.exit("interrupt_window")
+            self._shadow = self._read_virt(self.uc.reg_read(X.UC_X86_REG_RIP) - 1, 1) == b"\xfb"
+            self._window_hook = self.uc.hook_add(UC_HOOK_CODE, self._guard(self._window_step), None, 1, 0)
+        elif not blocked_interrupt and self._window_hook is not None:
+            self.uc.hook_del(self._window_hook)
+            self._window_hook = None
+
+    def _window_step(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        busy = (address - HYPERCALL_HOOK_OFFSET in self._stub_hooks or address - 2 in self.sites
+                or address - 3 in self.sites)  # another hook may act here: take the next boundary
+        if not busy and not self._shadow and uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9):
+            self._stop()
+            return
+        self._shadow = self._read_virt(address, 1) == b"\xfb"  # STI: the next instruction runs first
 
     def _apply_deferred(self) -> None:
         if self._next_rip is not None:
@@ -474,7 +493,8 @@ class Vcpu:
                 return
             self.apic.write_register(reg, value & 0xFFFF_FFFF)
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
-                self._stop()  # a new priority decision or a timer change: re-evaluate before more guest code
+                # re-evaluate at the next block start (stopping here would re-run the MMIO write)
+                self._native.limit = min(int(self._native.limit), int(self._native.bytes))
         except Exception as exc:
             self.m.finish("error", vcpu=self.index, detail=f"host error in APIC write: {exc!r}",
                           traceback=traceback.format_exc())
