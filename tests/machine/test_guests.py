@@ -136,7 +136,7 @@ def test_hlt_wakeup_and_guest_idle_with_if_clear(guests: Path) -> None:
     """GUEST_IDLE returns once an interrupt is pending even with IF = 0; `sti; nop` then takes it."""
     _, s = run_guest(guests / "idle.elf")
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
-    assert s["exits"]["by_reason"]["guest_idle"] == 1
+    assert s["exits"]["events"]["guest_idle"] == 1
     assert s["exits"]["by_reason"]["interrupt_window"] == 1
 
 
@@ -163,3 +163,28 @@ def test_timeout_on_a_spinning_guest(tmp_path: Path) -> None:
     img.write_bytes(b"\xeb\xfe")  # jmp $
     m = Machine(load_config(preset="none"), load_image(img), max_ticks=10_000_000)
     assert m.run().status == "timeout"
+
+
+def test_guest_write_to_hypercall_page_is_gp(tmp_path: Path) -> None:
+    """TLFS §3.13: the hypercall page is a read+execute overlay; a guest write raises #GP (here with no IDT:
+    #GP -> #DF -> triple fault) and the page keeps our stub."""
+    code = bytes.fromhex("b900000040b80100000031d20f30"  # wrmsr GUEST_OS_ID = 1
+                         "b901000040b8010020000f30"  # wrmsr HYPERCALL = 0x200000 | enable
+                         "48c7c300002000c60390f4")  # mov byte [0x200000], 0x90; hlt
+    img = tmp_path / "wp.bin"
+    img.write_bytes(code)
+    m = Machine(load_config(preset="recommended"), load_image(img))
+    res = m.run()
+    assert res.status == "triple-fault" and "first vector 13" in res.detail
+    assert m.total_stats().exceptions[13] == 1
+    assert bytes(m.ram[0x200000:0x200004]) == bytes.fromhex("48c7c0ff")
+
+
+def test_trace_has_one_line_per_exit(guests: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    stats = tmp_path / "s.json"
+    proc = _cli("run", str(guests / "negotiate.elf"), "--trace", str(trace), "--stats-json", str(stats), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert len(lines) == json.loads(stats.read_text())["exits"]["total"]
+    assert {"vcpu", "tsc", "reason", "rip", "insn"} <= set(lines[0])

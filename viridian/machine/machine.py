@@ -192,6 +192,10 @@ class Machine:
                 and gpa != before:
             for other in self.vcpus:
                 other.forget_code()
+        if index in (HvMsr.HYPERCALL, HvMsr.REFERENCE_TSC, HvMsr.GUEST_OS_ID):
+            pages = {o.gpa for o in self.partition.overlays() if not o.writable}
+            for other in self.vcpus:
+                other.set_protected(pages)
         return res
 
     def _count_apic_msr(self, v: Vcpu, index: int) -> None:
@@ -217,11 +221,15 @@ class Machine:
             self.apics[target_vp].assert_interrupt(vector)
 
     def yield_vp(self, vp: int, reason: str) -> None:
+        # KVM kvm_vcpu_on_spin: only worth it when another vCPU waits for a (simulated) physical CPU
         v = self.vcpus[vp]
-        v.yield_pending = True
-        v.stats.exit("yield")
-        v.uc.emu_stop()
-        v.stop_requested = True
+        v.stats.events["spin_notifications"] += 1
+        waiting = sum(1 for o in self.vcpus if o is not v and not (o.halted or o.idle))
+        if waiting >= self.pcpus:
+            v.stats.events["yield"] += 1
+            v.yield_pending = True
+            v.uc.emu_stop()
+            v.stop_requested = True
 
     def request_reset(self, vp: int) -> None:
         self.finish("reset", vcpu=vp, detail="HV_X64_MSR_RESET written")
@@ -240,7 +248,7 @@ class Machine:
     def enter_idle(self, vp: int) -> None:
         v = self.vcpus[vp]
         v.idle = True
-        v.stats.exit("guest_idle")
+        v.stats.events["guest_idle"] += 1
 
     # -- reporting --------------------------------------------------------------------------------------------
     def disassemble(self, v: Vcpu, rip: int) -> str:

@@ -23,6 +23,7 @@ class VcpuStats:
     apic_mmio: Counter[int] = field(default_factory=Counter)
     apic_msr: Counter[int] = field(default_factory=Counter)
     exceptions: Counter[int] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)  # not exits: yields honoured, idle entries, ...
     eoi_exits: int = 0
     icr_exits: int = 0
     tpr_exits: int = 0
@@ -63,6 +64,7 @@ def vcpu_json(s: VcpuStats) -> dict[str, Any]:
         "by_hypercall": _hex_keys(s.hypercalls, 4),
         "by_port": _hex_keys(s.ports, 4),
         "by_exception": {str(k): v for k, v in sorted(s.exceptions.items())},
+        "events": dict(sorted(s.events.items())),
         "apic_registers": {"mmio": _apic_keys(s.apic_mmio), "msr": _apic_keys(s.apic_msr)},
     }
 
@@ -71,7 +73,7 @@ def merge(stats: list[VcpuStats]) -> VcpuStats:
     out = VcpuStats()
     for s in stats:
         for name in ("by_reason", "msr_reads", "msr_writes", "hypercalls", "ports", "apic_mmio", "apic_msr",
-                     "exceptions"):
+                     "exceptions", "events"):
             getattr(out, name).update(getattr(s, name))
         for name in ("eoi_exits", "icr_exits", "tpr_exits", "interrupts_delivered", "ipis_sent"):
             setattr(out, name, getattr(out, name) + getattr(s, name))

@@ -21,8 +21,10 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
+    UC_PROT_EXEC,
     UC_PROT_READ,
     Uc,
     UcError,
@@ -112,7 +114,15 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INSN, self._guard(self._out), None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
+        self._wp_fault: int | None = None
+        self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
         self._set_boot_state(boot)
+        self._msr_regs = E.FastRegs(uc, (X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+        self._rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+        self._rax = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
+        self._hc_regs = E.FastRegs(uc, _HYPERCALL_READ)
+        self._efer = int(uc.msr_read(E.EFER))
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _set_boot_state(self, b: BootRegisters) -> None:
@@ -185,9 +195,14 @@ class Vcpu:
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
-                self._engine_error(exc)
+                if self._wp_fault is None:
+                    self._engine_error(exc)
             finally:
                 self.vp.after_run()
+            if self._wp_fault is not None:  # TLFS §3.13: a write to the hypercall page raises #GP
+                self._wp_fault = None
+                self.raise_exception(13, 0, uc.reg_read(X.UC_X86_REG_RIP), count_exit=True, deferred=False)
+                continue
             self._apply_deferred()
             if n.stop_reason in (STOP_NEW_SITES, STOP_TABLE_FULL):
                 self._hook_page(int(n.new_page), full=n.stop_reason == STOP_TABLE_FULL)
@@ -264,7 +279,7 @@ class Vcpu:
                     cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
                     err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
                     self.stats.exit("exception")
-                    self.stats.by_reason["lost_fault_recovered"] += 1
+                    self.stats.events["lost_fault_recovered"] += 1
                     self.raise_exception(PF, err, rip, deferred=False)
                     return True
         kind, length = classify(self.uc, code, rip)
@@ -277,7 +292,7 @@ class Vcpu:
             vector, ret = code[1], rip + length
         if vector < 0:
             return False
-        self.stats.by_reason["lost_fault_recovered"] += 1
+        self.stats.events["lost_fault_recovered"] += 1
         self.raise_exception(vector, None, ret, count_exit=True, deferred=False)
         return True
 
@@ -332,6 +347,18 @@ class Vcpu:
         else:
             self.uc.ctl_remove_cache(page, page + 0x1000)
 
+    def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
+        self._wp_fault = address
+        return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
+
+    def set_protected(self, pages: set[int]) -> None:
+        """Map exactly ``pages`` read+execute (guest writes fault), everything else of RAM read/write/execute."""
+        for page in self.protected - pages:
+            self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
+        for page in pages - self.protected:
+            self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        self.protected = set(pages)
+
     def flush_tlb(self) -> None:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -341,12 +368,14 @@ class Vcpu:
         if not site or address - site not in (2, 3) or site not in self.sites:
             return
         self._native.pending_site = 0
-        ecx, eax, edx = uc.reg_read_batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+        ecx, eax, edx = self._msr_regs.read()
         index = ecx & 0xFFFF_FFFF
         if self.sites[site]:
             self._exit("msr_write")
             self.stats.msr_writes[index] += 1
             if index in NATIVE_MSRS:
+                if index == E.EFER:
+                    self._efer = int(uc.msr_read(E.EFER))
                 return
             res = self.m.wrmsr(self, index, (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF))
             if isinstance(res, Fault):
@@ -361,7 +390,7 @@ class Vcpu:
             if isinstance(value, Fault):
                 self.raise_exception(value.vector, value.error_code, site)
                 return
-            uc.reg_write_batch([(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, value >> 32)])
+            self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit(address)
 
     def _after_exit(self, resume_rip: int) -> None:
@@ -377,13 +406,14 @@ class Vcpu:
 
     # -- hypercalls -----------------------------------------------------------------------------------------
     def _hypercall_regs(self) -> HypercallRegisters:
-        vals = self.uc.reg_read_batch(_HYPERCALL_READ)
+        fr = self._hc_regs
+        vals = fr.read()
         rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
         cs, cr0 = vals[13], vals[14]
-        efer = self.uc.msr_read(E.EFER)
-        long_mode = bool(efer & 0x400) and self._cs_long(cs)
+        long_mode = bool(self._efer & 0x400) and self._cs_long(cs)
         return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
-                                  rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8, xmm=list(vals[7:13]))
+                                  rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8,
+                                  xmm=fr.read_wide(7, 6))
 
     def _cs_long(self, cs: int) -> bool:
         return True  # guests run 64-bit code segments (the boot GDT); compatibility mode is not offered
@@ -397,8 +427,11 @@ class Vcpu:
         if outcome.fault is not None:
             self.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
             return False, False
-        if outcome.registers:
-            self.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in outcome.registers.items()])
+        regs_out = outcome.registers
+        if len(regs_out) == 1 and "rax" in regs_out:
+            self._rax.write(regs_out["rax"])
+        elif regs_out:
+            self.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in regs_out.items()])
         return True, outcome.continued
 
     def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
