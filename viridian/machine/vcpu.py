@@ -33,11 +33,9 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
-from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters
-from viridian.machine.cpuid_base import base_leaf
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.lost_fault import classify, memory_operands
 from viridian.machine.native import (
@@ -51,6 +49,7 @@ from viridian.machine.native import (
 from viridian.machine.ports import ExitRequested
 from viridian.machine.stats import VcpuStats
 from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, site_offsets
+from viridian.machine.vcpu_traps import InstructionTraps
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
                          0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC000_0103})  # SYSENTER, EFER, STAR.., FS/GS
 EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
-VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
 _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
                    X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
 _CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
@@ -92,10 +90,11 @@ class Vcpu:
         self._shadow = False
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
+        self.traps = InstructionTraps(self)
         self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
-        uc.mmio_map(L.APIC_BASE, 0x1000, self._mmio_read, None, self._mmio_write, None)
+        uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
         self._native = VnState()
         self._table = (ctypes.c_uint64 * TABLE_PAGES)()
         lib = library()
@@ -107,12 +106,12 @@ class Vcpu:
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
-        uc.hook_add(UC_HOOK_INSN, self._guard(self._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
-        self._keep = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self._rdtsc, 1)),
-                      E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self._rdtscp, 1))]
-        uc.hook_add(UC_HOOK_INSN, self._guard(self._in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._guard(self._out), None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._invalid, True))
+        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
+        self._keep = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
+                      E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
+        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
         self._wp_fault: int | None = None
@@ -284,7 +283,7 @@ class Vcpu:
                     return True
         kind, length = classify(self.uc, code, rip)
         if kind == "hypercall":
-            self._invalid(self.uc, None)
+            self.traps._invalid(self.uc, None)
             self._apply_deferred()
             return True
         vector, ret = {"ud": (6, rip), "de": (0, rip), "bp": (3, rip + length)}.get(kind, (-1, rip))
@@ -326,7 +325,7 @@ class Vcpu:
                 self._add_site(page + off, is_write)
         if is_hypercall_stub(data) and page not in self._stub_hooks:
             self._stub_hooks.add(page)
-            self.uc.hook_add(UC_HOOK_CODE, self._guard(self._stub_call), None,
+            self.uc.hook_add(UC_HOOK_CODE, self._guard(self.traps._stub_call), None,
                              page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
         self.uc.ctl_remove_cache(page, page + 0x1000)
 
@@ -403,135 +402,6 @@ class Vcpu:
             return
         if self.apic.pending_vector() is not None and self.interruptible():
             self._stop()  # the run loop injects it before the next instruction
-
-    # -- hypercalls -----------------------------------------------------------------------------------------
-    def _hypercall_regs(self) -> HypercallRegisters:
-        fr = self._hc_regs
-        vals = fr.read()
-        rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
-        cs, cr0 = vals[13], vals[14]
-        long_mode = bool(self._efer & 0x400) and self._cs_long(cs)
-        return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
-                                  rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8,
-                                  xmm=fr.read_wide(7, 6))
-
-    def _cs_long(self, cs: int) -> bool:
-        return True  # guests run 64-bit code segments (the boot GDT); compatibility mode is not offered
-
-    def _hypercall(self, rip: int, via: str) -> tuple[bool, bool]:
-        """Run the hypercall; returns (handled without fault, continued)."""
-        self._exit("hypercall")
-        regs = self._hypercall_regs()
-        outcome = self.m.hypercall(self, regs)
-        self.stats.hypercalls[outcome.code] += 1
-        if outcome.fault is not None:
-            self.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
-            return False, False
-        regs_out = outcome.registers
-        if len(regs_out) == 1 and "rax" in regs_out:
-            self._rax.write(regs_out["rax"])
-        elif regs_out:
-            self.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in regs_out.items()])
-        return True, outcome.continued
-
-    def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
-        """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
-        if self._resume_at == address:  # stopped inside this hook last time: the call is already done
-            self._resume_at = None
-            return
-        ok, continued = self._hypercall(address, "page")
-        if self.stop_requested or self.m.done or self._pending_exc is not None:
-            self._resume_at = address
-        if ok and not continued:
-            self._after_exit(address + size)
-
-    def _invalid(self, uc: Any, _ud: Any) -> bool:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
-        insn = self._read_virt(rip, 3)
-        if insn in (VMCALL, VMMCALL):
-            ok, continued = self._hypercall(rip, "vmcall")
-            if ok and not continued:
-                self._next_rip = rip + 3
-            self._stop()
-            return True
-        self.raise_exception(6, None, rip, count_exit=True)
-        return True
-
-    # -- other traps ------------------------------------------------------------------------------------------
-    def _cpuid(self, uc: Any, _ud: Any) -> int:
-        self._exit("cpuid")
-        leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
-        leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
-        r = self.m.partition.cpuid(leaf, sub)
-        if r is None:
-            arch = self.m.arch[self.index]
-            r = base_leaf(leaf, sub, self.apic.apic_id, self.m.vcpu_count,
-                          invariant_tsc=not self.m.partition.invariant_tsc_suppressed(),
-                          limit_maxval=arch.limit_cpuid_maxval)
-            if leaf == 1:
-                r = type(r)(r.eax, r.ebx, r.ecx, r.edx | (1 << 9 if self.apic.hw_enabled else 0))
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
-                            (X.UC_X86_REG_RDX, r.edx)])
-        return 1
-
-    def _tsc(self) -> int:
-        self.m.sync_clock(self)
-        return self.m.arch[self.index].guest_tsc()
-
-    def _rdtsc(self, uc: Any, _ud: Any) -> int:
-        self._exit("rdtsc")
-        t = self._tsc()
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32)])
-        return 1
-
-    def _rdtscp(self, uc: Any, _ud: Any) -> int:
-        self._exit("rdtsc")
-        t = self._tsc()
-        aux = uc.msr_read(0xC000_0103)
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32),
-                            (X.UC_X86_REG_RCX, aux & 0xFFFF_FFFF)])
-        return 1
-
-    def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
-        self._exit("io")
-        self.stats.ports[port] += 1
-        return self.m.ports.read(port, size)
-
-    def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
-        self._exit("io")
-        self.stats.ports[port] += 1
-        self.m.ports.write(port, size, value)
-
-    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
-        try:
-            self._exit("mmio")
-            reg = offset & ~0xF
-            self.stats.apic_access(reg, via_msr=False)
-            if self.apic.x2apic:
-                return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
-            value = self.apic.read_register(reg) if offset & 0xF < 4 else 0
-            return (value >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
-        except Exception as exc:
-            self.m.finish("error", vcpu=self.index, detail=f"host error in APIC read: {exc!r}",
-                          traceback=traceback.format_exc())
-            uc.emu_stop()
-            return 0
-
-    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
-        try:
-            self._exit("mmio")
-            reg = offset & ~0xF
-            self.stats.apic_access(reg, via_msr=False)
-            if self.apic.x2apic or offset & 0xF:
-                return
-            self.apic.write_register(reg, value & 0xFFFF_FFFF)
-            if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
-                # re-evaluate at the next block start (stopping here would re-run the MMIO write)
-                self._native.limit = min(int(self._native.limit), int(self._native.bytes))
-        except Exception as exc:
-            self.m.finish("error", vcpu=self.index, detail=f"host error in APIC write: {exc!r}",
-                          traceback=traceback.format_exc())
-            uc.emu_stop()
 
     # -- exceptions and interrupts ----------------------------------------------------------------------------
     def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:

@@ -1,0 +1,155 @@
+"""The vCPU traps that answer one instruction each: hypercalls (page stub and VMCALL/VMMCALL), CPUID,
+RDTSC/RDTSCP, port I/O and xAPIC MMIO. Mixed into :class:`~viridian.machine.vcpu.Vcpu`, whose state they use."""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from unicorn import x86_const as X
+
+from viridian.abi.registers import HypercallRegisters
+from viridian.machine import engine as E
+from viridian.machine.cpuid_base import base_leaf
+
+if TYPE_CHECKING:
+    from viridian.machine.vcpu import Vcpu
+
+VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
+
+
+class InstructionTraps:
+    """Handlers for the traps of one vCPU (``v``)."""
+
+    def __init__(self, v: Vcpu) -> None:
+        self.v = v
+
+    # -- hypercalls -----------------------------------------------------------------------------------------
+    def _hypercall_regs(self) -> HypercallRegisters:
+        fr = self.v._hc_regs
+        vals = fr.read()
+        rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
+        cs, cr0 = vals[13], vals[14]
+        long_mode = bool(self.v._efer & 0x400) and self._cs_long(cs)
+        return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
+                                  rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8,
+                                  xmm=fr.read_wide(7, 6))
+
+    def _cs_long(self, cs: int) -> bool:
+        return True  # guests run 64-bit code segments (the boot GDT); compatibility mode is not offered
+
+    def _hypercall(self, rip: int, via: str) -> tuple[bool, bool]:
+        """Run the hypercall; returns (handled without fault, continued)."""
+        self.v._exit("hypercall")
+        regs = self._hypercall_regs()
+        outcome = self.v.m.hypercall(self.v, regs)
+        self.v.stats.hypercalls[outcome.code] += 1
+        if outcome.fault is not None:
+            self.v.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
+            return False, False
+        regs_out = outcome.registers
+        if len(regs_out) == 1 and "rax" in regs_out:
+            self.v._rax.write(regs_out["rax"])
+        elif regs_out:
+            self.v.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in regs_out.items()])
+        return True, outcome.continued
+
+    def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
+        if self.v._resume_at == address:  # stopped inside this hook last time: the call is already done
+            self.v._resume_at = None
+            return
+        ok, continued = self._hypercall(address, "page")
+        if self.v.stop_requested or self.v.m.done or self.v._pending_exc is not None:
+            self.v._resume_at = address
+        if ok and not continued:
+            self.v._after_exit(address + size)
+
+    def _invalid(self, uc: Any, _ud: Any) -> bool:
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        insn = self.v._read_virt(rip, 3)
+        if insn in (VMCALL, VMMCALL):
+            ok, continued = self._hypercall(rip, "vmcall")
+            if ok and not continued:
+                self.v._next_rip = rip + 3
+            self.v._stop()
+            return True
+        self.v.raise_exception(6, None, rip, count_exit=True)
+        return True
+
+    # -- other traps ------------------------------------------------------------------------------------------
+    def _cpuid(self, uc: Any, _ud: Any) -> int:
+        self.v._exit("cpuid")
+        leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
+        leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
+        r = self.v.m.partition.cpuid(leaf, sub)
+        if r is None:
+            arch = self.v.m.arch[self.v.index]
+            r = base_leaf(leaf, sub, self.v.apic.apic_id, self.v.m.vcpu_count,
+                          invariant_tsc=not self.v.m.partition.invariant_tsc_suppressed(),
+                          limit_maxval=arch.limit_cpuid_maxval)
+            if leaf == 1:
+                r = type(r)(r.eax, r.ebx, r.ecx, r.edx | (1 << 9 if self.v.apic.hw_enabled else 0))
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
+                            (X.UC_X86_REG_RDX, r.edx)])
+        return 1
+
+    def _tsc(self) -> int:
+        self.v.m.sync_clock(self.v)
+        return self.v.m.arch[self.v.index].guest_tsc()
+
+    def _rdtsc(self, uc: Any, _ud: Any) -> int:
+        self.v._exit("rdtsc")
+        t = self._tsc()
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32)])
+        return 1
+
+    def _rdtscp(self, uc: Any, _ud: Any) -> int:
+        self.v._exit("rdtsc")
+        t = self._tsc()
+        aux = uc.msr_read(0xC000_0103)
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32),
+                            (X.UC_X86_REG_RCX, aux & 0xFFFF_FFFF)])
+        return 1
+
+    def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
+        self.v._exit("io")
+        self.v.stats.ports[port] += 1
+        return self.v.m.ports.read(port, size)
+
+    def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
+        self.v._exit("io")
+        self.v.stats.ports[port] += 1
+        self.v.m.ports.write(port, size, value)
+
+    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
+        try:
+            self.v._exit("mmio")
+            reg = offset & ~0xF
+            self.v.stats.apic_access(reg, via_msr=False)
+            if self.v.apic.x2apic:
+                return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
+            value = self.v.apic.read_register(reg) if offset & 0xF < 4 else 0
+            return (value >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
+        except Exception as exc:
+            self.v.m.finish("error", vcpu=self.v.index, detail=f"host error in APIC read: {exc!r}",
+                          traceback=traceback.format_exc())
+            uc.emu_stop()
+            return 0
+
+    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+        try:
+            self.v._exit("mmio")
+            reg = offset & ~0xF
+            self.v.stats.apic_access(reg, via_msr=False)
+            if self.v.apic.x2apic or offset & 0xF:
+                return
+            self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
+            if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
+                # re-evaluate at the next block start (stopping here would re-run the MMIO write)
+                self.v._native.limit = min(int(self.v._native.limit), int(self.v._native.bytes))
+        except Exception as exc:
+            self.v.m.finish("error", vcpu=self.v.index, detail=f"host error in APIC write: {exc!r}",
+                          traceback=traceback.format_exc())
+            uc.emu_stop()
+
