@@ -188,3 +188,18 @@ def test_trace_has_one_line_per_exit(guests: Path, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
     assert len(lines) == json.loads(stats.read_text())["exits"]["total"]
     assert {"vcpu", "tsc", "reason", "rip", "insn"} <= set(lines[0])
+
+
+def test_pause_loop_exiting(guests: Path) -> None:
+    """APs spin with PAUSE while vCPU 0 prints: PLE exits happen, and none with the window off."""
+    _, on = run_guest(guests / "hello.elf", vcpus=4)
+    _, off = run_guest(guests / "hello.elf", vcpus=4, ple_window=0)
+    assert on["exits"]["by_reason"].get("pause", 0) > 0
+    assert "pause" not in off["exits"]["by_reason"]
+    assert on["pauses_executed"] > 0 and off["pauses_executed"] > 0
+
+
+def test_overcommit_one_pcpu_still_completes(guests: Path) -> None:
+    _, s = run_guest(guests / "ipi.elf", vcpus=4, pcpus=1)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
+    assert s["exits"]["events"].get("yield", 0) >= 1

@@ -31,6 +31,10 @@ def register(subparsers: Any) -> None:
                    help="virtual-time budget in TSC ticks (2 GHz; default 10 s); the run ends 'timeout'")
     p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
     p.add_argument("--pcpus", type=int, default=None, help="simulated physical CPUs (default: one per vCPU)")
+    p.add_argument("--ple-window", type=int, default=4096, metavar="TICKS",
+                   help="pause-loop exiting: exit after a PAUSE loop spun this long (0 = off; default 4096)")
+    p.add_argument("--ple-gap", type=int, default=128, metavar="TICKS",
+                   help="PAUSEs at most this far apart belong to one loop (default 128)")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
@@ -47,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
                          preset=args.preset if any(sources) else DEFAULT_PRESET)
     if args.pcpus is not None and args.pcpus < 1:
         raise UserError("--pcpus must be at least 1")
+    if args.ple_window < 0 or args.ple_gap < 0:
+        raise UserError("--ple-window and --ple-gap must be >= 0")
     image = load_image(args.image)
     tracer = open_tracer(args.trace)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
-                          quantum=args.quantum, pcpus=args.pcpus, tracer=tracer)
+                          quantum=args.quantum, pcpus=args.pcpus, tracer=tracer,
+                          ple_gap=args.ple_gap, ple_window=args.ple_window)
         result = machine.run()
     finally:
         if tracer is not None:

@@ -57,7 +57,7 @@ class Machine:
 
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
-                 tracer: Any = None) -> None:
+                 tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096) -> None:
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
         size = mem_mib << 20
@@ -85,6 +85,7 @@ class Machine:
         self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
         self.pcpus = pcpus or vcpus
         self.tracer = tracer
+        self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
         self.T = 0  # host time at the start of the current quantum
         self.flushes = 0
@@ -133,6 +134,17 @@ class Machine:
 
     # -- the scheduler -----------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Drive the partition to a result; a host bug becomes status "error" with its traceback, never a crash."""
+        try:
+            self._schedule()
+        except Exception as exc:  # the host must survive its own bugs too
+            import traceback
+
+            self.finish("error", detail=f"host error: {exc!r}", traceback=traceback.format_exc())
+        assert self.result is not None
+        return self.result
+
+    def _schedule(self) -> None:
         rr = 0
         while self.result is None:
             if self.max_ticks <= self.T:
@@ -165,8 +177,6 @@ class Machine:
             # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
             self.T = max(self.T + max(MIN_SLICE, min(q, longest)), self.clock.tsc())
             self.clock.set_tsc(self.T)
-        assert self.result is not None
-        return self.result
 
     def _run_one(self, v: Vcpu, offset: int, budget: int) -> int:
         self._running, self._slice_t0, self._slice_b0 = v, self.T + offset, v.ticks
@@ -223,7 +233,7 @@ class Machine:
     def yield_vp(self, vp: int, reason: str) -> None:
         # KVM kvm_vcpu_on_spin: only worth it when another vCPU waits for a (simulated) physical CPU
         v = self.vcpus[vp]
-        v.stats.events["spin_notifications"] += 1
+        v.stats.events[reason] += 1
         waiting = sum(1 for o in self.vcpus if o is not v and not (o.halted or o.idle))
         if waiting >= self.pcpus:
             v.stats.events["yield"] += 1

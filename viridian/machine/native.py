@@ -21,7 +21,7 @@ from viridian.errors import UserError
 SOURCE = Path(__file__).with_name("csrc") / "vcpu_native.c"
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
-STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL = range(4)
+STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE = range(5)
 
 
 class VnState(ctypes.Structure):
@@ -44,6 +44,11 @@ class VnState(ctypes.Structure):
         ("table_used", ctypes.c_uint64),
         ("rip_reg", ctypes.c_int),
         ("prot_read", ctypes.c_int),
+        ("pauses", ctypes.c_uint64),
+        ("ple_gap", ctypes.c_uint64),
+        ("ple_window", ctypes.c_uint64),
+        ("pause_last", ctypes.c_uint64),
+        ("pause_loop_start", ctypes.c_uint64),
     ]
 
 

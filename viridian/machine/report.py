@@ -32,6 +32,7 @@ def stats_json(m: Machine) -> dict[str, Any]:
             "ipis_sent": total.ipis_sent + sum(m.bus.ipis_sent.values()),  # hypercall + APIC ICR sends
         },
         "tlb_flushes": m.flushes,
+        "pauses_executed": sum(int(v.pauses) for v in m.vcpus),
         "unclaimed_ports": {f"{p:#06x}": n for p, n in sorted(m.ports.unclaimed.items())},
         "guest": {"os_id": f"{os_id:#018x}", "os": describe_os(os_id) if os_id else None},
         "serial": m.ports.serial.text(),

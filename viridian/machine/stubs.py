@@ -51,3 +51,12 @@ def site_offsets(page: bytes) -> list[tuple[int, bool]]:
             if i > 0 and page[i - 1] in _PREFIXES:
                 out.append((i - 1, second == 0x30))
         start = i + 1
+
+
+def pause_offsets(page: bytes) -> list[int]:
+    """Offsets in the first 4 KiB where PAUSE (F3 90) may start."""
+    out, start = [], 0
+    while (i := page.find(b"\xf3\x90", start, 4097)) >= 0 and i < 4096:
+        out.append(i)
+        start = i + 1
+    return out

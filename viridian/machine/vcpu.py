@@ -40,6 +40,7 @@ from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuV
 from viridian.machine.lost_fault import classify, memory_operands
 from viridian.machine.native import (
     STOP_NEW_SITES,
+    STOP_PAUSE,
     STOP_TABLE_FULL,
     TABLE_PAGES,
     VnState,
@@ -48,7 +49,7 @@ from viridian.machine.native import (
 )
 from viridian.machine.ports import ExitRequested
 from viridian.machine.stats import VcpuStats
-from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, site_offsets
+from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, pause_offsets, site_offsets
 from viridian.machine.vcpu_traps import InstructionTraps
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ class Vcpu:
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
+        self._pause_fn = function_address(lib, "vn_pause")
+        n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
         self._keep = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
@@ -159,6 +162,10 @@ class Vcpu:
 
     # -- clock ------------------------------------------------------------------------------------------
     @property
+    def pauses(self) -> int:
+        return int(self._native.pauses)
+
+    @property
     def ticks(self) -> int:
         return int(self._native.bytes)
 
@@ -203,6 +210,12 @@ class Vcpu:
                 self.raise_exception(13, 0, uc.reg_read(X.UC_X86_REG_RIP), count_exit=True, deferred=False)
                 continue
             self._apply_deferred()
+            if n.stop_reason == STOP_PAUSE:  # pause-loop exit: a spinning vCPU gives way if another waits
+                self._exit("pause")
+                self.m.yield_vp(self.index, "pause-loop")
+                if self.yield_pending:
+                    break
+                continue
             if n.stop_reason in (STOP_NEW_SITES, STOP_TABLE_FULL):
                 self._hook_page(int(n.new_page), full=n.stop_reason == STOP_TABLE_FULL)
                 continue
@@ -323,6 +336,9 @@ class Vcpu:
             self._hooked_pages.add(page)
             for off, is_write in site_offsets(data):
                 self._add_site(page + off, is_write)
+            for off in pause_offsets(data):
+                E.hook_add_native(self.uc, UC_HOOK_CODE, self._pause_fn, ctypes.addressof(self._native),
+                                  page + off, page + off)
         if is_hypercall_stub(data) and page not in self._stub_hooks:
             self._stub_hooks.add(page)
             self.uc.hook_add(UC_HOOK_CODE, self._guard(self.traps._stub_call), None,

@@ -17,7 +17,7 @@ typedef int (*stop_fn)(void *uc);
 typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
-enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3 };
+enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4 };
 
 typedef struct {
     uint64_t bytes;         /* guest code bytes executed (the clock) */
@@ -36,6 +36,11 @@ typedef struct {
     uint64_t table_used;
     int rip_reg;
     int prot_read;
+    uint64_t pauses;        /* PAUSE instructions executed */
+    uint64_t ple_gap;       /* pause-loop exiting (Intel PLE): PAUSEs at most ple_gap ticks apart form a loop */
+    uint64_t ple_window;    /* ... that exits once it has spun for more than ple_window ticks; 0 = off */
+    uint64_t pause_last;
+    uint64_t pause_loop_start;
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -83,7 +88,7 @@ static int scan_page(void *uc, vn_state *s, uint64_t page) {
     if (memcmp(buf, stub, sizeof stub) == 0)
         return 1;  /* our hypercall page (viridian/machine/stubs.py) */
     for (int i = 0; i < 4096; i++)
-        if (buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32))
+        if ((buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32)) || (buf[i] == 0xF3 && buf[i + 1] == 0x90))
             return 1;
     return 0;
 }
@@ -123,4 +128,20 @@ void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
 void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
     (void)uc; (void)size;
     ((vn_state *)user)->pending_site = address;
+}
+
+/* UC_HOOK_CODE at a PAUSE (F3 90): count it and apply pause-loop exiting. */
+void vn_pause(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    (void)address; (void)size;
+    s->pauses++;
+    uint64_t now = s->bytes;
+    if (now - s->pause_last > s->ple_gap)
+        s->pause_loop_start = now;
+    s->pause_last = now;
+    if (s->ple_window && now - s->pause_loop_start > s->ple_window) {
+        s->pause_loop_start = now;
+        s->stop_reason = STOP_PAUSE;
+        s->stop(uc);
+    }
 }
