@@ -203,3 +203,9 @@ def test_overcommit_one_pcpu_still_completes(guests: Path) -> None:
     _, s = run_guest(guests / "ipi.elf", vcpus=4, pcpus=1)
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
     assert s["exits"]["events"].get("yield", 0) >= 1
+
+
+def test_code_written_by_one_vcpu_is_seen_by_another(guests: Path) -> None:
+    """Each vCPU's engine caches translations; a store by vCPU 1 into code vCPU 0 ran must reach it."""
+    _, s = run_guest(guests / "smc.elf", vcpus=2)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]

@@ -89,6 +89,7 @@ class Machine:
         self.result: RunResult | None = None
         self.T = 0  # host time at the start of the current quantum
         self.flushes = 0
+        self.code_pages: set[int] = set()
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
         self.vcpus: list[Vcpu] = []
@@ -185,6 +186,25 @@ class Machine:
             return v.run(budget)
         finally:
             self._running = None
+            self._sync_code(v)
+
+    def _sync_code(self, v: Vcpu) -> None:
+        """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
+        stores to code): pages that started executing get a native write watch on every vCPU; pages a
+        vCPU wrote are dropped from the other vCPUs' caches and rescanned for MSR sites everywhere."""
+        for page in v.drain_new_code():
+            if page not in self.code_pages:
+                self.code_pages.add(page)
+                for o in self.vcpus:
+                    o.watch_code_page(page)
+        dirty = v.drain_dirty_code()
+        if dirty is None:  # more than the ring holds: drop everything
+            for o in self.vcpus:
+                o.forget_code()
+            return
+        for page in dirty:
+            for o in self.vcpus:
+                o.forget_code(page, drop_cache=o is not v)
 
     # -- model entry points ---------------------------------------------------------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:

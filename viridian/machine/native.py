@@ -49,6 +49,10 @@ class VnState(ctypes.Structure):
         ("ple_window", ctypes.c_uint64),
         ("pause_last", ctypes.c_uint64),
         ("pause_loop_start", ctypes.c_uint64),
+        ("new_code", ctypes.c_uint64 * 1024),
+        ("new_code_count", ctypes.c_uint64),
+        ("dirty_code", ctypes.c_uint64 * 64),
+        ("dirty_count", ctypes.c_uint64),
     ]
 
 
@@ -77,6 +81,8 @@ def library() -> ctypes.CDLL:
                 raise UserError(f"building the vCPU hot path with {cc} failed:\n{proc.stderr.strip()}")
             os.replace(out, target)
     lib = ctypes.CDLL(str(target))
+    lib.vn_remove.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]
+    lib.vn_remove.restype = None
     for name in ("vn_contains", "vn_insert"):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]

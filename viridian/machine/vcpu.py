@@ -21,6 +21,7 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -107,6 +108,7 @@ class Vcpu:
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
         self._pause_fn = function_address(lib, "vn_pause")
+        self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
@@ -353,14 +355,34 @@ class Vcpu:
         for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
             self.uc.hook_add(UC_HOOK_CODE, self._guard(self._msr_done), None, nxt, nxt)
 
-    def forget_code(self, page: int | None = None) -> None:
-        """Guest-visible code changed (e.g. the hypercall page was written): rescan pages on next execution."""
-        self._lib.vn_clear(ctypes.byref(self._native))
-        self._hooked_pages.clear() if page is None else self._hooked_pages.discard(page)
+    def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
+        """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):
+        rescan for MSR sites on next execution and drop stale translations."""
         if page is None:
+            self._lib.vn_clear(ctypes.byref(self._native))
+            self._hooked_pages.clear()
             self.uc.ctl_flush_tb()
-        else:
+            return
+        self._lib.vn_remove(ctypes.byref(self._native), page)
+        self._hooked_pages.discard(page)
+        if drop_cache:
             self.uc.ctl_remove_cache(page, page + 0x1000)
+
+    def watch_code_page(self, page: int) -> None:
+        E.hook_add_native(self.uc, UC_HOOK_MEM_WRITE, self._code_write_fn, ctypes.addressof(self._native),
+                          page, page + 0xFFF)
+
+    def drain_new_code(self) -> list[int]:
+        n = self._native
+        count = int(n.new_code_count)
+        n.new_code_count = 0
+        return [int(p) for p in n.new_code[: min(count, 1024)]]
+
+    def drain_dirty_code(self) -> list[int] | None:
+        n = self._native
+        count = int(n.dirty_count)
+        n.dirty_count = 0
+        return None if count > 64 else [int(p) for p in n.dirty_code[:count]]
 
     def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
         self._wp_fault = address

@@ -41,6 +41,10 @@ typedef struct {
     uint64_t ple_window;    /* ... that exits once it has spun for more than ple_window ticks; 0 = off */
     uint64_t pause_last;
     uint64_t pause_loop_start;
+    uint64_t new_code[1024];  /* pages first seen executing since the machine last drained them */
+    uint64_t new_code_count; /* > 1024: overflowed (later pages are not tracked) */
+    uint64_t dirty_code[64]; /* code pages this vCPU wrote since the last drain */
+    uint64_t dirty_count;    /* > 64: overflowed */
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -66,6 +70,26 @@ int vn_insert(vn_state *s, uint64_t page) {
     return 0;
 }
 
+void vn_remove(vn_state *s, uint64_t page) {
+    /* open addressing: rebuild the table without the page (rare: code was rewritten) */
+    uint64_t key = (page >> 12) + 1, n = s->table_mask + 1;
+    uint64_t *p = slot(s, key);
+    if (*p == 0)
+        return;
+    *p = 0;
+    s->table_used--;
+    s->last_page = 0;
+    uint64_t h = (p - s->table + 1) & s->table_mask;
+    while (s->table[h] != 0 && n--) {
+        uint64_t k = s->table[h];
+        s->table[h] = 0;
+        s->table_used--;
+        *slot(s, k) = k;
+        s->table_used++;
+        h = (h + 1) & s->table_mask;
+    }
+}
+
 void vn_clear(vn_state *s) {
     memset(s->table, 0, (s->table_mask + 1) * sizeof(uint64_t));
     s->table_used = 0;
@@ -84,6 +108,9 @@ static int scan_page(void *uc, vn_state *s, uint64_t page) {
         s->stop_reason = STOP_TABLE_FULL;
         return 1;
     }
+    if (s->new_code_count < 1024)
+        s->new_code[s->new_code_count] = page;
+    s->new_code_count++;
     static const uint8_t stub[11] = {0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x1F, 0x40, 0x00};
     if (memcmp(buf, stub, sizeof stub) == 0)
         return 1;  /* our hypercall page (viridian/machine/stubs.py) */
@@ -144,4 +171,18 @@ void vn_pause(void *uc, uint64_t address, uint32_t size, void *user) {
         s->stop_reason = STOP_PAUSE;
         s->stop(uc);
     }
+}
+
+/* UC_HOOK_MEM_WRITE over a known code page: remember that it changed (cross-vCPU TB coherence). */
+void vn_code_write(void *uc, int type, uint64_t address, int size, int64_t value, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t page = address & ~0xFFFULL;
+    (void)uc; (void)type; (void)size; (void)value;
+    uint64_t n = s->dirty_count < 64 ? s->dirty_count : 64;
+    for (uint64_t i = 0; i < n; i++)
+        if (s->dirty_code[i] == page)
+            return;
+    if (s->dirty_count < 64)
+        s->dirty_code[s->dirty_count] = page;
+    s->dirty_count++;
 }
