@@ -209,3 +209,19 @@ def test_code_written_by_one_vcpu_is_seen_by_another(guests: Path) -> None:
     """Each vCPU's engine caches translations; a store by vCPU 1 into code vCPU 0 ran must reach it."""
     _, s = run_guest(guests / "smc.elf", vcpus=2)
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+
+
+def test_x2apic_timer_and_eoi_assist(guests: Path) -> None:
+    """x2APIC via IA32_APIC_BASE, timer via x2APIC MSRs; every EOI avoided through the VP assist page."""
+    _, s = run_guest(guests / "apic_msrs.elf")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["apic"]["interrupts_delivered"] == 10
+    assert s["apic"]["eoi_avoided"] == 10 and s["apic"]["eoi_exits"] == 0
+    assert s["exits"]["apic_registers"]["msr"]["lvt_timer"] == 2
+
+
+def test_assist_page_not_offered_is_gp(guests: Path) -> None:
+    m = Machine(load_config(hv="hv-vpindex"), load_image(guests / "apic_msrs.elf"), max_ticks=4_000_000_000)
+    m.run()
+    assert m.result is not None and m.result.code == 1  # the guest's "unexpected #GP" exit
+    assert m.total_stats().exceptions[13] == 1
