@@ -107,12 +107,13 @@ class Vcpu:
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
+        self._msr_done_hook = self._guard(self._msr_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
-        self._keep = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
+        self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
                       E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._in), None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._out), None, 1, 0, X.UC_X86_INS_OUT)
@@ -353,7 +354,7 @@ class Vcpu:
         self.sites[addr] = int(is_write)
         E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
         for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
-            self.uc.hook_add(UC_HOOK_CODE, self._guard(self._msr_done), None, nxt, nxt)
+            self._keep.append(E.hook_code_raw(self.uc, self._msr_done_hook, nxt, nxt)[1])
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):
