@@ -225,3 +225,11 @@ def test_assist_page_not_offered_is_gp(guests: Path) -> None:
     m.run()
     assert m.result is not None and m.result.code == 1  # the guest's "unexpected #GP" exit
     assert m.total_stats().exceptions[13] == 1
+
+
+def test_synthetic_timer_messages_and_direct_mode(guests: Path) -> None:
+    _, s = run_guest(guests / "stimer.elf")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert "stimer messages=5" in s["serial"] and "stimer direct interrupts=1" in s["serial"]
+    assert s["time"]["reference_time_100ns"] >= 6 * 10_000  # 5 periods of 1 ms, then a 1 ms one-shot
+    assert s["apic"]["interrupts_delivered"] == 6
