@@ -18,7 +18,7 @@ fixtures:
 	$(MAKE) -s -C fixtures
 
 test: $(STAMP) fixtures
-	$(BIN)/ruff check viridian msr tests
+	$(BIN)/ruff check viridian msr tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -34,7 +34,7 @@ bench: $(STAMP) fixtures
 	$(BIN)/python bench/bench_machine.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check viridian msr tests
+	$(BIN)/ruff check viridian msr tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

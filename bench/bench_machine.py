@@ -8,7 +8,10 @@ Run: make bench
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,12 +59,24 @@ def bare_seconds(name: str, rdmsr_hook: bool = False) -> float:
     t = time.perf_counter()
     try:
         uc.emu_start(m.image.entry, 0xFFFF_FFFF_FFFF_FFFF, timeout=60_000_000)
-    except Exception:  # noqa: BLE001 - the bare engine stops at the exit port's OUT or an unmodelled MSR
+    except Exception:
         pass
     return time.perf_counter() - t
 
 
+def rss_mib(vcpus: int) -> int:
+    """Peak RSS of a child process that runs hello on ``vcpus`` vCPUs."""
+    code = ("import resource; from viridian.config.presets import load_config; "
+            "from viridian.machine.loader import load_image; from viridian.machine.machine import Machine; "
+            f"Machine(load_config(preset='recommended'), load_image('{BUILD / 'hello.elf'}'), vcpus={vcpus}).run(); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[-1]) // 1024
+
+
 def main() -> None:
+    one, many = rss_mib(1), rss_mib(64)  # first: a child forked from a big parent inherits its peak RSS
+    print(f"host memory         {(many - one) / 63:5.1f} MiB per extra vCPU (peak RSS {one} MiB @1, {many} MiB @64)")
     tv, _ = viridian_seconds("loop_alu.elf")
     tb = bare_seconds("loop_alu.elf")
     print(f"exit-free loop      viridian {tv:7.3f} s   bare {tb:7.3f} s   speed ratio {tb / tv:5.2f}x of bare")
@@ -73,6 +88,7 @@ def main() -> None:
     tv, m = viridian_seconds("loop_hypercall.elf")
     n = m.total_stats().hypercalls[0x0008]
     print(f"page hypercalls     viridian {n / tv:9.0f} exits/s (NotifyLongSpinWait, fast)")
+
 
 
 if __name__ == "__main__":
