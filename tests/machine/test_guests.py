@@ -233,3 +233,22 @@ def test_synthetic_timer_messages_and_direct_mode(guests: Path) -> None:
     assert "stimer messages=5" in s["serial"] and "stimer direct interrupts=1" in s["serial"]
     assert s["time"]["reference_time_100ns"] >= 6 * 10_000  # 5 periods of 1 ms, then a 1 ms one-shot
     assert s["apic"]["interrupts_delivered"] == 6
+
+
+CRASH = "b900000040b80100000031d20f30b900010040b8adde00000f30b90501004031c0ba000000800f30f4"
+RESET = "b903000040b80100000031d20f30f4"
+
+
+@pytest.mark.parametrize(("code", "hv", "status", "rc"), [(CRASH, "hv-crash", "crash", 101),
+                                                          (RESET, "hv-reset", "reset", 100)])
+def test_crash_and_reset_end_the_run(tmp_path: Path, code: str, hv: str, status: str, rc: int) -> None:
+    """CRASH_CTL notify (P0 = 0xdead) ends the run "crash"; HV_X64_MSR_RESET ends it "reset" (exit codes)."""
+    img = tmp_path / "g.bin"
+    img.write_bytes(bytes.fromhex(code))
+    m = Machine(load_config(hv=hv), load_image(img))
+    res = m.run()
+    assert res.status == status
+    if status == "crash":
+        assert res.extra["params"][0] == "0xdead"
+    proc = _cli("run", str(img), "--hv", hv, "--quiet")
+    assert proc.returncode == rc
