@@ -252,3 +252,13 @@ def test_crash_and_reset_end_the_run(tmp_path: Path, code: str, hv: str, status:
         assert res.extra["params"][0] == "0xdead"
     proc = _cli("run", str(img), "--hv", hv, "--quiet")
     assert proc.returncode == rc
+
+
+@pytest.mark.parametrize("vcpus", [2, 4])
+def test_cluster_ipi_and_flush_hypercalls(guests: Path, vcpus: int) -> None:
+    _, s = run_guest(guests / "hv_ipi.elf", vcpus=vcpus)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["exits"]["by_hypercall"] == {"0x0002": 1, "0x000b": 2}
+    assert s["apic"]["ipis_sent"] == s["apic"]["interrupts_delivered"] == 2 * (vcpus - 1)
+    assert s["apic"]["icr_exits"] == 0  # no APIC ICR access at all: the hypercall replaced it
+    assert s["tlb_flushes"] == vcpus
