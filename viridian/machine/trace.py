@@ -18,8 +18,9 @@ class Tracer:
     def __init__(self, out: IO[str], owned: bool) -> None:
         self.out, self.owned = out, owned
 
-    def exit(self, v: Vcpu, reason: str) -> None:
-        rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+    def exit(self, v: Vcpu, reason: str, rip: int | None = None) -> None:
+        if rip is None:
+            rip = v.uc.reg_read(X.UC_X86_REG_RIP)
         rec = {"vcpu": v.index, "tsc": v.m.clock.tsc(), "reason": reason, "rip": f"{rip:#x}",
                "insn": v.m.disassemble(v, rip)}
         self.out.write(json.dumps(rec) + "\n")

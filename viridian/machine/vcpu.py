@@ -172,13 +172,14 @@ class Vcpu:
     def ticks(self) -> int:
         return int(self._native.bytes)
 
-    def _exit(self, reason: str) -> None:
-        """Account one exit and bring the partition clock up to this vCPU's time."""
+    def _exit(self, reason: str, rip: int | None = None) -> None:
+        """Account one exit and bring the partition clock up to this vCPU's time (``rip``: the trapping
+        instruction when RIP is elsewhere, e.g. the MSR site behind a next-instruction hook)."""
         self.stats.exit(reason)
         self._native.bytes += EXIT_TICKS
         self.m.sync_clock(self)
         if self.m.tracer is not None:
-            self.m.tracer.exit(self, reason)
+            self.m.tracer.exit(self, reason, rip)
 
     def _stop(self) -> None:
         self.stop_requested = True
@@ -409,7 +410,7 @@ class Vcpu:
         ecx, eax, edx = self._msr_regs.read()
         index = ecx & 0xFFFF_FFFF
         if self.sites[site]:
-            self._exit("msr_write")
+            self._exit("msr_write", site)
             self.stats.msr_writes[index] += 1
             if index in NATIVE_MSRS:
                 if index == E.EFER:
@@ -420,7 +421,7 @@ class Vcpu:
                 self.raise_exception(res.vector, res.error_code, site)
                 return
         else:
-            self._exit("msr_read")
+            self._exit("msr_read", site)
             self.stats.msr_reads[index] += 1
             if index in NATIVE_MSRS:
                 return
