@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
                    help="pause-loop exiting: exit after a PAUSE loop spun this long (0 = off; default 4096)")
     p.add_argument("--ple-gap", type=int, default=128, metavar="TICKS",
                    help="PAUSEs at most this far apart belong to one loop (default 128)")
+    p.add_argument("--fast", action="store_true",
+                   help="virtual time follows the wall clock instead of executed code (not deterministic; "
+                   "a periodic timer faster than the emulated handler livelocks the guest)")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
                           quantum=args.quantum, pcpus=args.pcpus, tracer=tracer,
-                          ple_gap=args.ple_gap, ple_window=args.ple_window)
+                          ple_gap=args.ple_gap, ple_window=args.ple_window, fast=args.fast)
         result = machine.run()
     finally:
         if tracer is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ class Machine:
 
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
-                 tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096) -> None:
+                 tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False) -> None:
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
         size = mem_mib << 20
@@ -88,6 +89,9 @@ class Machine:
         self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
         self.T = 0  # host time at the start of the current quantum
+        self.fast = fast  # --fast: virtual time follows the wall clock (not deterministic)
+        self._wall0 = time.perf_counter_ns()
+        self._skipped = 0  # wall-clock mode: time jumped over while every vCPU was halted
         self.flushes = 0
         self.code_pages: set[int] = set()
         build_page_tables(self.ram, size)
@@ -111,7 +115,15 @@ class Machine:
             self.result = RunResult(status, code, vcpu, detail, extra)
 
     # -- time ------------------------------------------------------------------------------------------------
+    def wall_ticks(self) -> int:
+        return (time.perf_counter_ns() - self._wall0) * self.clock.tsc_hz // 1_000_000_000 + self._skipped
+
     def sync_clock(self, v: Vcpu) -> None:
+        if self.fast:
+            now = self.wall_ticks()
+            if now > self.clock.tsc():
+                self.clock.set_tsc(now)
+            return
         if v is self._running:
             now = self._slice_t0 + (v.ticks - self._slice_b0)
             if now > self.clock.tsc():
@@ -157,6 +169,8 @@ class Machine:
                 if deadline is None:
                     self.finish("hung", detail="every vCPU is halted and nothing can wake one")
                     break
+                if self.fast:
+                    self._skipped += max(0, deadline - self.wall_ticks())
                 self.T = max(self.T, deadline, self.clock.tsc())
                 self.clock.set_tsc(self.T)
                 continue
@@ -177,6 +191,8 @@ class Machine:
                 longest = max(longest, q - budget)
             # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
             self.T = max(self.T + max(MIN_SLICE, min(q, longest)), self.clock.tsc())
+            if self.fast:
+                self.T = max(self.clock.tsc(), self.wall_ticks())
             self.clock.set_tsc(self.T)
 
     def _run_one(self, v: Vcpu, offset: int, budget: int) -> int:
