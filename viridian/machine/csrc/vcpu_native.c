@@ -97,7 +97,7 @@ void vn_clear(vn_state *s) {
 }
 
 /* 1 if the page has candidate sites, 0 if not (or unreadable); the page is entered in the table. */
-static int scan_page(void *uc, vn_state *s, uint64_t page) {
+__attribute__((noinline)) static int scan_page(void *uc, vn_state *s, uint64_t page) {
     uint8_t buf[4097];
     s->pages_scanned++;
     if (s->vmem_read(uc, page, s->prot_read, buf, 4096) != 0)
@@ -135,13 +135,14 @@ static int check_page(void *uc, vn_state *s, uint64_t page, uint64_t block) {
     return 1;
 }
 
-void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
-    vn_state *s = (vn_state *)user;
+__attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uint32_t size, vn_state *s) {
     uint64_t first = address & ~0xFFFULL, last = (address + (size ? size - 1 : 0)) & ~0xFFFULL;
     if (check_page(uc, s, first, address))
         return;
     if (last != first && check_page(uc, s, last, address))
         return;
+    if (last == first)
+        s->last_page = first + 1;
     s->bytes += size;
     s->blocks++;
     if (s->bytes >= s->limit) {
@@ -150,6 +151,19 @@ void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
             s->stop_reason = STOP_BUDGET;
         s->stop(uc);
     }
+}
+
+void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t first = address & ~0xFFFULL;
+    /* hot path: same page as the last block, block inside it, budget left */
+    if (__builtin_expect(s->last_page == first + 1 && ((address + size - 1) & ~0xFFFULL) == first
+                         && s->bytes + size < s->limit, 1)) {
+        s->bytes += size;
+        s->blocks++;
+        return;
+    }
+    block_slow(uc, address, size, s);
 }
 
 void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
