@@ -430,9 +430,9 @@ class Vcpu:
                 self.raise_exception(value.vector, value.error_code, site)
                 return
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
-        self._after_exit(address)
+        self._after_exit()
 
-    def _after_exit(self, resume_rip: int) -> None:
+    def _after_exit(self) -> None:
         """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""
         if self.m.done:
             self.uc.emu_stop()

@@ -30,15 +30,12 @@ class InstructionTraps:
         vals = fr.read()
         rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
         cs, cr0 = vals[13], vals[14]
-        long_mode = bool(self.v._efer & 0x400) and self._cs_long(cs)
+        long_mode = bool(self.v._efer & 0x400)  # EFER.LMA; CS.L is 1 in our GDTs (no compatibility mode)
         return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
                                   rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8,
                                   xmm=fr.read_wide(7, 6))
 
-    def _cs_long(self, cs: int) -> bool:
-        return True  # guests run 64-bit code segments (the boot GDT); compatibility mode is not offered
-
-    def _hypercall(self, rip: int, via: str) -> tuple[bool, bool]:
+    def _hypercall(self, rip: int) -> tuple[bool, bool]:
         """Run the hypercall; returns (handled without fault, continued)."""
         self.v._exit("hypercall")
         regs = self._hypercall_regs()
@@ -59,17 +56,17 @@ class InstructionTraps:
         if self.v._resume_at == address:  # stopped inside this hook last time: the call is already done
             self.v._resume_at = None
             return
-        ok, continued = self._hypercall(address, "page")
+        ok, continued = self._hypercall(address)
         if self.v.stop_requested or self.v.m.done or self.v._pending_exc is not None:
             self.v._resume_at = address
         if ok and not continued:
-            self.v._after_exit(address + size)
+            self.v._after_exit()
 
     def _invalid(self, uc: Any, _ud: Any) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         insn = self.v._read_virt(rip, 3)
         if insn in (VMCALL, VMMCALL):
-            ok, continued = self._hypercall(rip, "vmcall")
+            ok, continued = self._hypercall(rip)
             if ok and not continued:
                 self.v._next_rip = rip + 3
             self.v._stop()
