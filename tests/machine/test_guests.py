@@ -270,3 +270,19 @@ def test_fast_mode_follows_the_wall_clock(guests: Path) -> None:
     m, s = run_guest(guests / "idle.elf", fast=True)
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
     assert m.fast and s["time"]["tsc"] > 0
+
+
+CR8 = ("b80a000000440f22c048bb8000e0fe000000008b034989c4c70330000000e680eb00440f20c048c1e0084c09e04989c5f4")
+
+
+def test_cr8_is_the_apic_tpr(tmp_path: Path) -> None:
+    """mov cr8, 0xA -> TPR (MMIO) reads 0xA0; TPR (MMIO) = 0x30 -> mov rax, cr8 reads 3 (SDM §10.8.6.1)."""
+    from unicorn import x86_const as X
+
+    img = tmp_path / "cr8.bin"
+    img.write_bytes(bytes.fromhex(CR8))
+    m = Machine(load_config(preset="none"), load_image(img))
+    m.run()
+    assert m.vcpus[0].uc.reg_read(X.UC_X86_REG_R13) == 0x3A0
+    assert m.apics[0].get_tpr() == 0x30
+    assert m.vcpus[0].stats.events["cr8_write"] == 1 and m.vcpus[0].stats.events["cr8_read"] == 1

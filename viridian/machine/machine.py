@@ -234,6 +234,7 @@ class Machine:
             before = self.partition.hypercall_page_gpa
         self._count_apic_msr(v, index)
         res = self.chains[v.index].wrmsr(index, value)
+
         if index == HvMsr.HYPERCALL and (gpa := self.partition.hypercall_page_gpa) is not None \
                 and gpa != before:
             for other in self.vcpus:

@@ -60,3 +60,13 @@ def pause_offsets(page: bytes) -> list[int]:
         out.append(i)
         start = i + 1
     return out
+
+
+def cr8_offsets(page: bytes) -> list[tuple[int, bool, int]]:
+    """MOV to/from CR8 sites (REX.R 0F 22/20 ModRM 11 000 rrr): offset, is_write, GPR number 0-15."""
+    out = []
+    for i in range(min(len(page), 4100) - 3):
+        b0, b1, b2, b3 = page[i], page[i + 1], page[i + 2], page[i + 3]
+        if b0 & 0xF4 == 0x44 and b1 == 0x0F and b2 in (0x20, 0x22) and b3 & 0xF8 == 0xC0 and i < 4096:
+            out.append((i, b2 == 0x22, (b3 & 7) | (8 if b0 & 1 else 0)))
+    return out

@@ -50,7 +50,13 @@ from viridian.machine.native import (
 )
 from viridian.machine.ports import ExitRequested
 from viridian.machine.stats import VcpuStats
-from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, is_hypercall_stub, pause_offsets, site_offsets
+from viridian.machine.stubs import (
+    HYPERCALL_HOOK_OFFSET,
+    cr8_offsets,
+    is_hypercall_stub,
+    pause_offsets,
+    site_offsets,
+)
 from viridian.machine.vcpu_traps import InstructionTraps
 
 if TYPE_CHECKING:
@@ -60,6 +66,9 @@ log = logging.getLogger(__name__)
 
 NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
                          0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC000_0103})  # SYSENTER, EFER, STAR.., FS/GS
+_GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+         X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10,
+         X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15)
 EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
 _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
                    X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
@@ -81,6 +90,7 @@ class Vcpu:
         self.yield_pending = False  # NotifyLongSpinWait: give up the rest of this slice
         self.ticks_used = 0
         self.sites: dict[int, int] = {}  # MSR instruction address -> 1 for WRMSR, 0 for RDMSR
+        self.cr8_sites: dict[int, tuple[bool, int]] = {}  # MOV CR8 address -> (is write, GPR register id)
         self._hooked_pages: set[int] = set()
         self._stub_hooks: set[int] = set()
         self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
@@ -108,6 +118,7 @@ class Vcpu:
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
         self._msr_done_hook = self._guard(self._msr_done)
+        self._cr8_done_hook = self._guard(self._cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
@@ -340,6 +351,8 @@ class Vcpu:
             self._hooked_pages.add(page)
             for off, is_write in site_offsets(data):
                 self._add_site(page + off, is_write)
+            for off, is_write, gpr in cr8_offsets(data):
+                self._add_cr8_site(page + off, is_write, gpr)
             for off in pause_offsets(data):
                 E.hook_add_native(self.uc, UC_HOOK_CODE, self._pause_fn, ctypes.addressof(self._native),
                                   page + off, page + off)
@@ -356,6 +369,31 @@ class Vcpu:
         E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
         for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
             self._keep.append(E.hook_code_raw(self.uc, self._msr_done_hook, nxt, nxt)[1])
+
+    def _add_cr8_site(self, addr: int, is_write: bool, gpr: int) -> None:
+        if addr in self.cr8_sites:
+            return
+        self.cr8_sites[addr] = (is_write, _GPRS[gpr])
+        E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
+        self._keep.append(E.hook_code_raw(self.uc, self._cr8_done_hook, addr + 4, addr + 4)[1])
+
+    def _cr8_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        """After MOV to/from CR8: Unicorn keeps CR8 apart from our APIC (reads give 0), so the machine
+        performs the access on the APIC TPR (SDM §10.8.6.1; on hardware the TPR shadow makes it exit-free,
+        so it is counted as an event, not an exit)."""
+        site = int(self._native.pending_site)
+        if address - site != 4 or site not in self.cr8_sites:
+            return
+        self._native.pending_site = 0
+        is_write, reg = self.cr8_sites[site]
+        if is_write:
+            self.stats.events["cr8_write"] += 1
+            value = int(uc.reg_read(reg)) & 0xF
+            self.apic.set_tpr(value << 4)
+            self._after_exit()  # a lower TPR may unblock a pending interrupt
+        else:
+            self.stats.events["cr8_read"] += 1
+            uc.reg_write(reg, self.apic.get_tpr() >> 4)
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):

@@ -117,6 +117,10 @@ __attribute__((noinline)) static int scan_page(void *uc, vn_state *s, uint64_t p
     for (int i = 0; i < 4096; i++)
         if ((buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32)) || (buf[i] == 0xF3 && buf[i + 1] == 0x90))
             return 1;
+    for (int i = 0; i + 3 < 4096; i++)  /* MOV to/from CR8: REX.R, 0F 20/22, ModRM 11 000 rrr */
+        if ((buf[i] & 0xF4) == 0x44 && buf[i + 1] == 0x0F && (buf[i + 2] == 0x20 || buf[i + 2] == 0x22)
+            && (buf[i + 3] & 0xF8) == 0xC0)
+            return 1;
     return 0;
 }
 
