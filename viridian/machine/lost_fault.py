@@ -6,11 +6,14 @@ non-present or read-only translation is the page fault the guest must see."""
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import capstone
 from capstone import x86_const as CX
 from unicorn import x86_const as X
+
+if TYPE_CHECKING:
+    from viridian.machine.vcpu import Vcpu
 
 
 @cache
@@ -68,3 +71,35 @@ def classify(uc: Any, code: bytes, rip: int) -> tuple[str, int]:
             return "int", insn.size
         return "other", insn.size
     return "ud", 1
+
+
+def recover_lost_fault(v: Vcpu, rip: int) -> bool:
+    """Deliver the exception the engine swallowed at ``rip`` (#PF, #UD, #DE, #BP, INT n, or a hypercall)."""
+    code = v._read_virt(rip, 15) or v._read_virt(rip, 1)
+    if not code:
+        return False
+    cr3, cr0 = v._paging()
+    for addr, size, write in memory_operands(v.uc, code, rip):
+        for probe in {addr, addr + size - 1}:
+            if v.m.walker.translate(cr3, cr0, probe, write) is None:
+                v.uc.reg_write(X.UC_X86_REG_CR2, probe)
+                present = v.m.walker.translate(cr3, cr0, probe) is not None
+                cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
+                err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
+                v.stats.exit("exception")
+                v.stats.events["lost_fault_recovered"] += 1
+                v.raise_exception(14, err, rip, deferred=False)
+                return True
+    kind, length = classify(v.uc, code, rip)
+    if kind == "hypercall":
+        v.traps._invalid(v.uc, None)
+        v._apply_deferred()
+        return True
+    vector, ret = {"ud": (6, rip), "de": (0, rip), "bp": (3, rip + length)}.get(kind, (-1, rip))
+    if kind == "int":
+        vector, ret = code[1], rip + length
+    if vector < 0:
+        return False
+    v.stats.events["lost_fault_recovered"] += 1
+    v.raise_exception(vector, None, ret, count_exit=True, deferred=False)
+    return True

@@ -38,7 +38,7 @@ from viridian.machine import engine as E
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
-from viridian.machine.lost_fault import classify, memory_operands
+from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.native import (
     STOP_NEW_SITES,
     STOP_PAUSE,
@@ -118,7 +118,7 @@ class Vcpu:
         self._lib = lib
         self._site_fn = function_address(lib, "vn_site")
         self._msr_done_hook = self._guard(self._msr_done)
-        self._cr8_done_hook = self._guard(self._cr8_done)
+        self._cr8_done_hook = self._guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
@@ -287,41 +287,10 @@ class Vcpu:
             self._exit("hlt")
             self.halted = True
             return
-        if self._recover_lost_fault(rip):
+        if recover_lost_fault(self, rip):
             return
         self.m.finish("error", vcpu=self.index, detail=f"engine stopped unexpectedly at {rip:#x}",
                       disasm=self.m.disassemble(self, rip))
-
-    def _recover_lost_fault(self, rip: int) -> bool:
-        """Engine hazard 2 (see lost_fault.py): deliver the #PF the engine swallowed."""
-        code = self._read_virt(rip, 15) or self._read_virt(rip, 1)
-        if not code:
-            return False
-        cr3, cr0 = self._paging()
-        for addr, size, write in memory_operands(self.uc, code, rip):
-            for probe in {addr, addr + size - 1}:
-                if self.m.walker.translate(cr3, cr0, probe, write) is None:
-                    self.uc.reg_write(X.UC_X86_REG_CR2, probe)
-                    present = self.m.walker.translate(cr3, cr0, probe) is not None
-                    cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
-                    err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
-                    self.stats.exit("exception")
-                    self.stats.events["lost_fault_recovered"] += 1
-                    self.raise_exception(PF, err, rip, deferred=False)
-                    return True
-        kind, length = classify(self.uc, code, rip)
-        if kind == "hypercall":
-            self.traps._invalid(self.uc, None)
-            self._apply_deferred()
-            return True
-        vector, ret = {"ud": (6, rip), "de": (0, rip), "bp": (3, rip + length)}.get(kind, (-1, rip))
-        if kind == "int":
-            vector, ret = code[1], rip + length
-        if vector < 0:
-            return False
-        self.stats.events["lost_fault_recovered"] += 1
-        self.raise_exception(vector, None, ret, count_exit=True, deferred=False)
-        return True
 
     def _engine_error(self, exc: UcError) -> None:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
@@ -376,24 +345,6 @@ class Vcpu:
         self.cr8_sites[addr] = (is_write, _GPRS[gpr])
         E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
         self._keep.append(E.hook_code_raw(self.uc, self._cr8_done_hook, addr + 4, addr + 4)[1])
-
-    def _cr8_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
-        """After MOV to/from CR8: Unicorn keeps CR8 apart from our APIC (reads give 0), so the machine
-        performs the access on the APIC TPR (SDM §10.8.6.1; on hardware the TPR shadow makes it exit-free,
-        so it is counted as an event, not an exit)."""
-        site = int(self._native.pending_site)
-        if address - site != 4 or site not in self.cr8_sites:
-            return
-        self._native.pending_site = 0
-        is_write, reg = self.cr8_sites[site]
-        if is_write:
-            self.stats.events["cr8_write"] += 1
-            value = int(uc.reg_read(reg)) & 0xF
-            self.apic.set_tpr(value << 4)
-            self._after_exit()  # a lower TPR may unblock a pending interrupt
-        else:
-            self.stats.events["cr8_read"] += 1
-            uc.reg_write(reg, self.apic.get_tpr() >> 4)
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):

@@ -150,3 +150,20 @@ class InstructionTraps:
                           traceback=traceback.format_exc())
             uc.emu_stop()
 
+    def cr8_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+        """After MOV to/from CR8: Unicorn keeps CR8 apart from our APIC (reads give 0), so the machine
+        performs the access on the APIC TPR (SDM §10.8.6.1; on hardware the TPR shadow makes it exit-free,
+        so it is counted as an event, not an exit)."""
+        site = int(self.v._native.pending_site)
+        if address - site != 4 or site not in self.v.cr8_sites:
+            return
+        self.v._native.pending_site = 0
+        is_write, reg = self.v.cr8_sites[site]
+        if is_write:
+            self.v.stats.events["cr8_write"] += 1
+            value = int(uc.reg_read(reg)) & 0xF
+            self.v.apic.set_tpr(value << 4)
+            self.v._after_exit()  # a lower TPR may unblock a pending interrupt
+        else:
+            self.v.stats.events["cr8_read"] += 1
+            uc.reg_write(reg, self.v.apic.get_tpr() >> 4)
