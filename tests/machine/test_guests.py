@@ -286,3 +286,24 @@ def test_cr8_is_the_apic_tpr(tmp_path: Path) -> None:
     assert m.vcpus[0].uc.reg_read(X.UC_X86_REG_R13) == 0x3A0
     assert m.apics[0].get_tpr() == 0x30
     assert m.vcpus[0].stats.events["cr8_write"] == 1 and m.vcpus[0].stats.events["cr8_read"] == 1
+
+
+@pytest.mark.parametrize("ap_start", ["sipi", "entry"])
+def test_init_sipi_starts_an_ap_in_real_mode(guests: Path, ap_start: str) -> None:
+    """The AP runs a real -> long mode trampoline (a 16-bit engine instance, context moved to the 64-bit one)."""
+    m, s = run_guest(guests / "sipi.elf", vcpus=2, ap_start=ap_start)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert m.vcpus[1].stats.events["sipi_start"] == 1
+    assert m.vcpus[1].stats.events["init"] == 1
+
+
+def test_bad_trampoline_is_a_clear_error(tmp_path: Path) -> None:
+    """An AP whose SIPI page holds garbage ends the run "error" naming the trampoline, never a crash."""
+    from viridian.machine.realmode import bring_up
+
+    img = tmp_path / "hlt.bin"
+    img.write_bytes(b"\xfa\xf4")
+    m = Machine(load_config(preset="none"), load_image(img), vcpus=2)
+    m.ram[0x70000:0x70002] = b"\xf4\xf4"  # hlt in real mode: never reaches long mode
+    assert not bring_up(m.vcpus[1], 0x70)
+    assert m.result is not None and m.result.status == "error" and "0x70000" in m.result.detail

@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
                    help="pause-loop exiting: exit after a PAUSE loop spun this long (0 = off; default 4096)")
     p.add_argument("--ple-gap", type=int, default=128, metavar="TICKS",
                    help="PAUSEs at most this far apart belong to one loop (default 128)")
+    p.add_argument("--ap-start", choices=("entry", "sipi"), default="entry",
+                   help="application processors start at the entry point (default) or wait for INIT-SIPI")
     p.add_argument("--fast", action="store_true",
                    help="virtual time follows the wall clock instead of executed code (not deterministic; "
                    "a periodic timer faster than the emulated handler livelocks the guest)")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
                           quantum=args.quantum, pcpus=args.pcpus, tracer=tracer,
-                          ple_gap=args.ple_gap, ple_window=args.ple_window, fast=args.fast)
+                          ple_gap=args.ple_gap, ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start)
         result = machine.run()
     finally:
         if tracer is not None:

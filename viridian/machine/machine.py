@@ -58,7 +58,10 @@ class Machine:
 
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
-                 tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False) -> None:
+                 tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False,
+                 ap_start: str = "entry") -> None:
+        if ap_start not in ("entry", "sipi"):
+            raise UserError(f"--ap-start {ap_start}: choose entry or sipi")
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
         size = mem_mib << 20
@@ -72,7 +75,8 @@ class Machine:
         self.memory = BytesMemory(self.ram)
         self.walker = PageWalker(self.ram, size)
         self.clock = VirtualClock()
-        self.bus = ApicBus.create(vcpus, self.clock, on_kick=self.kick)
+        self.bus = ApicBus.create(vcpus, self.clock, on_kick=self.kick, on_init=self._on_init,
+                                  on_sipi=self._on_sipi)
         self.apics = list(self.bus)
         for apic in self.apics:  # the guest contract: software-enabled at entry
             apic.write_register(0xF0, 0x1FF)
@@ -100,6 +104,8 @@ class Machine:
         for i in range(vcpus):
             build_gdt(self.ram, i)
             self.vcpus.append(Vcpu(self, i, boot_registers(i, vcpus, image.entry, size)))
+            if ap_start == "sipi" and i > 0:
+                self.vcpus[i].wait_sipi = True  # real-kernel style: APs wait for INIT-SIPI-SIPI
         self._running: Vcpu | None = None
         self._slice_t0 = 0
         self._slice_b0 = 0
@@ -291,6 +297,20 @@ class Machine:
         v = self._running
         if v is not None and v.index == vp:
             v.stop_requested = True  # deliver before more guest code runs
+
+    def _on_init(self, vp: int) -> None:
+        """INIT IPI (SDM §8.4.4): the target waits for a SIPI (its APIC was reset by the bus)."""
+        v = self.vcpus[vp]
+        v.wait_sipi, v.halted, v.idle, v.sipi_vector = True, False, False, None
+        v.stats.events["init"] += 1
+        if self._running is v:
+            v.stop_requested = True
+
+    def _on_sipi(self, vp: int, vector: int) -> None:
+        """Start-up IPI: ignored unless the target is waiting for one (a second SIPI is a no-op)."""
+        v = self.vcpus[vp]
+        if v.wait_sipi:
+            v.wait_sipi, v.sipi_vector = False, vector
 
     def enter_idle(self, vp: int) -> None:
         v = self.vcpus[vp]

@@ -49,6 +49,7 @@ from viridian.machine.native import (
     library,
 )
 from viridian.machine.ports import ExitRequested
+from viridian.machine.realmode import bring_up
 from viridian.machine.stats import VcpuStats
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
@@ -85,7 +86,8 @@ class Vcpu:
         self.stats = VcpuStats()
         self.halted = False  # HLT: runnable again when an interrupt can be delivered
         self.idle = False  # GUEST_IDLE: runnable again when any interrupt is pending (even IF = 0)
-        self.wait_sipi = False  # application processor parked until INIT-SIPI-SIPI (not at boot here)
+        self.wait_sipi = False  # parked until a SIPI (after INIT, or at boot with --ap-start sipi)
+        self.sipi_vector: int | None = None  # a SIPI arrived: start in real mode at vector << 12
         self.stop_requested = False
         self.yield_pending = False  # NotifyLongSpinWait: give up the rest of this slice
         self.ticks_used = 0
@@ -203,6 +205,10 @@ class Vcpu:
         start = int(n.bytes)
         end = start + budget
         self.stop_requested = self.yield_pending = False
+        if self.sipi_vector is not None:
+            vector, self.sipi_vector = self.sipi_vector, None
+            if not bring_up(self, vector):
+                return int(n.bytes) - start
         while not self.m.done and n.bytes < end:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
@@ -510,6 +516,10 @@ class Vcpu:
         return True
 
     def wants_to_run(self) -> bool:
+        if self.sipi_vector is not None:
+            return True
+        if self.wait_sipi:
+            return False
         if self.idle:
             self.m.poll_vcpu(self)
             if self.apic.irr_vectors():
