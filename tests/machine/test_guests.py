@@ -307,3 +307,18 @@ def test_bad_trampoline_is_a_clear_error(tmp_path: Path) -> None:
     m.ram[0x70000:0x70002] = b"\xf4\xf4"  # hlt in real mode: never reaches long mode
     assert not bring_up(m.vcpus[1], 0x70)
     assert m.result is not None and m.result.status == "error" and "0x70000" in m.result.detail
+
+
+def test_native_spin_wait_path_matches_the_python_path(guests: Path, tmp_path: Path) -> None:
+    """Fast NotifyLongSpinWait completes natively unless tracing (which must see every exit): same counts."""
+    from viridian.machine.trace import open_tracer
+
+    native = run_guest(guests / "loop_hypercall.elf")[1]
+    tracer = open_tracer(str(tmp_path / "t.jsonl"))
+    traced = run_guest(guests / "loop_hypercall.elf", tracer=tracer)[1]
+    assert tracer is not None
+    tracer.close()
+    for s in (native, traced):
+        assert s["result"]["code"] == 0 and s["exits"]["by_hypercall"]["0x0008"] == 200_000
+    assert native["exits"]["by_reason"] == traced["exits"]["by_reason"]
+    assert native["exits"]["events"] == traced["exits"]["events"]

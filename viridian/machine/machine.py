@@ -245,11 +245,22 @@ class Machine:
                 and gpa != before:
             for other in self.vcpus:
                 other.forget_code()
+        if index == HvMsr.GUEST_OS_ID:
+            self._update_fast_paths()
         if index in (HvMsr.HYPERCALL, HvMsr.REFERENCE_TSC, HvMsr.GUEST_OS_ID):
             pages = {o.gpa for o in self.partition.overlays() if not o.writable}
             for other in self.vcpus:
                 other.set_protected(pages)
         return res
+
+    def _update_fast_paths(self) -> None:
+        """Whether fast NotifyLongSpinWait may complete natively: offered, hypercalls enabled, no yield possible
+        (a CPU per vCPU), and no trace (which must see every exit)."""
+        from viridian.partition.hypercalls.spin import spin_notify_offered
+
+        ok = (self.tracer is None and self.pcpus >= self.vcpu_count and self.partition.hypercalls_enabled())
+        for v in self.vcpus:
+            v._native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
 
     def _count_apic_msr(self, v: Vcpu, index: int) -> None:
         reg = {0x40000070: 0xB0, 0x40000071: 0x300, 0x40000072: 0x80}.get(index)

@@ -53,6 +53,15 @@ class VnState(ctypes.Structure):
         ("new_code_count", ctypes.c_uint64),
         ("dirty_code", ctypes.c_uint64 * 64),
         ("dirty_count", ctypes.c_uint64),
+        ("reg_read", ctypes.c_void_p),
+        ("fast_spin_ok", ctypes.c_uint64),
+        ("fast_spin_count", ctypes.c_uint64),
+        ("fast_done_at", ctypes.c_uint64),
+        ("exit_ticks", ctypes.c_uint64),
+        ("rcx_reg", ctypes.c_int),
+        ("rax_reg", ctypes.c_int),
+        ("cs_reg", ctypes.c_int),
+        ("pad", ctypes.c_int),
     ]
 
 

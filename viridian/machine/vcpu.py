@@ -115,6 +115,8 @@ class Vcpu:
         n = self._native
         n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
         n.reg_write, n.vmem_read = E.c_function("uc_reg_write"), E.c_function("uc_vmem_read")
+        n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
+        n.rcx_reg, n.rax_reg, n.cs_reg = X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_CS
         n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
@@ -122,6 +124,7 @@ class Vcpu:
         self._msr_done_hook = self._guard(self._msr_done)
         self._cr8_done_hook = self._guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
+        self._stub_fn = function_address(lib, "vn_stub")
         self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
@@ -252,6 +255,11 @@ class Vcpu:
             self._after_natural_stop()
             if self.halted:
                 continue  # an interrupt may already be deliverable (inject_pending wakes it)
+        if n.fast_spin_count:  # calls completed natively (vn_stub) are accounted like any other
+            k, n.fast_spin_count = int(n.fast_spin_count), 0
+            self.stats.by_reason["hypercall"] += k
+            self.stats.hypercalls[0x0008] += k
+            self.stats.events["long spin wait"] += k
         used = int(n.bytes) - start
         self.ticks_used += used
         return used
@@ -333,6 +341,8 @@ class Vcpu:
                                   page + off, page + off)
         if is_hypercall_stub(data) and page not in self._stub_hooks:
             self._stub_hooks.add(page)
+            at = page + HYPERCALL_HOOK_OFFSET
+            E.hook_add_native(self.uc, UC_HOOK_CODE, self._stub_fn, ctypes.addressof(self._native), at, at)
             self.uc.hook_add(UC_HOOK_CODE, self._guard(self.traps._stub_call), None,
                              page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
         self.uc.ctl_remove_cache(page, page + 0x1000)

@@ -53,6 +53,9 @@ class InstructionTraps:
 
     def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
+        if self.v._native.fast_done_at == address:  # completed by the native hook just before
+            self.v._native.fast_done_at = 0
+            return
         if self.v._resume_at == address:  # stopped inside this hook last time: the call is already done
             self.v._resume_at = None
             return

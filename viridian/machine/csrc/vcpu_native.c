@@ -15,6 +15,7 @@
 
 typedef int (*stop_fn)(void *uc);
 typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
+typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4 };
@@ -45,6 +46,12 @@ typedef struct {
     uint64_t new_code_count; /* > 1024: overflowed (later pages are not tracked) */
     uint64_t dirty_code[64]; /* code pages this vCPU wrote since the last drain */
     uint64_t dirty_count;    /* > 64: overflowed */
+    reg_read_fn reg_read;
+    uint64_t fast_spin_ok;   /* the machine allows NotifyLongSpinWait to complete here (see vn_stub) */
+    uint64_t fast_spin_count;
+    uint64_t fast_done_at;   /* address of the stub hook this call was completed at (the Python hook skips) */
+    uint64_t exit_ticks;
+    int rcx_reg, rax_reg, cs_reg, pad;
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -203,4 +210,27 @@ void vn_code_write(void *uc, int type, uint64_t address, int size, int64_t value
     if (s->dirty_count < 64)
         s->dirty_code[s->dirty_count] = page;
     s->dirty_count++;
+}
+
+/* UC_HOOK_CODE in our hypercall page, ahead of the machine's Python hook: the one call that is hot and has
+ * no effect to model -- fast HvCallNotifyLongSpinWait (input value exactly 0x10008, CPL 0) when the machine
+ * has said no yield can happen (every vCPU has a CPU) and the call is offered -- completes here with
+ * HV_STATUS_SUCCESS, like KVM completes hypercalls in the kernel. Everything else goes to Python. */
+void vn_stub(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t rcx = 0, cs = 0, zero = 0;
+    (void)size;
+    s->fast_done_at = 0;
+    if (!s->fast_spin_ok)
+        return;
+    s->reg_read(uc, s->rcx_reg, &rcx);
+    if (rcx != 0x10008)
+        return;
+    s->reg_read(uc, s->cs_reg, &cs);
+    if (cs & 3)
+        return;
+    s->reg_write(uc, s->rax_reg, &zero);
+    s->fast_spin_count++;
+    s->bytes += s->exit_ticks;
+    s->fast_done_at = address;
 }
