@@ -25,14 +25,27 @@ from viridian.machine.machine import Machine
 BUILD = Path(__file__).resolve().parents[1] / "fixtures" / "build"
 
 
+REPEAT = 3  # best of: the machine is shared, the minimum is the least disturbed run
+
+
 def viridian_seconds(name: str) -> tuple[float, Machine]:
-    m = Machine(load_config(preset="recommended"), load_image(BUILD / name), max_ticks=10**12)
-    t = time.perf_counter()
-    m.run()
-    return time.perf_counter() - t, m
+    best: tuple[float, Machine] | None = None
+    for _ in range(REPEAT):
+        m = Machine(load_config(preset="recommended"), load_image(BUILD / name), max_ticks=10**12)
+        t = time.perf_counter()
+        m.run()
+        took = time.perf_counter() - t
+        if best is None or took < best[0]:
+            best = (took, m)
+    assert best is not None
+    return best
 
 
 def bare_seconds(name: str, rdmsr_hook: bool = False) -> float:
+    return min(_bare_once(name, rdmsr_hook) for _ in range(REPEAT))
+
+
+def _bare_once(name: str, rdmsr_hook: bool = False) -> float:
     """The same image on a bare Uc: the machine's boot state, no hooks (or the fastest MSR hook)."""
     m = Machine(load_config(preset="none"), load_image(BUILD / name), max_ticks=10**12)
     ram = (ctypes.c_ubyte * m.ram_size)()

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msr.arch import ARCH_MSRS, ArchMsrState
-from msr.faults import Fault
-from msr.registry import Bound, MsrChain
+from msr.faults import Fault, gp
+from msr.registry import NOT_MINE, Bound, MsrChain
 from msr.x2apic import X2APIC_MSRS
 from viridian.abi.dispatch import HypercallOutcome
 from viridian.abi.memory import BytesMemory
@@ -230,6 +230,10 @@ class Machine:
 
     # -- model entry points ---------------------------------------------------------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:
+        if 0x4000_0000 <= index <= 0x4000_FFFF and not 0x4000_0070 <= index <= 0x4000_0072:
+            # hot path: the Hyper-V range goes straight to its provider (same answer as the chain)
+            res = self.partition.msr_table.rdmsr(v.vp, index)
+            return gp(f"unknown MSR {index:#x}") if res is NOT_MINE else res  # type: ignore[return-value]
         res = self.chains[v.index].rdmsr(index)
         self._count_apic_msr(v, index)
         return res

@@ -191,11 +191,19 @@ class Vcpu:
     def _exit(self, reason: str, rip: int | None = None) -> None:
         """Account one exit and bring the partition clock up to this vCPU's time (``rip``: the trapping
         instruction when RIP is elsewhere, e.g. the MSR site behind a next-instruction hook)."""
-        self.stats.exit(reason)
-        self._native.bytes += EXIT_TICKS
-        self.m.sync_clock(self)
-        if self.m.tracer is not None:
-            self.m.tracer.exit(self, reason, rip)
+        self.stats.by_reason[reason] += 1
+        n = self._native
+        n.bytes += EXIT_TICKS
+        m = self.m
+        if m.fast or m._running is not self:
+            m.sync_clock(self)
+        else:  # inline of Machine.sync_clock (the exit hot path)
+            now = m._slice_t0 + (n.bytes - m._slice_b0)
+            clock = m.clock
+            if now > clock._tsc:
+                clock._tsc = now
+        if m.tracer is not None:
+            m.tracer.exit(self, reason, rip)
 
     def _stop(self) -> None:
         self.stop_requested = True
