@@ -23,11 +23,16 @@ test: $(STAMP) fixtures
 	$(BIN)/pytest
 
 demo: $(STAMP) fixtures
-	$(BIN)/viridian run fixtures/build/cpuid_probe.elf --preset recommended
-	$(BIN)/viridian run fixtures/build/negotiate.elf --preset recommended --stats-json -
+	@echo "== what the recommended offer looks like to a guest (CPUID 0x40000000-0x4000000A)"
 	$(BIN)/viridian cpuid --preset recommended
-	$(BIN)/viridian cpuid --hv "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-vpindex,hv-time,hv-synic,hv-stimer" --json
-	$(BIN)/viridian cpuid --xen "base,freq,time_ref_count,apic_assist"
+	@echo "== a guest negotiates: GUEST_OS_ID, hypercall page, NotifyLongSpinWait, VP_INDEX, TIME_REF_COUNT"
+	$(BIN)/viridian run fixtures/build/negotiate.elf
+	@echo "== x2APIC timer with EOIs avoided through the VP assist page"
+	$(BIN)/viridian run fixtures/build/apic_msrs.elf
+	@echo "== synthetic cluster IPIs and a TLB flush hypercall on 4 vCPUs"
+	$(BIN)/viridian run --vcpus 4 fixtures/build/hv_ipi.elf
+	@echo "== the same IPIs through the xAPIC ICR instead (MMIO exits per IPI)"
+	$(BIN)/viridian run --vcpus 4 fixtures/build/ipi.elf
 	$(BIN)/viridian guest-os-id 0x0001040601001DB0
 
 bench: $(STAMP) fixtures

@@ -59,4 +59,15 @@ def summary_lines(m: Machine) -> list[str]:
     if res.detail:
         head += f" ({res.detail})"
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(total.by_reason.items()))
-    return [head, f"viridian: {total.total} exits on {m.vcpu_count} vCPU(s): {reasons or 'none'}"]
+    lines = [head, f"viridian: {total.total} exits on {m.vcpu_count} vCPU(s): {reasons or 'none'}"]
+    if total.hypercalls:
+        calls = ", ".join(f"{m.partition.call_table.specs[c].name if c in m.partition.call_table.specs else hex(c)} {n}"
+                          for c, n in sorted(total.hypercalls.items()))
+        lines.append(f"viridian: hypercalls: {calls}")
+    avoided = sum(vp.assist.eois_avoided for vp in m.partition.vps)
+    if total.interrupts_delivered or avoided:
+        lines.append(f"viridian: {total.interrupts_delivered} interrupts delivered, {total.eoi_exits} EOI exits, "
+                     f"{avoided} EOIs avoided by APIC assist")
+    if m.partition.guest_os_id:
+        lines.append(f"viridian: guest reported {describe_os(m.partition.guest_os_id)}")
+    return lines
