@@ -322,3 +322,37 @@ def test_native_spin_wait_path_matches_the_python_path(guests: Path, tmp_path: P
         assert s["result"]["code"] == 0 and s["exits"]["by_hypercall"]["0x0008"] == 200_000
     assert native["exits"]["by_reason"] == traced["exits"]["by_reason"]
     assert native["exits"]["events"] == traced["exits"]["events"]
+
+
+def test_two_partitions_share_one_cpu(guests: Path) -> None:
+    """A CPU-bound partition and a mostly-halted one on one simulated CPU: both finish, and their vCPUs
+    never ran at the same time (used ticks add up to at most the host's elapsed time)."""
+    from viridian.machine.host import Host
+
+    busy = Machine(load_config(preset="recommended"), load_image(guests / "loop_alu.elf"), max_ticks=10**11)
+    idle = Machine(load_config(preset="recommended"), load_image(guests / "apic_timer.elf"), max_ticks=10**11)
+    host = Host([busy, idle], pcpus=1)
+    results = host.run()
+    assert [(r.status, r.code) for r in results] == [("exit", 0), ("exit", 0)]
+    used = busy.vcpus[0].ticks_used + idle.vcpus[0].ticks_used
+    assert used <= host.T + 2 * 200_000
+
+
+def test_a_hung_partition_does_not_stop_the_other(guests: Path, tmp_path: Path) -> None:
+    from viridian.machine.host import Host
+
+    img = tmp_path / "hang.bin"
+    img.write_bytes(b"\xfa\xf4")  # cli; hlt
+    hung = Machine(load_config(preset="none"), load_image(img))
+    ok = Machine(load_config(preset="recommended"), load_image(guests / "negotiate.elf"))
+    assert [r.status for r in Host([hung, ok], pcpus=1).run()] == ["hung", "exit"]
+
+
+def test_cli_with_other_partitions(guests: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    proc = _cli("run", str(guests / "negotiate.elf"), "--with", f"{guests / 'hello.elf'}:2", "--pcpus", "1",
+                "--stats-json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "[partition 1] hello from vcpu 1 of 2" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["partitions"][0]["vcpus"] == 2 and data["partitions"][0]["result"]["status"] == "exit"

@@ -42,11 +42,14 @@ def register(subparsers: Any) -> None:
                    "a periodic timer faster than the emulated handler livelocks the guest)")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
+                   help="another partition (same offer) sharing the --pcpus simulated CPUs; repeatable")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from viridian.machine.host import Host
     from viridian.machine.loader import load_image
     from viridian.machine.machine import Machine
     from viridian.machine.trace import open_tracer
@@ -59,21 +62,30 @@ def run(args: argparse.Namespace) -> int:
     if args.ple_window < 0 or args.ple_gap < 0:
         raise UserError("--ple-window and --ple-gap must be >= 0")
     image = load_image(args.image)
+    others = [_other(spec) for spec in args.others]
     tracer = open_tracer(args.trace)
+    common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
+                  ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start)
     try:
-        machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
-                          quantum=args.quantum, pcpus=args.pcpus, tracer=tracer,
-                          ple_gap=args.ple_gap, ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start)
-        result = machine.run()
+        machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
+        extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
+        result = Host([machine, *extra], args.pcpus).run()[0]
     finally:
         if tracer is not None:
             tracer.close()
     data = stats_json(machine)
+    if extra:
+        data["partitions"] = [stats_json(m) for m in extra]
     if not args.quiet:
         sys.stdout.write(machine.ports.serial.text())
+        for i, m in enumerate(extra, 1):
+            sys.stdout.write("".join(f"[partition {i}] {line}\n" for line in m.ports.serial.text().splitlines()))
         sys.stdout.flush()
         for line in summary_lines(machine):
             print(line, file=sys.stderr)
+        for i, m in enumerate(extra, 1):
+            for line in summary_lines(m):
+                print(line.replace("viridian:", f"viridian: [partition {i}]", 1), file=sys.stderr)
     if args.stats_json == "-":
         print(json.dumps(data, indent=2))
     elif args.stats_json:
@@ -82,3 +94,14 @@ def run(args: argparse.Namespace) -> int:
     if result.status == "exit":
         return result.code or 0
     return EXIT_STATUS.get(result.status, 1)
+
+
+def _other(spec: str) -> tuple[Any, int]:
+    """``--with IMAGE[:VCPUS]``."""
+    from viridian.machine.loader import load_image
+
+    path, count = spec, "1"
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit():
+        path, count = head, tail
+    return load_image(path), int(count)

@@ -14,7 +14,7 @@ import ctypes
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msr.arch import ARCH_MSRS, ArchMsrState
 from msr.faults import Fault, gp
@@ -38,10 +38,13 @@ from viridian.machine.vcpu import Vcpu
 from viridian.partition.partition import Partition
 from viridian.tlfs.msrs import HvMsr
 
+if TYPE_CHECKING:
+    from viridian.machine.host import Host
+
 log = logging.getLogger(__name__)
 
 QUANTUM = 200_000
-MIN_SLICE = 64
+MIN_SLICE = 64  # also viridian.machine.host.MIN_SLICE
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Machine:
         self.tracer = tracer
         self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
+        self.host: Host | None = None  # set when a Host schedules this partition
         self.T = 0  # host time at the start of the current quantum
         self.fast = fast  # --fast: virtual time follows the wall clock (not deterministic)
         self._wall0 = time.perf_counter_ns()
@@ -151,58 +155,31 @@ class Machine:
                 best = d
         return best
 
-    # -- the scheduler -----------------------------------------------------------------------------------------
+    # -- scheduling (the loop itself is viridian.machine.host.Host) --------------------------------------------
     def run(self) -> RunResult:
-        """Drive the partition to a result; a host bug becomes status "error" with its traceback, never a crash."""
-        try:
-            self._schedule()
-        except Exception as exc:  # the host must survive its own bugs too
-            import traceback
+        """Run this partition alone on ``pcpus`` simulated CPUs (see :class:`~viridian.machine.host.Host`)."""
+        from viridian.machine.host import Host
 
-            self.finish("error", detail=f"host error: {exc!r}", traceback=traceback.format_exc())
-        assert self.result is not None
-        return self.result
+        return Host([self], self.pcpus).run()[0]
 
-    def _schedule(self) -> None:
-        rr = 0
-        while self.result is None:
-            if self.max_ticks <= self.T:
-                self.finish("timeout", detail=f"virtual time budget of {self.max_ticks} ticks used up")
-                break
-            runnable = [v for v in self.vcpus if v.wants_to_run()]
-            deadline = self.next_deadline()
-            if not runnable:
-                if deadline is None:
-                    self.finish("hung", detail="every vCPU is halted and nothing can wake one")
-                    break
-                if self.fast:
-                    self._skipped += max(0, deadline - self.wall_ticks())
-                self.T = max(self.T, deadline, self.clock.tsc())
-                self.clock.set_tsc(self.T)
-                continue
-            q = self.quantum
-            if deadline is not None and deadline > self.T:
-                q = max(MIN_SLICE, min(q, deadline - self.T))
-            order = runnable[rr % len(runnable):] + runnable[: rr % len(runnable)]
-            rr += 1
-            longest = 0
-            for _pcpu in range(min(self.pcpus, len(order))):
-                budget = q
-                while budget >= MIN_SLICE and order and self.result is None:
-                    v = order.pop(0)
-                    used = self._run_one(v, q - budget, budget)
-                    budget -= used
-                    if used == 0 or not (v.halted or v.idle or v.yield_pending):
-                        break
-                longest = max(longest, q - budget)
-            # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
-            self.T = max(self.T + max(MIN_SLICE, min(q, longest)), self.clock.tsc())
-            if self.fast:
-                self.T = max(self.clock.tsc(), self.wall_ticks())
-            self.clock.set_tsc(self.T)
+    def skip_to(self, deadline: int) -> None:
+        """Nothing runnable anywhere: host time jumps to ``deadline``."""
+        if self.fast:
+            self._skipped += max(0, deadline - self.wall_ticks())
+        self.T = max(self.T, deadline, self.clock.tsc())
+        self.clock.set_tsc(self.T)
 
-    def _run_one(self, v: Vcpu, offset: int, budget: int) -> int:
-        self._running, self._slice_t0, self._slice_b0 = v, self.T + offset, v.ticks
+    def end_quantum(self, end: int) -> int:
+        """The quantum ends at host time ``end`` (or later, if a vCPU overshot); returns this partition's time."""
+        self.T = max(end, self.clock.tsc())
+        if self.fast:
+            self.T = max(self.clock.tsc(), self.wall_ticks())
+        self.clock.set_tsc(self.T)
+        return self.T
+
+    def run_vcpu(self, v: Vcpu, host_t: int, offset: int, budget: int) -> int:
+        self.T = max(self.T, host_t)
+        self._running, self._slice_t0, self._slice_b0 = v, host_t + offset, v.ticks
         self.clock.set_tsc(max(self.clock.tsc(), self._slice_t0))
         try:
             return v.run(budget)
@@ -262,7 +239,9 @@ class Machine:
         (a CPU per vCPU), and no trace (which must see every exit)."""
         from viridian.partition.hypercalls.spin import spin_notify_offered
 
-        ok = (self.tracer is None and self.pcpus >= self.vcpu_count and self.partition.hypercalls_enabled())
+        host = self.host
+        no_yield = host.pcpus >= host.vcpu_count if host is not None else self.pcpus >= self.vcpu_count
+        ok = self.tracer is None and no_yield and self.partition.hypercalls_enabled()
         for v in self.vcpus:
             v._native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
 
@@ -292,8 +271,9 @@ class Machine:
         # KVM kvm_vcpu_on_spin: only worth it when another vCPU waits for a (simulated) physical CPU
         v = self.vcpus[vp]
         v.stats.events[reason] += 1
-        waiting = sum(1 for o in self.vcpus if o is not v and not (o.halted or o.idle))
-        if waiting >= self.pcpus:
+        host = self.host
+        waiting = host.waiting_for_cpu(v) if host is not None else 0
+        if host is not None and waiting >= host.pcpus:
             v.stats.events["yield"] += 1
             v.yield_pending = True
             v.uc.emu_stop()

@@ -1,0 +1,100 @@
+"""The host: P simulated physical CPUs shared by the vCPUs of one or more partitions, in one deterministic loop.
+
+Every quantum, the runnable vCPUs of all partitions (rotating order) get at most ``pcpus`` CPUs for up to
+``quantum`` ticks, shortened so that the nearest timer deadline of any partition is not overshot; a vCPU
+that halts, idles or yields early hands the rest of its CPU's quantum to the next vCPU waiting. With nothing
+runnable anywhere, host time jumps to the nearest deadline. A partition whose vCPUs are all halted with no
+deadline ends "hung" while the others go on — the 2009 promise that an idle or spinning guest's time goes to
+another partition is this loop.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from viridian.machine.machine import Machine, RunResult
+    from viridian.machine.vcpu import Vcpu
+
+MIN_SLICE = 64
+
+
+class Host:
+    def __init__(self, machines: list[Machine], pcpus: int | None = None) -> None:
+        self.machines = machines
+        self.pcpus = pcpus or sum(m.vcpu_count for m in machines)
+        self.T = 0
+        for m in machines:
+            m.host = self
+
+    @property
+    def vcpu_count(self) -> int:
+        return sum(m.vcpu_count for m in self.machines)
+
+    def waiting_for_cpu(self, v: Vcpu) -> int:
+        """vCPUs (of any partition) other than ``v`` that could use a CPU now."""
+        return sum(1 for m in self.machines if not m.done for o in m.vcpus
+                   if o is not v and not (o.halted or o.idle or o.wait_sipi))
+
+    def run(self) -> list[RunResult]:
+        try:
+            self._schedule()
+        except Exception as exc:  # the host must survive its own bugs too
+            for m in self.machines:
+                m.finish("error", detail=f"host error: {exc!r}", traceback=traceback.format_exc())
+        results = [m.result for m in self.machines]
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _schedule(self) -> None:
+        rr = 0
+        while True:
+            live = [m for m in self.machines if not m.done]
+            for m in live:
+                if m.max_ticks <= self.T:
+                    m.finish("timeout", detail=f"virtual time budget of {m.max_ticks} ticks used up")
+            live = [m for m in live if not m.done]
+            if not live:
+                return
+            runnable: list[tuple[Machine, Vcpu]] = []
+            deadline: int | None = None
+            for m in live:
+                mine = [(m, v) for v in m.vcpus if v.wants_to_run()]
+                d = m.next_deadline()
+                if not mine and d is None:
+                    m.finish("hung", detail="every vCPU is halted and nothing can wake one")
+                    continue
+                runnable += mine
+                if d is not None and (deadline is None or d < deadline):
+                    deadline = d
+            if not runnable:
+                if deadline is None:
+                    continue  # every live partition just ended hung
+                for m in live:
+                    m.skip_to(deadline)
+                self.T = max(self.T, deadline)
+                continue
+            q = min(m.quantum for m in live)
+            if deadline is not None and deadline > self.T:
+                q = max(MIN_SLICE, min(q, deadline - self.T))
+            k = rr % len(runnable)
+            order = runnable[k:] + runnable[:k]
+            rr += 1
+            longest = 0
+            for _pcpu in range(min(self.pcpus, len(order))):
+                budget = q
+                while budget >= MIN_SLICE and order:
+                    m, v = order.pop(0)
+                    if m.done:
+                        continue
+                    used = m.run_vcpu(v, self.T, q - budget, budget)
+                    budget -= used
+                    if used == 0 or not (v.halted or v.idle or v.yield_pending):
+                        break
+                longest = max(longest, q - budget)
+            # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
+            end = self.T + max(MIN_SLICE, min(q, longest))
+            for m in live:
+                end = max(end, m.end_quantum(end))
+            self.T = end
