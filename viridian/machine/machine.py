@@ -1,11 +1,9 @@
-"""The machine: guest RAM, the partition model, local APICs, vCPUs, the port bus, and the deterministic scheduler.
+"""The machine: guest RAM, the partition model, local APICs, vCPUs, the port bus; one partition.
 
 Virtual time: one tick = one virtual TSC cycle. A vCPU's clock advances by the bytes of guest code it
 executes (counted natively per translation block) plus EXIT_TICKS per exit, so the same guest and
-configuration always produce the same exits. Scheduling is in quanta: every quantum each runnable vCPU gets
-a simulated physical CPU (at most ``pcpus`` at once) for up to ``quantum`` ticks, shortened so that the next
-timer deadline is never overshot by more than one block; with nothing runnable, time jumps to the next
-deadline, and with no deadline either the run ends "hung".
+configuration always produce the same exits. The scheduling loop (quanta, simulated physical CPUs, jumps to
+the next deadline, "hung") is :class:`viridian.machine.host.Host`, which can run several machines at once.
 """
 
 from __future__ import annotations
