@@ -27,8 +27,10 @@ def register(subparsers: Any) -> None:
                    "when no other source is given)")
     p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
     p.add_argument("--mem", type=int, default=128, metavar="MiB", help="guest RAM in MiB (default 128)")
-    p.add_argument("--max-ticks", type=int, default=20_000_000_000, metavar="N",
-                   help="virtual-time budget in TSC ticks (2 GHz; default 10 s); the run ends 'timeout'")
+    p.add_argument("--max-ticks", "--max-instructions", dest="max_ticks", type=int, default=20_000_000_000,
+                   metavar="N",
+                   help="virtual-time budget in TSC ticks (one tick per byte of guest code run, 1000 per exit; "
+                   "2 GHz, default 10 s); the run ends 'timeout'. --max-instructions is the same budget")
     p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
     p.add_argument("--pcpus", type=int, default=None, help="simulated physical CPUs (default: one per vCPU)")
     p.add_argument("--ple-window", type=int, default=4096, metavar="TICKS",
