@@ -224,7 +224,7 @@ class Vcpu:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
-            self._set_window(self.apic.pending_vector() is not None)
+            self.traps.set_window(self.apic.pending_vector() is not None)
             limit = end
             self.vp.before_run()
             n.stop_reason = 0
@@ -271,26 +271,6 @@ class Vcpu:
         used = int(n.bytes) - start
         self.ticks_used += used
         return used
-
-    # -- interrupt window (VMX "interrupt-window exiting") ---------------------------------------------------
-    def _set_window(self, blocked_interrupt: bool) -> None:
-        """While an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is active), a per-instruction
-        hook stops the engine at the first instruction boundary where it can be taken."""
-        if blocked_interrupt and self._window_hook is None:
-            self.stats.exit("interrupt_window")
-            self._shadow = self._read_virt(self.uc.reg_read(X.UC_X86_REG_RIP) - 1, 1) == b"\xfb"
-            self._window_hook = self.uc.hook_add(UC_HOOK_CODE, self._guard(self._window_step), None, 1, 0)
-        elif not blocked_interrupt and self._window_hook is not None:
-            self.uc.hook_del(self._window_hook)
-            self._window_hook = None
-
-    def _window_step(self, uc: Any, address: int, size: int, _ud: Any) -> None:
-        busy = (address - HYPERCALL_HOOK_OFFSET in self._stub_hooks or address - 2 in self.sites
-                or address - 3 in self.sites)  # another hook may act here: take the next boundary
-        if not busy and not self._shadow and uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9):
-            self._stop()
-            return
-        self._shadow = self._read_virt(address, 1) == b"\xfb"  # STI: the next instruction runs first
 
     def _apply_deferred(self) -> None:
         if self._next_rip is not None:
