@@ -356,3 +356,13 @@ def test_cli_with_other_partitions(guests: Path, tmp_path: Path) -> None:
     assert "[partition 1] hello from vcpu 1 of 2" in proc.stdout
     data = json.loads(out.read_text())
     assert data["partitions"][0]["vcpus"] == 2 and data["partitions"][0]["result"]["status"] == "exit"
+
+
+def test_self_nmi_ignores_if(tmp_path: Path) -> None:
+    """ICR self-NMI with IF = 0 is delivered at once (vector 2; no IDT here, so it escalates to shutdown)."""
+    img = tmp_path / "nmi.bin"
+    img.write_bytes(bytes.fromhex("48bb0003e0fe00000000c70300440400f4"))
+    m = Machine(load_config(preset="none"), load_image(img))
+    res = m.run()
+    assert res.status == "triple-fault" and "first vector 2" in res.detail
+    assert m.vcpus[0].stats.exceptions == {} and m.vcpus[0].stats.events["nmi"] == 0  # never got in

@@ -77,7 +77,7 @@ class Machine:
         self.walker = PageWalker(self.ram, size)
         self.clock = VirtualClock()
         self.bus = ApicBus.create(vcpus, self.clock, on_kick=self.kick, on_init=self._on_init,
-                                  on_sipi=self._on_sipi)
+                                  on_sipi=self._on_sipi, on_nmi=self._on_nmi)
         self.apics = list(self.bus)
         for apic in self.apics:  # the guest contract: software-enabled at entry
             apic.write_register(0xF0, 0x1FF)
@@ -296,6 +296,12 @@ class Machine:
         v = self.vcpus[vp]
         v.wait_sipi, v.halted, v.idle, v.sipi_vector = True, False, False, None
         v.stats.events["init"] += 1
+        if self._running is v:
+            v.stop_requested = True
+
+    def _on_nmi(self, vp: int) -> None:
+        v = self.vcpus[vp]
+        v.nmi_pending = True
         if self._running is v:
             v.stop_requested = True
 

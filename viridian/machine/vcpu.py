@@ -87,7 +87,8 @@ class Vcpu:
         self.halted = False  # HLT: runnable again when an interrupt can be delivered
         self.idle = False  # GUEST_IDLE: runnable again when any interrupt is pending (even IF = 0)
         self.wait_sipi = False  # parked until a SIPI (after INIT, or at boot with --ap-start sipi)
-        self.sipi_vector: int | None = None  # a SIPI arrived: start in real mode at vector << 12
+        self.sipi_vector: int | None = None
+        self.nmi_pending = False  # a SIPI arrived: start in real mode at vector << 12
         self.stop_requested = False
         self.yield_pending = False  # NotifyLongSpinWait: give up the rest of this slice
         self.ticks_used = 0
@@ -498,8 +499,16 @@ class Vcpu:
         apic = self.apic
         self.vp.assist.retire_lazy_eoi()
         self.m.poll_vcpu(self)
-        if self.idle and apic.irr_vectors():
+        if self.idle and (apic.irr_vectors() or self.nmi_pending):
             self.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
+        if self.nmi_pending:  # NMI: not maskable by IF or TPR (SDM §6.7); blocking until IRET is not modelled
+            self.nmi_pending = False
+            self.halted = False
+            rip = resume_rip if resume_rip is not None else self.uc.reg_read(X.UC_X86_REG_RIP)
+            if self._enter(2, None, rip):
+                self.stats.interrupts_delivered += 1
+                self.stats.events["nmi"] += 1
+            return True
         vector = apic.pending_vector()
         if vector is None:
             return False
@@ -522,6 +531,8 @@ class Vcpu:
             self.m.poll_vcpu(self)
             if self.apic.irr_vectors():
                 self.idle = False
+        if self.nmi_pending:
+            return True
         if self.halted:
             self.m.poll_vcpu(self)
             return self.apic.pending_vector() is not None and self._if_set()
