@@ -27,6 +27,7 @@ from viridian.devices.apic_bus import ApicBus
 from viridian.errors import UserError
 from viridian.machine import layout as L
 from viridian.machine.boot import boot_registers, build_gdt, build_page_tables
+from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
 from viridian.machine.paging import PageWalker
 from viridian.machine.ports import PortBus
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUANTUM = 200_000
-MIN_SLICE = 64  # also viridian.machine.host.MIN_SLICE
 
 
 @dataclass

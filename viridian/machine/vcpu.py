@@ -494,7 +494,7 @@ class Vcpu:
             return False
         return self._read_virt(rip - 1, 1) != b"\xfb"  # STI shadow: the instruction after STI runs first
 
-    def inject_pending(self, resume_rip: int | None = None) -> bool:
+    def inject_pending(self) -> bool:
         """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
         apic = self.apic
         self.vp.assist.retire_lazy_eoi()
@@ -504,7 +504,7 @@ class Vcpu:
         if self.nmi_pending:  # NMI: not maskable by IF or TPR (SDM §6.7); blocking until IRET is not modelled
             self.nmi_pending = False
             self.halted = False
-            rip = resume_rip if resume_rip is not None else self.uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
             if self._enter(2, None, rip):
                 self.stats.interrupts_delivered += 1
                 self.stats.events["nmi"] += 1
@@ -516,7 +516,7 @@ class Vcpu:
             return False
         apic.acknowledge()
         self.vp.assist.on_inject(vector)
-        rip = resume_rip if resume_rip is not None else self.uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.halted = False
         if self._enter(vector, None, rip):
             self.stats.interrupts_delivered += 1
