@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from viridian.config.presets import load_config
+from viridian.errors import UserError
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.report import stats_json
@@ -366,3 +367,21 @@ def test_self_nmi_ignores_if(tmp_path: Path) -> None:
     res = m.run()
     assert res.status == "triple-fault" and "first vector 2" in res.detail
     assert m.vcpus[0].stats.exceptions == {} and m.vcpus[0].stats.events["nmi"] == 0  # never got in
+
+
+@pytest.mark.parametrize(("cmdline", "code"), [("ticks=5", ord("t")), ("", 0)])
+def test_cmdline_address_is_in_rcx(tmp_path: Path, cmdline: str, code: int) -> None:
+    """Guest contract: RCX = address of the NUL-terminated command line."""
+    img = tmp_path / "cmd.bin"
+    img.write_bytes(bytes.fromhex("8a01" "e6f4" "f4"))  # mov al, [rcx]; out 0xf4, al; hlt
+    m = Machine(load_config(preset="none"), load_image(img), cmdline=cmdline)
+    res = m.run()
+    assert (res.status, res.code) == ("exit", code)
+    assert bytes(m.ram[0x1F000:0x1F000 + len(cmdline) + 1]) == cmdline.encode() + b"\0"
+
+
+def test_cmdline_too_long_is_a_user_error(tmp_path: Path) -> None:
+    img = tmp_path / "x.bin"
+    img.write_bytes(b"\xf4")
+    with pytest.raises(UserError, match="--cmdline"):
+        Machine(load_config(preset="none"), load_image(img), cmdline="x" * 5000)

@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fast", action="store_true",
                    help="virtual time follows the wall clock instead of executed code (not deterministic; "
                    "a periodic timer faster than the emulated handler livelocks the guest)")
+    p.add_argument("--cmdline", default="", metavar="TEXT",
+                   help="guest command line: a NUL-terminated string at 0x1F000, its address in RCX at entry")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     others = [_other(spec) for spec in args.others]
     tracer = open_tracer(args.trace)
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
-                  ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start)
+                  ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start,
+                  cmdline=args.cmdline)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]

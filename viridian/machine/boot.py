@@ -58,10 +58,21 @@ class BootRegisters:
     rdi: int
     rsi: int
     rdx: int
+    rcx: int
     gdt: int
     tss: int
 
 
 def boot_registers(vcpu: int, vcpus: int, entry: int, ram_size: int) -> BootRegisters:
-    return BootRegisters(entry, L.stack_top(vcpu, ram_size), vcpu, vcpus, ram_size,
+    return BootRegisters(entry, L.stack_top(vcpu, ram_size), vcpu, vcpus, ram_size, L.CMDLINE,
                          L.gdt_address(vcpu), L.tss_address(vcpu))
+
+
+def place_cmdline(ram: memoryview, cmdline: str) -> None:
+    """The guest command line at L.CMDLINE (RCX at entry), NUL-terminated."""
+    data = cmdline.encode("utf-8")
+    if len(data) > L.CMDLINE_MAX or b"\0" in data:
+        from viridian.errors import UserError
+
+        raise UserError(f"--cmdline: at most {L.CMDLINE_MAX} bytes and no NUL characters")
+    ram[L.CMDLINE : L.CMDLINE + len(data) + 1] = data + b"\0"

@@ -6,6 +6,7 @@ Everything the loader builds lives below 0x100000 (images must load at or above 
   0x3000-0x6FFF   four page directories (2 MiB pages): identity map of RAM and of the APIC page
   0x8000 + i*64   GDT of vCPU i (null, code64 0x08, data 0x10, user code 0x1B, user data 0x23, TSS 0x28)
   0x10000 + i*128 TSS of vCPU i (64-bit, RSP0 and IST1-7 zero: the guest sets its own)
+  0x1F000         the guest command line (``viridian run --cmdline``), NUL-terminated, at most 4095 bytes
 Stacks: vCPU i's 64 KiB stack is the i-th 64 KiB block down from the top of RAM; RSP starts at its top.
 """
 
@@ -23,6 +24,8 @@ TSS_BASE: Final = 0x10000
 TSS_STRIDE: Final = 128
 TSS_LIMIT: Final = 0x67
 MAX_VCPUS: Final = 256
+CMDLINE: Final = 0x1F000
+CMDLINE_MAX: Final = 4095
 IMAGE_MIN: Final = 0x20000  # lowest address an image may load at
 FLAT_LOAD: Final = 0x100000
 STACK_SIZE: Final = 64 * 1024

@@ -26,7 +26,7 @@ from viridian.config.enlightenments import Enlightenments
 from viridian.devices.apic_bus import ApicBus
 from viridian.errors import UserError
 from viridian.machine import layout as L
-from viridian.machine.boot import boot_registers, build_gdt, build_page_tables
+from viridian.machine.boot import boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
 from viridian.machine.paging import PageWalker
@@ -60,7 +60,7 @@ class Machine:
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
                  tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False,
-                 ap_start: str = "entry") -> None:
+                 ap_start: str = "entry", cmdline: str = "") -> None:
         if ap_start not in ("entry", "sipi"):
             raise UserError(f"--ap-start {ap_start}: choose entry or sipi")
         if not 1 <= vcpus <= L.MAX_VCPUS:
@@ -102,6 +102,8 @@ class Machine:
         self.code_pages: set[int] = set()
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
+        place_cmdline(self.ram, cmdline)
+        self.cmdline = cmdline
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)

@@ -160,7 +160,8 @@ class Vcpu:
             uc.reg_write(reg, L.DATA)
         uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
         uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
-                            (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RFLAGS, 2)])
+                            (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
+                            (X.UC_X86_REG_RFLAGS, 2)])
 
     def _guard(self, fn: Any, default: Any = None) -> Any:
         """Hooks never let a Python exception reach Unicorn: a host bug ends the run with status "error"."""
