@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
                    "a periodic timer faster than the emulated handler livelocks the guest)")
     p.add_argument("--cmdline", default="", metavar="TEXT",
                    help="guest command line: a NUL-terminated string at 0x1F000, its address in RCX at entry")
+    p.add_argument("--report", action="store_true",
+                   help="print the negotiation report: what the guest asked for, used and fell back from")
+    p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
@@ -81,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     data = stats_json(machine)
     if extra:
         data["partitions"] = [stats_json(m) for m in extra]
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return _status(result)
     if not args.quiet:
         sys.stdout.write(machine.ports.serial.text())
         for i, m in enumerate(extra, 1):
@@ -91,14 +97,28 @@ def run(args: argparse.Namespace) -> int:
         for i, m in enumerate(extra, 1):
             for line in summary_lines(m):
                 print(line.replace("viridian:", f"viridian: [partition {i}]", 1), file=sys.stderr)
+    if args.report:
+        from viridian.report.text import negotiation_lines
+
+        print("\n".join(negotiation_lines(data["negotiation"], title=_title(args, machine))))
     if args.stats_json == "-":
         print(json.dumps(data, indent=2))
     elif args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
+    return _status(result)
+
+
+def _status(result: Any) -> int:
     if result.status == "exit":
-        return result.code or 0
+        return int(result.code or 0)
     return EXIT_STATUS.get(result.status, 1)
+
+
+def _title(args: argparse.Namespace, machine: Any) -> str:
+    offer = ", ".join(f"{k} {v}" for k, v in (("--hv", args.hv), ("--xen", args.xen), ("--libvirt", args.libvirt),
+                                                ("--preset", args.preset)) if v) or f"--preset {DEFAULT_PRESET}"
+    return f"{args.image} on {machine.vcpu_count} vCPU(s), {offer}"
 
 
 def _other(spec: str) -> tuple[Any, int]:

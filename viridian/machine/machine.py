@@ -29,6 +29,7 @@ from viridian.machine import layout as L
 from viridian.machine.boot import boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
+from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
 from viridian.machine.ports import PortBus
 from viridian.machine.stats import VcpuStats, merge
@@ -99,6 +100,7 @@ class Machine:
         self._wall0 = time.perf_counter_ns()
         self._skipped = 0  # wall-clock mode: time jumped over while every vCPU was halted
         self.flushes = 0
+        self.neg = NegotiationLog()  # first uses and outcomes: the negotiation report's raw material
         self.code_pages: set[int] = set()
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
@@ -241,7 +243,8 @@ class Machine:
 
         host = self.host
         no_yield = host.pcpus >= host.vcpu_count if host is not None else self.pcpus >= self.vcpu_count
-        ok = self.tracer is None and no_yield and self.partition.hypercalls_enabled()
+        ok = self.tracer is None and no_yield and self.partition.hypercalls_enabled() \
+            and self.neg.used("hypercall", 0x0008)
         for v in self.vcpus:
             v._native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from viridian.machine.stats import vcpu_json
-from viridian.tlfs.guest_os_id import decode
+from viridian.report import negotiation
+from viridian.report.identity import describe_os
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -37,18 +38,8 @@ def stats_json(m: Machine) -> dict[str, Any]:
         "guest": {"os_id": f"{os_id:#018x}", "os": describe_os(os_id) if os_id else None},
         "serial": m.ports.serial.text(),
         "per_vcpu": [vcpu_json(v.stats) | {"ticks": v.ticks_used} for v in m.vcpus],
+        "negotiation": negotiation.build(m),
     }
-
-
-def describe_os(value: int) -> str:
-    """e.g. "Microsoft Windows NT 6.1 build 7600 (Windows 7 / Windows Server 2008 R2)"."""
-    d = decode(value)
-    if d.kind == "proprietary":
-        text = f"{d.vendor_name or 'vendor ' + str(d.vendor)} {d.os_name or 'OS ' + str(d.os_id)} " \
-               f"{d.major}.{d.minor} build {d.build}"
-    else:
-        text = f"{d.os_name or 'open-source OS'} version {d.version} build {d.build}"
-    return text + (f" ({d.release})" if d.release else "")
 
 
 def summary_lines(m: Machine) -> list[str]:

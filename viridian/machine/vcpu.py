@@ -246,6 +246,7 @@ class Vcpu:
             self._apply_deferred()
             if n.stop_reason == STOP_PAUSE:  # pause-loop exit: a spinning vCPU gives way if another waits
                 self._exit("pause")
+                self.m.neg.record_event(self.index, self.m.clock._tsc, "pause-loop")
                 self.m.yield_vp(self.index, "pause-loop")
                 if self.yield_pending:
                     break
@@ -270,6 +271,7 @@ class Vcpu:
             self.stats.by_reason["hypercall"] += k
             self.stats.hypercalls[0x0008] += k
             self.stats.events["long spin wait"] += k
+            self.m.neg.record_hypercall(self.index, self.m.clock.tsc(), 0x0008, "SUCCESS", k)
         used = int(n.bytes) - start
         self.ticks_used += used
         return used
@@ -289,6 +291,7 @@ class Vcpu:
         prev = self._read_virt(rip - 1, 1)
         if prev == b"\xf4":
             self._exit("hlt")
+            self.m.neg.record_event(self.index, self.m.clock._tsc, "hlt")
             self.halted = True
             return
         if recover_lost_fault(self, rip):
@@ -404,14 +407,19 @@ class Vcpu:
         self._native.pending_site = 0
         ecx, eax, edx = self._msr_regs.read()
         index = ecx & 0xFFFF_FFFF
+        neg = self.m.neg
         if self.sites[site]:
             self._exit("msr_write", site)
             self.stats.msr_writes[index] += 1
+            wvalue = (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF)
             if index in NATIVE_MSRS:
+                neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue, None)
                 if index == E.EFER:
                     self._efer = int(uc.msr_read(E.EFER))
                 return
-            res = self.m.wrmsr(self, index, (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF))
+            res = self.m.wrmsr(self, index, wvalue)
+            neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
+                           res.vector if isinstance(res, Fault) else None)
             if isinstance(res, Fault):
                 self.raise_exception(res.vector, res.error_code, site)
                 return
@@ -419,11 +427,15 @@ class Vcpu:
             self._exit("msr_read", site)
             self.stats.msr_reads[index] += 1
             if index in NATIVE_MSRS:
+                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
                 return
             value = self.m.rdmsr(self, index)
             if isinstance(value, Fault):
+                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, value.vector)
                 self.raise_exception(value.vector, value.error_code, site)
                 return
+            if ("rdmsr", index) not in neg.first:
+                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit()
 

@@ -43,6 +43,11 @@ class InstructionTraps:
         regs = self._hypercall_regs()
         outcome = self.v.m.hypercall(self.v, regs)
         self.v.stats.hypercalls[outcome.code] += 1
+        result = (f"#{'UD' if outcome.fault.vector == 6 else outcome.fault.vector}" if outcome.fault is not None
+                  else outcome.status.name if outcome.status is not None else "?")
+        m = self.v.m
+        if m.neg.record_hypercall(self.v.index, m.clock._tsc, outcome.code, result) and outcome.code == 0x0008:
+            m._update_fast_paths()  # the native fast path starts after the first call is on record
         if outcome.fault is not None:
             self.v.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
             return False, False
@@ -84,6 +89,7 @@ class InstructionTraps:
         self.v._exit("cpuid")
         leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
         leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
+        self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock._tsc, leaf)
         r = self.v.m.partition.cpuid(leaf, sub)
         if r is None:
             arch = self.v.m.arch[self.v.index]
@@ -129,6 +135,7 @@ class InstructionTraps:
             self.v._exit("mmio")
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
+            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, False)
             if self.v.apic.x2apic:
                 return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
             value = self.v.apic.read_register(reg) if offset & 0xF < 4 else 0
@@ -144,6 +151,7 @@ class InstructionTraps:
             self.v._exit("mmio")
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
+            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, True)
             if self.v.apic.x2apic or offset & 0xF:
                 return
             self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
@@ -166,11 +174,13 @@ class InstructionTraps:
         is_write, reg = self.v.cr8_sites[site]
         if is_write:
             self.v.stats.events["cr8_write"] += 1
+            self.v.m.neg.record_event(self.v.index, self.v.m.clock.tsc(), "cr8_write")
             value = int(uc.reg_read(reg)) & 0xF
             self.v.apic.set_tpr(value << 4)
             self.v._after_exit()  # a lower TPR may unblock a pending interrupt
         else:
             self.v.stats.events["cr8_read"] += 1
+            self.v.m.neg.record_event(self.v.index, self.v.m.clock.tsc(), "cr8_read")
             uc.reg_write(reg, self.v.apic.get_tpr() >> 4)
 
     # -- interrupt window (VMX "interrupt-window exiting") ---------------------------------------------------

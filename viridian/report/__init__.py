@@ -1,0 +1,1 @@
+"""Reports built from a finished run: the negotiation report and run comparisons."""
