@@ -7,6 +7,7 @@ import json
 from enum import IntFlag
 from typing import Any
 
+from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
 from viridian.config.qemu import parse_int
 from viridian.partition.cpuid import CpuidRegs, hv_leaves
@@ -37,6 +38,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--guest-os-id", metavar="VALUE", default="0",
                         help="GUEST_OS_ID value (Xen leaves 0x40000002/4 depend on it), e.g. 0x0001040A00004F7C")
+    parser.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
+                        help="edit a leaf after synthesis: LEAF.REG+BITS / -BITS / =VALUE (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the leaves as JSON only")
     parser.set_defaults(func=run)
 
@@ -44,6 +47,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, synthesize the leaves, print them."""
     config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt, preset=args.preset)
+    if args.cpuid:
+        config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in args.cpuid))
     guest_os_id = parse_int("--guest-os-id", args.guest_os_id, 64)
     leaves = hv_leaves(config, guest_os_id)
     if args.json:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
 from viridian.errors import UserError
 from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
@@ -25,6 +26,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
     p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)} (default {DEFAULT_PRESET} "
                    "when no other source is given)")
+    p.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
+                   help="edit the offered leaves: LEAF.REG+BITS / -BITS / =VALUE, e.g. 0x40000003.eax-0x10 "
+                   "(repeatable; gating follows the edited bits)")
     p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
     p.add_argument("--mem", type=int, default=128, metavar="MiB", help="guest RAM in MiB (default 128)")
     p.add_argument("--max-ticks", "--max-instructions", dest="max_ticks", type=int, default=20_000_000_000,
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     sources = [args.hv, args.xen, args.libvirt, args.preset]
     config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt,
                          preset=args.preset if any(sources) else DEFAULT_PRESET)
+    if args.cpuid:
+        config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in args.cpuid))
     if args.pcpus is not None and args.pcpus < 1:
         raise UserError("--pcpus must be at least 1")
     if args.ple_window < 0 or args.ple_gap < 0:
@@ -118,6 +124,7 @@ def _status(result: Any) -> int:
 def _title(args: argparse.Namespace, machine: Any) -> str:
     offer = ", ".join(f"{k} {v}" for k, v in (("--hv", args.hv), ("--xen", args.xen), ("--libvirt", args.libvirt),
                                                 ("--preset", args.preset)) if v) or f"--preset {DEFAULT_PRESET}"
+    offer += "".join(f", --cpuid {e}" for e in args.cpuid)
     return f"{args.image} on {machine.vcpu_count} vCPU(s), {offer}"
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from viridian.config import rules
+from viridian.config.cpuid_edits import CpuidEdit
 from viridian.config.rules import flag_name
 from viridian.tlfs.cpuid import SPINLOCK_NEVER_NOTIFY, VENDOR_MICROSOFT_HV
 
@@ -103,6 +104,8 @@ class Enlightenments:
     ex_processor_masks: bool | None = None
     cpu_hotplug: bool | None = None
     apic_assist: bool = True
+    # Bit edits applied to the synthesized leaves (viridian.config.cpuid_edits; --cpuid on the command line).
+    cpuid_edits: tuple[CpuidEdit, ...] = ()
 
     # -- derived -------------------------------------------------------------------------------------
     @property
@@ -183,6 +186,8 @@ class Enlightenments:
         if self.style == "xen":
             for name in ("reference_tsc", "ex_processor_masks", "cpu_hotplug", "apic_assist"):
                 rows.append((name, "on" if getattr(self, name) else "off", "Xen viridian group"))
+        for edit in self.cpuid_edits:
+            rows.append(("cpuid edit", str(edit), "applied after synthesis"))
         return rows
 
     def replace(self, **changes: object) -> Enlightenments:

@@ -11,6 +11,7 @@ QEMU itself zero-fills 0x40000006-0x40000009 when it publishes 0x4000000A.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -173,9 +174,11 @@ def hv_leaves(config: Enlightenments, guest_os_id: int = 0) -> dict[int, CpuidRe
     ``guest_os_id`` (the partition's GUEST_OS_ID MSR) only matters for style="xen"; KVM ignores it.
     """
     out = dict.fromkeys(range(FIRST_LEAF, LAST_LEAF + 1), ZERO)
-    if not config.hyperv_enabled:
-        return out
-    out.update(_xen_leaves(config, guest_os_id) if config.style == "xen" else _qemu_leaves(config))
+    if config.hyperv_enabled:
+        out.update(_xen_leaves(config, guest_os_id) if config.style == "xen" else _qemu_leaves(config))
+    for edit in config.cpuid_edits:  # --cpuid LEAF.REG(+|-|=)VALUE, after synthesis
+        regs = out.get(edit.leaf, ZERO)
+        out[edit.leaf] = dataclasses.replace(regs, **{edit.reg: edit.apply(getattr(regs, edit.reg))})
     return out
 
 
