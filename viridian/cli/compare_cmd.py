@@ -7,14 +7,8 @@ import json
 import sys
 from typing import Any
 
-from viridian.config.cpuid_edits import parse_edit
-from viridian.config.enlightenments import Enlightenments
-from viridian.config.presets import PRESETS, load_config
+from viridian.config.spec import CONFIG_HELP, parse_config
 from viridian.errors import UserError
-
-CONFIG_HELP = (f"a preset ({', '.join(PRESETS)}), hv:FLAGS (QEMU hv-* flags; a bare 'hv-...' list works too), "
-               "xen:GROUPS, or libvirt:FILE.xml; append @LEAF.REG+BITS (or -BITS, =VALUE) to edit a CPUID leaf, "
-               "e.g. recommended@0x40000003.eax-0x10")
 
 
 def register(subparsers: Any) -> None:
@@ -33,23 +27,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", action="store_true", help="also print both negotiation reports")
     p.add_argument("--json", action="store_true", help="print {a, b, rows, negotiation} as JSON only")
     p.set_defaults(func=run)
-
-
-def parse_config(spec: str) -> Enlightenments:
-    base, *edits = spec.split("@")
-    config = _parse_base(base)
-    return config.replace(cpuid_edits=tuple(parse_edit(e) for e in edits)) if edits else config
-
-
-def _parse_base(spec: str) -> Enlightenments:
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in ("hv", "xen", "libvirt"):
-        return load_config(**{{"hv": "hv", "xen": "xen", "libvirt": "libvirt_path"}[kind]: rest})
-    if spec.startswith("hv-"):
-        return load_config(hv=spec)
-    if spec in PRESETS:
-        return load_config(preset=spec)
-    raise UserError(f"offer {spec!r}: use {CONFIG_HELP}")
 
 
 def run(args: argparse.Namespace) -> int:
