@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
                    help="another partition (same offer) sharing the --pcpus simulated CPUs; repeatable")
+    p.add_argument("--with-cmdline", default="", metavar="TEXT", help="command line of the --with partitions")
+    p.add_argument("--stop-others", action="store_true",
+                   help="end the --with partitions when the first one ends (they are background load)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
@@ -82,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
                   cmdline=args.cmdline)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
+        common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
-        result = Host([machine, *extra], args.pcpus).run()[0]
+        result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
     finally:
         if tracer is not None:
             tracer.close()

@@ -21,8 +21,9 @@ MIN_SLICE = 64
 
 
 class Host:
-    def __init__(self, machines: list[Machine], pcpus: int | None = None) -> None:
+    def __init__(self, machines: list[Machine], pcpus: int | None = None, *, until_first: bool = False) -> None:
         self.machines = machines
+        self.until_first = until_first  # the other partitions are background load: stop them with the first
         self.pcpus = pcpus or sum(m.vcpu_count for m in machines)
         self.T = 0
         for m in machines:
@@ -50,6 +51,9 @@ class Host:
     def _schedule(self) -> None:
         rr = 0
         while True:
+            if self.until_first and self.machines[0].done:
+                for m in self.machines[1:]:
+                    m.finish("stopped", detail="the measured partition ended")
             live = [m for m in self.machines if not m.done]
             for m in live:
                 if m.max_ticks <= self.T:

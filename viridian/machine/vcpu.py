@@ -103,6 +103,7 @@ class Vcpu:
         self._pending_exc: tuple[int, int | None, int] | None = None
         self._window_hook: int | None = None
         self._shadow = False
+        self._window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
@@ -505,6 +506,8 @@ class Vcpu:
         rip, rflags = self.uc.reg_read_batch((X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
         if not rflags & (1 << 9):
             return False
+        if rip == self._window_open_at:  # a jump back to just after an STI is not a shadow
+            return True
         return self._read_virt(rip - 1, 1) != b"\xfb"  # STI shadow: the instruction after STI runs first
 
     def inject_pending(self) -> bool:
@@ -527,6 +530,7 @@ class Vcpu:
             return False
         if not self.interruptible():
             return False
+        self._window_open_at = None
         apic.acknowledge()
         self.vp.assist.on_inject(vector)
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)

@@ -191,6 +191,8 @@ class InstructionTraps:
             self.v.stats.exit("interrupt_window")
             self.v._shadow = self.v._read_virt(self.v.uc.reg_read(X.UC_X86_REG_RIP) - 1, 1) == b"\xfb"
             self.v._window_hook = self.v.uc.hook_add(UC_HOOK_CODE, self.v._guard(self._window_step), None, 1, 0)
+            rip = self.v.uc.reg_read(X.UC_X86_REG_RIP)
+            self.v.uc.ctl_remove_cache(rip, rip + 1)  # a cached block (e.g. "jmp $") was translated without it
         elif not blocked_interrupt and self.v._window_hook is not None:
             self.v.uc.hook_del(self.v._window_hook)
             self.v._window_hook = None
@@ -199,6 +201,7 @@ class InstructionTraps:
         busy = (address - HYPERCALL_HOOK_OFFSET in self.v._stub_hooks or address - 2 in self.v.sites
                 or address - 3 in self.v.sites or address - 4 in self.v.cr8_sites)  # another hook acts here
         if not busy and not self.v._shadow and uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9):
+            self.v._window_open_at = address
             self.v._stop()
             return
         self.v._shadow = self.v._read_virt(address, 1) == b"\xfb"  # STI: the next instruction runs first

@@ -1,0 +1,1 @@
+"""The exit-reduction lab: experiments, sweeps, tables, charts and the write-up (viridian measure)."""
