@@ -48,6 +48,13 @@ def hook_add_native(uc: Uc, htype: int, fn: int, user: ctypes.c_void_p | int, be
     return handle.value
 
 
+def hook_del_native(uc: Uc, handle: int) -> None:
+    """Remove a hook added with :func:`hook_add_native` (the binding's hook_del only knows its own)."""
+    status = uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+    if status != 0:
+        raise UcError(status)
+
+
 def context_bytes(uc: Any) -> tuple[Any, bytearray]:
     ctx = uc.context_save()
     return ctx, bytearray(ctypes.string_at(ctx.context, ctx.size))

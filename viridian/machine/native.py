@@ -21,7 +21,7 @@ from viridian.errors import UserError
 SOURCE = Path(__file__).with_name("csrc") / "vcpu_native.c"
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
-STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE = range(5)
+STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW = range(6)
 
 
 class VnState(ctypes.Structure):
@@ -61,7 +61,11 @@ class VnState(ctypes.Structure):
         ("rcx_reg", ctypes.c_int),
         ("rax_reg", ctypes.c_int),
         ("cs_reg", ctypes.c_int),
-        ("pad", ctypes.c_int),
+        ("rflags_reg", ctypes.c_int),
+        ("window_shadow", ctypes.c_uint64),
+        ("window_open_at", ctypes.c_uint64),
+        ("stub_count", ctypes.c_uint64),
+        ("stub_at", ctypes.c_uint64 * 8),
     ]
 
 

@@ -43,6 +43,7 @@ from viridian.machine.native import (
     STOP_NEW_SITES,
     STOP_PAUSE,
     STOP_TABLE_FULL,
+    STOP_WINDOW,
     TABLE_PAGES,
     VnState,
     function_address,
@@ -119,6 +120,7 @@ class Vcpu:
         n.reg_write, n.vmem_read = E.c_function("uc_reg_write"), E.c_function("uc_vmem_read")
         n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
         n.rcx_reg, n.rax_reg, n.cs_reg = X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_CS
+        n.rflags_reg = X.UC_X86_REG_RFLAGS
         n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
@@ -127,6 +129,7 @@ class Vcpu:
         self._cr8_done_hook = self._guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
+        self._window_fn = function_address(lib, "vn_window")
         self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
@@ -262,6 +265,9 @@ class Vcpu:
                 if self.yield_pending:
                     break
                 continue
+            if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (vn_window)
+                self._window_open_at = int(n.window_open_at)
+                continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
             self._after_natural_stop()
@@ -336,6 +342,9 @@ class Vcpu:
         if is_hypercall_stub(data) and page not in self._stub_hooks:
             self._stub_hooks.add(page)
             at = page + HYPERCALL_HOOK_OFFSET
+            if self._native.stub_count < 8:
+                self._native.stub_at[self._native.stub_count] = at
+            self._native.stub_count += 1
             E.hook_add_native(self.uc, UC_HOOK_CODE, self._stub_fn, ctypes.addressof(self._native), at, at)
             self.uc.hook_add(UC_HOOK_CODE, self._guard(self.traps._stub_call), None,
                              page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)

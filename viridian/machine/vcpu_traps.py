@@ -3,6 +3,7 @@ RDTSC/RDTSCP, port I/O and xAPIC MMIO. Mixed into :class:`~viridian.machine.vcpu
 
 from __future__ import annotations
 
+import ctypes
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,6 @@ from unicorn import x86_const as X
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
 from viridian.machine.cpuid_base import base_leaf
-from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET
 
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
@@ -185,23 +185,15 @@ class InstructionTraps:
 
     # -- interrupt window (VMX "interrupt-window exiting") ---------------------------------------------------
     def set_window(self, blocked_interrupt: bool) -> None:
-        """While an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is active), a per-instruction
-        hook stops the engine at the first instruction boundary where it can be taken."""
-        if blocked_interrupt and self.v._window_hook is None:
-            self.v.stats.exit("interrupt_window")
-            self.v._shadow = self.v._read_virt(self.v.uc.reg_read(X.UC_X86_REG_RIP) - 1, 1) == b"\xfb"
-            self.v._window_hook = self.v.uc.hook_add(UC_HOOK_CODE, self.v._guard(self._window_step), None, 1, 0)
-            rip = self.v.uc.reg_read(X.UC_X86_REG_RIP)
-            self.v.uc.ctl_remove_cache(rip, rip + 1)  # a cached block (e.g. "jmp $") was translated without it
-        elif not blocked_interrupt and self.v._window_hook is not None:
-            self.v.uc.hook_del(self.v._window_hook)
-            self.v._window_hook = None
-
-    def _window_step(self, uc: Any, address: int, size: int, _ud: Any) -> None:
-        busy = (address - HYPERCALL_HOOK_OFFSET in self.v._stub_hooks or address - 2 in self.v.sites
-                or address - 3 in self.v.sites or address - 4 in self.v.cr8_sites)  # another hook acts here
-        if not busy and not self.v._shadow and uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9):
-            self.v._window_open_at = address
-            self.v._stop()
-            return
-        self.v._shadow = self.v._read_virt(address, 1) == b"\xfb"  # STI: the next instruction runs first
+        """While an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is active), a native
+        per-instruction hook (vn_window) stops the engine at the first boundary where it can be taken."""
+        v = self.v
+        if blocked_interrupt and v._window_hook is None:
+            v.stats.exit("interrupt_window")
+            rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+            v._native.window_shadow = int(v._read_virt(rip - 1, 1) == b"\xfb")
+            v._window_hook = E.hook_add_native(v.uc, UC_HOOK_CODE, v._window_fn, ctypes.addressof(v._native), 1, 0)
+            v.uc.ctl_remove_cache(rip, rip + 1)  # a cached block (e.g. "jmp $") was translated without it
+        elif not blocked_interrupt and v._window_hook is not None:
+            E.hook_del_native(v.uc, v._window_hook)
+            v._window_hook = None

@@ -116,7 +116,7 @@ def mechanisms(m: Machine) -> dict[str, dict[str, int]]:
                   "tsc_page_enabled": int(_tsc_page_enabled(m))},
         "idle": {"hlt": t.by_reason["hlt"], "guest_idle": r[HvMsr.GUEST_IDLE]},
         "spin": {"notify_long_spin_wait": hc[HvCall.NOTIFY_LONG_SPIN_WAIT], "pause_loop_exits": t.by_reason["pause"],
-                 "pauses_executed_no_exit": sum(int(v.pauses) for v in m.vcpus)},
+                 "pauses_executed": sum(int(v.pauses) for v in m.vcpus)},
     }
 
 

@@ -18,7 +18,7 @@ typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
-enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4 };
+enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
 
 typedef struct {
     uint64_t bytes;         /* guest code bytes executed (the clock) */
@@ -51,7 +51,11 @@ typedef struct {
     uint64_t fast_spin_count;
     uint64_t fast_done_at;   /* address of the stub hook this call was completed at (the Python hook skips) */
     uint64_t exit_ticks;
-    int rcx_reg, rax_reg, cs_reg, pad;
+    int rcx_reg, rax_reg, cs_reg, rflags_reg;
+    uint64_t window_shadow;  /* the instruction before the next boundary was STI (interrupt shadow) */
+    uint64_t window_open_at; /* vn_window stopped here: the first boundary with RFLAGS.IF = 1, no shadow */
+    uint64_t stub_count;     /* addresses of the hypercall-page stub hooks (never stop there) */
+    uint64_t stub_at[8];
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -233,4 +237,29 @@ void vn_stub(void *uc, uint64_t address, uint32_t size, void *user) {
     s->fast_spin_count++;
     s->bytes += s->exit_ticks;
     s->fast_done_at = address;
+}
+
+/* UC_HOOK_CODE over every address while an interrupt waits for RFLAGS.IF (VMX interrupt-window exiting):
+ * stops the engine at the first instruction boundary that can take it -- IF = 1, not in the STI shadow, and
+ * not where another hook of ours still has to act (an MSR/CR8 site post-hook, the hypercall stub). */
+void vn_window(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t rflags = 0;
+    uint8_t insn = 0;
+    int shadow = (int)s->window_shadow;
+    (void)size;
+    s->window_shadow = s->vmem_read(uc, address, s->prot_read, &insn, 1) == 0 && insn == 0xFB;
+    if (shadow)
+        return;
+    if (s->pending_site && address - s->pending_site >= 2 && address - s->pending_site <= 4)
+        return;  /* the MSR (2-3 bytes) or MOV CR8 (4 bytes) post-hook acts at this boundary */
+    for (uint64_t i = 0; i < s->stub_count && i < 8; i++)
+        if (s->stub_at[i] == address)
+            return;
+    s->reg_read(uc, s->rflags_reg, &rflags);
+    if (!(rflags & 0x200))
+        return;
+    s->window_open_at = address;
+    s->stop_reason = STOP_WINDOW;
+    s->stop(uc);
 }
