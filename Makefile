@@ -23,17 +23,17 @@ test: $(STAMP) fixtures
 	$(BIN)/pytest
 
 demo: $(STAMP) fixtures
-	@echo "== what the recommended offer looks like to a guest (CPUID 0x40000000-0x4000000A)"
+	@echo "== 1/4 what the recommended offer looks like to a guest (CPUID 0x40000000-0x4000000A)"
 	$(BIN)/viridian cpuid --preset recommended
-	@echo "== a guest negotiates: GUEST_OS_ID, hypercall page, NotifyLongSpinWait, VP_INDEX, TIME_REF_COUNT"
-	$(BIN)/viridian run fixtures/build/negotiate.elf
-	@echo "== x2APIC timer with EOIs avoided through the VP assist page"
-	$(BIN)/viridian run fixtures/build/apic_msrs.elf
-	@echo "== synthetic cluster IPIs and a TLB flush hypercall on 4 vCPUs"
-	$(BIN)/viridian run --vcpus 4 fixtures/build/hv_ipi.elf
-	@echo "== the same IPIs through the xAPIC ICR instead (MMIO exits per IPI)"
-	$(BIN)/viridian run --vcpus 4 fixtures/build/ipi.elf
-	$(BIN)/viridian guest-os-id 0x0001040601001DB0
+	@echo
+	@echo "== 2/4 a Windows 7-style guest on 2 vCPUs, no enlightenments offered (bare-metal behaviour)"
+	$(BIN)/viridian run fixtures/build/win7.elf --vcpus 2 --preset none --report
+	@echo
+	@echo "== 3/4 the same guest with the recommended offer: what it negotiated, used and fell back from"
+	$(BIN)/viridian run fixtures/build/win7.elf --vcpus 2 --preset recommended --report
+	@echo
+	@echo "== 4/4 before / after: the same workload, side by side"
+	$(BIN)/viridian compare fixtures/build/win7.elf --vcpus 2 --a none --b recommended
 
 bench: $(STAMP) fixtures
 	$(BIN)/python bench/bench_machine.py
