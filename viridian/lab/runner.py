@@ -107,7 +107,7 @@ def command(pt: Point, n: int | None = None) -> str:
     if e.background is not None:
         args += ["--with", "fixtures/build/lab.elf:1", "--with-cmdline", e.background(pt.config, params),
                  "--stop-others"]
-    return shlex.join([*args, "--stats-json", "-"])
+    return shlex.join([*args, "--json"])
 
 
 def _offer_args(spec: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,8 @@ class Machine:
         if L.reserved_top(vcpus, size) <= L.IMAGE_MIN:
             raise UserError(f"--mem {mem_mib} MiB is too small for {vcpus} vCPU stacks; raise --mem")
         self.ram_size, self.vcpu_count = size, vcpus
-        self.ram_buffer = (ctypes.c_ubyte * size)()
+        self._ram_map = mmap.mmap(-1, size)  # anonymous: zero pages on demand (ctypes arrays memset every byte)
+        self.ram_buffer = (ctypes.c_ubyte * size).from_buffer(self._ram_map)
         self.ram = memoryview(self.ram_buffer).cast("B")
         self.memory = BytesMemory(self.ram)
         self.walker = PageWalker(self.ram, size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from viridian.report.catalog import CATALOG, LEAF_NAMES, Enlightenment, msr_name
+from viridian.report.catalog import BY_KEY, CATALOG, LEAF_NAMES, Enlightenment, msr_name
 from viridian.report.identity import describe_os
 from viridian.tlfs.hypercalls import HvCall
 from viridian.tlfs.msrs import HvMsr
@@ -155,8 +155,12 @@ def fallbacks(m: Machine, mech: dict[str, dict[str, int]]) -> list[dict[str, Any
             "reference TSC page", "TSC page offered but not enabled" if not mech["clock"]["tsc_page_enabled"]
             else "TSC page enabled; the guest also read the MSR (sequence 0 or its choice)")
     if not mech["spin"]["notify_long_spin_wait"]:
+        reason = _offer_reason(offer, "spin_notify")
+        if _offered(offer, "spin_notify") and BY_KEY["spin_notify"].recommended(offer):
+            reason = (f"recommended after {offer.spin_retries} failed attempts (CPUID 0x40000004 EBX); no spin "
+                      "wait reached that count, or the guest does not use it")
         add("spin", "spin waits without HvNotifyLongSpinWait (pause-loop exits)", mech["spin"]["pause_loop_exits"],
-            "HvNotifyLongSpinWait", _offer_reason(offer, "spin_notify"))
+            "HvNotifyLongSpinWait", reason)
     return out
 
 
