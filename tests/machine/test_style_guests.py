@@ -134,3 +134,19 @@ def test_bugcheck_path(guests: Path, style: str, status: str, code: int | None) 
 def test_bad_command_line(guests: Path) -> None:
     s = run(guests, "win7", vcpus=1, cmdline="ticks=3 bogus=1")
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 18)
+
+
+CONTENDED = "ticks=2 ipis=2 tlb=2 spins=8 hold=3000 idle=1 irql=1 spinthresh=512"
+
+
+def test_four_vcpus_contended_lock_windows_notifies(guests: Path) -> None:
+    s = run(guests, "win7", vcpus=4, cmdline=CONTENDED)
+    assert s["result"]["code"] == 0 and "ipis=2x3 " in s["serial"]
+    assert s["exits"]["by_hypercall"]["0x0008"] > 0  # NotifyLongSpinWait after 4095 failed attempts
+
+
+def test_four_vcpus_contended_lock_linux_sleeps_in_guest_idle(guests: Path) -> None:
+    s = run(guests, "linux", vcpus=4, cmdline=CONTENDED)
+    assert s["result"]["code"] == 0 and "ipis=2x3 " in s["serial"]
+    assert "0x0008" not in s["exits"]["by_hypercall"]  # Linux never notifies
+    assert s["exits"]["by_msr"]["0x400000f0"]["read"] > 0 and "pv_waits=0 " not in s["serial"]
