@@ -17,8 +17,10 @@ from viridian.machine.machine import Machine
 from viridian.machine.report import stats_json
 
 
-def run_guest(path: Path, preset: str = "recommended", vcpus: int = 1, **kw: Any) -> tuple[Machine, dict[str, Any]]:
-    m = Machine(load_config(preset=preset), load_image(path), vcpus=vcpus, max_ticks=4_000_000_000, **kw)
+def run_guest(path: Path, preset: str = "recommended", vcpus: int = 1, xen: str | None = None,
+              **kw: Any) -> tuple[Machine, dict[str, Any]]:
+    config = load_config(xen=xen) if xen else load_config(preset=preset)
+    m = Machine(config, load_image(path), vcpus=vcpus, max_ticks=4_000_000_000, **kw)
     m.run()
     return m, stats_json(m)
 
@@ -385,3 +387,21 @@ def test_cmdline_too_long_is_a_user_error(tmp_path: Path) -> None:
     img.write_bytes(b"\xf4")
     with pytest.raises(UserError, match="--cmdline"):
         Machine(load_config(preset="none"), load_image(img), cmdline="x" * 5000)
+
+
+def test_interrupt_window_in_cached_code(guests: Path) -> None:
+    """rdmsr GUEST_IDLE; sti; nop; cli in a loop whose blocks were translated before the window opened: the
+    interrupt is taken after the NOP every time (found by helper-3; fixed by flushing translations)."""
+    m, s = run_guest(guests / "idle_loop.elf", preset="all")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
+    assert "idle reads 5" in s["serial"]
+    assert s["exits"]["by_reason"]["interrupt_window"] == 5
+
+
+def test_xen_without_apic_assist_publishes_no_eoi_skips(guests: Path) -> None:
+    """Xen group apic_assist off (the xen-3.4 preset): the VP assist page works but NoEoiRequired is never
+    set, so every EOI is a real one."""
+    m, s = run_guest(guests / "apic_msrs.elf", preset="xen-3.4")
+    assert s["apic"]["eoi_avoided"] == 0 and s["apic"]["eoi_exits"] == 10
+    m, s = run_guest(guests / "apic_msrs.elf", xen="base,freq,apic_assist")
+    assert s["apic"]["eoi_avoided"] == 10

@@ -193,7 +193,7 @@ class InstructionTraps:
             rip = v.uc.reg_read(X.UC_X86_REG_RIP)
             v._native.window_shadow = int(v._read_virt(rip - 1, 1) == b"\xfb")
             v._window_hook = E.hook_add_native(v.uc, UC_HOOK_CODE, v._window_fn, ctypes.addressof(v._native), 1, 0)
-            v.uc.ctl_remove_cache(rip, rip + 1)  # a cached block (e.g. "jmp $") was translated without it
+            v.uc.ctl_flush_tb()  # blocks translated before the hook was added would never call it
         elif not blocked_interrupt and v._window_hook is not None:
             E.hook_del_native(v.uc, v._window_hook)
             v._window_hook = None

@@ -79,8 +79,9 @@ class ApicAssist:
 
     @property
     def active(self) -> bool:
-        """The page is enabled and there is a local APIC whose EOIs can be avoided."""
-        return self.page_gpa is not None and self.vp.apic is not None
+        """The page is enabled, EOI avoidance is offered (Xen: the apic_assist group; QEMU: always with
+        hv-vapic) and there is a local APIC whose EOIs can be avoided."""
+        return self.vp.partition.config.apic_assist and self.page_gpa is not None and self.vp.apic is not None
 
     @property
     def candidate(self) -> int | None:
