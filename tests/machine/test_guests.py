@@ -392,7 +392,7 @@ def test_cmdline_too_long_is_a_user_error(tmp_path: Path) -> None:
 def test_interrupt_window_in_cached_code(guests: Path) -> None:
     """rdmsr GUEST_IDLE; sti; nop; cli in a loop whose blocks were translated before the window opened: the
     interrupt is taken after the NOP every time (found by helper-3; fixed by flushing translations)."""
-    m, s = run_guest(guests / "idle_loop.elf", preset="all")
+    _, s = run_guest(guests / "idle_loop.elf", preset="all")
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
     assert "idle reads 5" in s["serial"]
     assert s["exits"]["by_reason"]["interrupt_window"] == 5
@@ -401,7 +401,7 @@ def test_interrupt_window_in_cached_code(guests: Path) -> None:
 def test_xen_without_apic_assist_publishes_no_eoi_skips(guests: Path) -> None:
     """Xen group apic_assist off (the xen-3.4 preset): the VP assist page works but NoEoiRequired is never
     set, so every EOI is a real one."""
-    m, s = run_guest(guests / "apic_msrs.elf", preset="xen-3.4")
+    _, s = run_guest(guests / "apic_msrs.elf", preset="xen-3.4")
     assert s["apic"]["eoi_avoided"] == 0 and s["apic"]["eoi_exits"] == 10
-    m, s = run_guest(guests / "apic_msrs.elf", xen="base,freq,apic_assist")
+    _, s = run_guest(guests / "apic_msrs.elf", xen="base,freq,apic_assist")
     assert s["apic"]["eoi_avoided"] == 10
