@@ -405,3 +405,20 @@ def test_xen_without_apic_assist_publishes_no_eoi_skips(guests: Path) -> None:
     assert s["apic"]["eoi_avoided"] == 0 and s["apic"]["eoi_exits"] == 10
     _, s = run_guest(guests / "apic_msrs.elf", xen="base,freq,apic_assist")
     assert s["apic"]["eoi_avoided"] == 10
+
+
+@pytest.mark.parametrize("elf32", [False, True])
+def test_multiboot_kernel_enters_in_protected_mode(guests: Path, tmp_path: Path, elf32: bool) -> None:
+    """Multiboot v1 (spec §3.2): EAX = 0x2BADB002, EBX = info (memory, cmdline, loader name); the kernel
+    switches itself to long mode. QEMU -kernel needs ELF32, so the same image converted must work too."""
+    image = guests / "multiboot.elf"
+    if elf32:
+        image = tmp_path / "mb32.elf"
+        subprocess.run(["objcopy", "-O", "elf32-i386", str(guests / "multiboot.elf"), str(image)], check=True)
+    m = Machine(load_config(preset="recommended"), load_image(image), vcpus=2, mem_mib=64, cmdline="a=1 b=2")
+    assert m.image.kind == "multiboot"
+    res = m.run()
+    assert (res.status, res.code) == ("exit", 0), res
+    assert "mem_upper=64512 KiB, loader=viridian, cmdline=a=1 b=2" in m.ports.serial.text()
+    assert m.vcpus[1].wait_sipi  # APs wait for INIT-SIPI, as on hardware
+    assert m.vcpus[0].stats.events["multiboot_entry"] == 1

@@ -1,4 +1,5 @@
-"""Guest image loaders (engine-free): ELF64 (PT_LOAD at p_paddr, entry e_entry) and flat binaries."""
+"""Guest image loaders (engine-free): multiboot v1 kernels (viridian.machine.multiboot), ELF64 (PT_LOAD at
+p_paddr, entry e_entry) and flat binaries."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
+from viridian.machine.multiboot import find_header
+from viridian.machine.multiboot import parse as parse_multiboot
 
 PT_LOAD = 1
 
@@ -24,7 +27,7 @@ class Image:
     """A loadable guest: where its bytes go and where every vCPU starts."""
 
     path: str
-    kind: str  # "elf64" | "flat"
+    kind: str  # "elf64" | "flat" | "multiboot" (vCPU 0 enters in 32-bit protected mode)
     entry: int
     segments: tuple[Segment, ...]
 
@@ -42,6 +45,10 @@ def load_image(path: str | Path) -> Image:
         raise UserError(f"cannot read guest image {p}: {exc.strerror}") from None
     if not blob:
         raise UserError(f"guest image {p} is empty")
+    mb = find_header(blob)
+    if mb is not None:
+        entry, segs = parse_multiboot(str(p), blob, mb)
+        return Image(str(p), "multiboot", entry, tuple(Segment(a, d, n) for a, d, n in segs))
     if blob[:4] == b"\x7fELF":
         return _parse_elf(str(p), blob)
     return Image(str(p), "flat", L.FLAT_LOAD, (Segment(L.FLAT_LOAD, blob, len(blob)),))

@@ -30,6 +30,7 @@ from viridian.machine import layout as L
 from viridian.machine.boot import boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
+from viridian.machine.multiboot import build_info as build_multiboot_info
 from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
 from viridian.machine.ports import PortBus
@@ -112,8 +113,10 @@ class Machine:
         for i in range(vcpus):
             build_gdt(self.ram, i)
             self.vcpus.append(Vcpu(self, i, boot_registers(i, vcpus, image.entry, size)))
-            if ap_start == "sipi" and i > 0:
+            if (ap_start == "sipi" or image.kind == "multiboot") and i > 0:
                 self.vcpus[i].wait_sipi = True  # real-kernel style: APs wait for INIT-SIPI-SIPI
+        if image.kind == "multiboot":  # vCPU 0 enters in 32-bit protected mode (Multiboot spec §3.2)
+            self.vcpus[0].multiboot_entry = (image.entry, build_multiboot_info(self.ram, size, L.CMDLINE))
         self._running: Vcpu | None = None
         self._slice_t0 = 0
         self._slice_b0 = 0

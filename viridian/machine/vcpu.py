@@ -39,6 +39,7 @@ from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.lost_fault import recover_lost_fault
+from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.native import (
     STOP_NEW_SITES,
     STOP_PAUSE,
@@ -50,7 +51,7 @@ from viridian.machine.native import (
     library,
 )
 from viridian.machine.ports import ExitRequested
-from viridian.machine.realmode import bring_up
+from viridian.machine.realmode import bring_up, enter_multiboot
 from viridian.machine.stats import VcpuStats
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
@@ -89,6 +90,7 @@ class Vcpu:
         self.idle = False  # GUEST_IDLE: runnable again when any interrupt is pending (even IF = 0)
         self.wait_sipi = False  # parked until a SIPI (after INIT, or at boot with --ap-start sipi)
         self.sipi_vector: int | None = None
+        self.multiboot_entry: tuple[int, int] | None = None  # (entry, info): start in 32-bit protected mode
         self.nmi_pending = False  # a SIPI arrived: start in real mode at vector << 12
         self.stop_requested = False
         self.yield_pending = False  # NotifyLongSpinWait: give up the rest of this slice
@@ -225,6 +227,10 @@ class Vcpu:
         if self.sipi_vector is not None:
             vector, self.sipi_vector = self.sipi_vector, None
             if not bring_up(self, vector):
+                return int(n.bytes) - start
+        if self.multiboot_entry is not None:
+            (entry, info), self.multiboot_entry = self.multiboot_entry, None
+            if not enter_multiboot(self, entry, BOOT_MAGIC, info):
                 return int(n.bytes) - start
         while not self.m.done and n.bytes < end:
             self.inject_pending()
