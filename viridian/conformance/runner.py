@@ -1,0 +1,72 @@
+"""Run the conformance suite image on viridian and turn its TAP into results (one dict per run)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from viridian.config.enlightenments import Enlightenments
+from viridian.conformance.tap import parse
+from viridian.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "fixtures" / "build" / "conformance.elf"
+MATRIX_PRESETS = ("none", "xen-3.4", "recommended", "all")
+MATRIX_VCPUS = (1, 2, 4, 65)
+MAX_TICKS = 40_000_000_000
+
+
+def suite_image(path: str | None = None) -> Path:
+    """The suite image, built with ``make -C fixtures`` when missing (gcc + binutils)."""
+    if path:
+        return Path(path)
+    if not SUITE.exists() and (ROOT / "fixtures" / "Makefile").exists():
+        proc = subprocess.run(["make", "-s", "-C", str(ROOT / "fixtures")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"building the conformance suite failed (make -C fixtures):\n{proc.stderr.strip()}")
+    if not SUITE.exists():
+        raise UserError(f"{SUITE} is missing: build it with 'make -C fixtures' (gcc + binutils)")
+    return SUITE
+
+
+def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdline: str = "",
+              mem_mib: int | None = None) -> dict[str, Any]:
+    from viridian.machine.loader import load_image
+    from viridian.machine.machine import Machine
+
+    t0 = time.perf_counter()
+    mem = mem_mib or max(128, 64 + vcpus)
+    m = Machine(config, load_image(image), vcpus=vcpus, mem_mib=mem, cmdline=cmdline, max_ticks=MAX_TICKS)
+    res = m.run()
+    serial = m.ports.serial.text()
+    tap = parse(serial)
+    counts = tap.counts
+    problem = ""
+    if tap.plan is None:
+        problem = "no TAP plan line (1..N) in the serial output"
+    elif not tap.complete:
+        problem = f"planned {tap.plan} tests, {len(tap.tests)} reported" + (f"; bail out: {tap.bail_out}"
+                                                                            if tap.bail_out else "")
+    if res.status != "exit":
+        problem = f"run ended {res.status}" + (f": {res.detail}" if res.detail else "") + (
+            f"; {problem}" if problem else "")
+    elif res.code not in (0, 1) or (res.code == 0) != (counts["fail"] == 0):
+        problem = problem or f"exit code {res.code} does not match {counts['fail']} failure(s)"
+    return {
+        "name": f"{offer} x{vcpus}" + (f" [{cmdline}]" if cmdline else ""), "offer": offer, "vcpus": vcpus,
+        "cmdline": cmdline, "status": res.status, "exit_code": res.code, "counts": counts,
+        "complete": not problem, "problem": problem, "hyperv_present": tap.hyperv_present,
+        "tests": [{"number": t.number, "area": t.area, "what": t.what, "ref": t.ref, "outcome": t.outcome,
+                   "reason": t.reason, "diagnostics": t.diagnostics} for t in tap.tests],
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "serial_tail": "\n".join(serial.splitlines()[-20:]),
+    }
+
+
+def by_area(run: dict[str, Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for t in run["tests"]:
+        out.setdefault(t["area"], {"pass": 0, "fail": 0, "skip": 0})[t["outcome"]] += 1
+    return out
