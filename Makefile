@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench
+.PHONY: test demo lint typecheck check clean fixtures bench fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,9 @@ demo: $(STAMP) fixtures
 
 bench: $(STAMP) fixtures
 	$(BIN)/python bench/bench_machine.py
+
+fuzz: $(STAMP)
+	$(BIN)/viridian fuzz --ops 1000000 --seed $${SEED:-1}
 
 lint: $(STAMP)
 	$(BIN)/ruff check viridian msr tests bench

@@ -1,0 +1,1 @@
+"""Fuzzing harnesses for hostile guests (viridian fuzz, make fuzz)."""
