@@ -146,6 +146,24 @@ def hook_insn_skip(uc: Uc, insn: int, fn: object) -> object:
     return cb
 
 
+class _Mmr(ctypes.Structure):
+    _fields_ = [("selector", ctypes.c_uint16), ("base", ctypes.c_uint64), ("limit", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32)]  # uc_x86_mmr
+
+
+class MmrReg:
+    """One descriptor-table register (IDTR, GDTR, TR, LDTR) read with a raw libunicorn call."""
+
+    def __init__(self, uc: Any, reg: int) -> None:
+        self._uch, self._reg, self._v = uc._uch, reg, _Mmr()
+        self._ptr = ctypes.byref(self._v)
+
+    def read(self) -> tuple[int, int, int, int]:
+        uclib.uc_reg_read(self._uch, self._reg, self._ptr)
+        v = self._v
+        return v.selector, v.base, v.limit, v.flags
+
+
 class FastRegs:
     """A fixed register set read/written with one raw libunicorn batch call (the binding's own batch
     helpers cost ~20 us per call in Python; this is the exit hot path). Every slot is 16 bytes so XMM

@@ -21,7 +21,7 @@ from viridian.errors import UserError
 SOURCE = Path(__file__).with_name("csrc") / "vcpu_native.c"
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
-STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW = range(6)
+STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW, STOP_WINDOW_SHADOW = range(7)
 
 
 class VnState(ctypes.Structure):
@@ -66,6 +66,13 @@ class VnState(ctypes.Structure):
         ("window_open_at", ctypes.c_uint64),
         ("stub_count", ctypes.c_uint64),
         ("stub_at", ctypes.c_uint64 * 8),
+        ("window_active", ctypes.c_uint64),
+        ("window_first", ctypes.c_uint64),
+        ("window_prev_if", ctypes.c_uint64),
+        ("block_start", ctypes.c_uint64),
+        ("last_ran_end", ctypes.c_uint64),
+        ("pend_end", ctypes.c_uint64),
+        ("pend_valid", ctypes.c_uint64),
     ]
 
 
@@ -100,6 +107,8 @@ def library() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]
         fn.restype = ctypes.c_int
+    lib.vn_after_sti.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState)]
+    lib.vn_after_sti.restype = ctypes.c_int
     lib.vn_clear.argtypes = [ctypes.POINTER(VnState)]
     lib.vn_clear.restype = None
     return lib

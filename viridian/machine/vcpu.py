@@ -45,6 +45,7 @@ from viridian.machine.native import (
     STOP_PAUSE,
     STOP_TABLE_FULL,
     STOP_WINDOW,
+    STOP_WINDOW_SHADOW,
     TABLE_PAGES,
     VnState,
     function_address,
@@ -150,6 +151,10 @@ class Vcpu:
         self._rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
         self._rax = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
         self._hc_regs = E.FastRegs(uc, _HYPERCALL_READ)
+        self._view = E.FastRegs(uc, _CPU_VIEW)
+        self._rip_flags = E.FastRegs(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
+        self._sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
+        self._idtr, self._tr = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
         self._efer = int(uc.msr_read(E.EFER))
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -241,7 +246,7 @@ class Vcpu:
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._rip_flags.read()[0]
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
@@ -271,8 +276,11 @@ class Vcpu:
                 if self.yield_pending:
                     break
                 continue
-            if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (vn_window)
+            if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (window_block / vn_window)
                 self._window_open_at = int(n.window_open_at)
+                continue
+            if n.stop_reason == STOP_WINDOW_SHADOW:  # it opens after the instruction in the STI shadow
+                self.traps.shadow_step()
                 continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
@@ -499,9 +507,9 @@ class Vcpu:
             self._enter(vector, error, rip)
 
     def _enter(self, vector: int, error: int | None, rip: int) -> bool:
-        vals = self.uc.reg_read_batch(_CPU_VIEW)
-        idtr = self.uc.reg_read(X.UC_X86_REG_IDTR)
-        tr = self.uc.reg_read(X.UC_X86_REG_TR)
+        vals = self._view.read()  # raw batch reads: interrupt delivery is an exit hot path
+        idtr = self._idtr.read()
+        tr = self._tr.read()
         cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1])
         try:
             d = deliver(self.m.walker, cpu, vector, error, rip)
@@ -513,17 +521,24 @@ class Vcpu:
             self.uc.reg_write(X.UC_X86_REG_CS, d.cs)
         if d.ss is not None:
             self.uc.reg_write(X.UC_X86_REG_SS, d.ss)
-        self.uc.reg_write_batch([(X.UC_X86_REG_RSP, d.rsp), (X.UC_X86_REG_RFLAGS, d.rflags)])
+        self._sp_flags.write(d.rsp, d.rflags)
         self.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
         return True
 
     def interruptible(self) -> bool:
-        rip, rflags = self.uc.reg_read_batch((X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
+        rip, rflags = self._rip_flags.read()
         if not rflags & (1 << 9):
             return False
-        if rip == self._window_open_at:  # a jump back to just after an STI is not a shadow
+        if rip == self._window_open_at:  # the window check saw this boundary open
             return True
-        return self._read_virt(rip - 1, 1) != b"\xfb"  # STI shadow: the instruction after STI runs first
+        return not self.in_sti_shadow()
+
+    def in_sti_shadow(self) -> bool:
+        """RIP is the first instruction after an STI (SDM: interrupts wait one instruction). QEMU ends a block
+        after STI, so that is exactly: stopped at a block start, and the block that ran last ended with 0xFB."""
+        n = self._native
+        rip = self._rip_flags.read()[0]
+        return bool(rip == n.block_start and self._lib.vn_after_sti(self.uc._uch, ctypes.byref(n)))
 
     def inject_pending(self) -> bool:
         """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
@@ -548,7 +563,7 @@ class Vcpu:
         self._window_open_at = None
         apic.acknowledge()
         self.vp.assist.on_inject(vector)
-        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self._rip_flags.read()[0]
         self.halted = False
         if self._enter(vector, None, rip):
             self.stats.interrupts_delivered += 1
@@ -571,4 +586,4 @@ class Vcpu:
         return not self.idle
 
     def _if_set(self) -> bool:
-        return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & (1 << 9))
+        return bool(self._rip_flags.read()[1] & (1 << 9))

@@ -18,7 +18,8 @@ typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
-enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
+enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5,
+       STOP_WINDOW_SHADOW = 6 };
 
 typedef struct {
     uint64_t bytes;         /* guest code bytes executed (the clock) */
@@ -56,6 +57,12 @@ typedef struct {
     uint64_t window_open_at; /* vn_window stopped here: the first boundary with RFLAGS.IF = 1, no shadow */
     uint64_t stub_count;     /* addresses of the hypercall-page stub hooks (never stop there) */
     uint64_t stub_at[8];
+    uint64_t window_active;  /* block-level interrupt-window check in vn_block (see window_block) */
+    uint64_t window_first;   /* the next block start is the first since the window was armed */
+    uint64_t window_prev_if; /* RFLAGS.IF at the previous block start */
+    uint64_t block_start;    /* the block vn_block was last called for (a block-hook stop leaves RIP here) */
+    uint64_t last_ran_end;   /* last byte of the last block that ran (STI ends a block: the shadow test) */
+    uint64_t pend_end, pend_valid;
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -152,10 +159,10 @@ static int check_page(void *uc, vn_state *s, uint64_t page, uint64_t block) {
 
 __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uint32_t size, vn_state *s) {
     uint64_t first = address & ~0xFFFULL, last = (address + (size ? size - 1 : 0)) & ~0xFFFULL;
-    if (check_page(uc, s, first, address))
+    if (check_page(uc, s, first, address) || (last != first && check_page(uc, s, last, address))) {
+        s->pend_valid = 0;
         return;
-    if (last != first && check_page(uc, s, last, address))
-        return;
+    }
     if (last == first)
         s->last_page = first + 1;
     s->bytes += size;
@@ -164,13 +171,25 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
         s->limit = ~0ULL;
         if (s->stop_reason == STOP_NONE)
             s->stop_reason = STOP_BUDGET;
+        s->pend_valid = 0;
         s->stop(uc);
     }
 }
 
+static int window_block(void *uc, uint64_t address, vn_state *s);
+
 void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
     vn_state *s = (vn_state *)user;
     uint64_t first = address & ~0xFFFULL;
+    if (s->pend_valid)
+        s->last_ran_end = s->pend_end;
+    s->block_start = address;
+    s->pend_end = address + size - 1;
+    s->pend_valid = 1;
+    if (__builtin_expect(s->window_active != 0, 0) && window_block(uc, address, s)) {
+        s->pend_valid = 0;
+        return;
+    }
     /* hot path: same page as the last block, block inside it, budget left */
     if (__builtin_expect(s->last_page == first + 1 && ((address + size - 1) & ~0xFFFULL) == first
                          && s->bytes + size < s->limit, 1)) {
@@ -262,4 +281,40 @@ void vn_window(void *uc, uint64_t address, uint32_t size, void *user) {
     s->window_open_at = address;
     s->stop_reason = STOP_WINDOW;
     s->stop(uc);
+}
+
+/* The interrupt window, checked at block starts (from vn_block while window_active): QEMU ends a translation
+ * block after STI, POPF and IRET, the only instructions that set RFLAGS.IF, so IF can only have become 1 at a
+ * block start. The first boundary there is in the STI shadow when the block that just ran ended with STI
+ * (0xFB); then the machine switches to the per-instruction vn_window for the one shadowed instruction. */
+static int window_block(void *uc, uint64_t address, vn_state *s) {
+    uint64_t rflags = 0;
+    int first = (int)s->window_first, shadow = 0;
+    uint8_t insn = 0;
+    s->window_first = 0;
+    s->reg_read(uc, s->rflags_reg, &rflags);
+    if (!(rflags & 0x200)) {
+        s->window_prev_if = 0;
+        return 0;
+    }
+    if (first)
+        shadow = (int)s->window_shadow;
+    else if (!s->window_prev_if)
+        shadow = s->vmem_read(uc, s->last_ran_end, s->prot_read, &insn, 1) == 0 && insn == 0xFB;
+    s->window_prev_if = 1;
+    if (s->pending_site && address - s->pending_site >= 2 && address - s->pending_site <= 4)
+        return 0;
+    for (uint64_t i = 0; i < s->stub_count && i < 8; i++)
+        if (s->stub_at[i] == address)
+            return 0;
+    s->window_open_at = address;
+    s->stop_reason = shadow ? STOP_WINDOW_SHADOW : STOP_WINDOW;
+    s->stop(uc);
+    return 1;
+}
+
+/* 1 if the block that ran last ended with STI (0xFB): the boundary after it is in the interrupt shadow. */
+int vn_after_sti(void *uc, vn_state *s) {
+    uint8_t insn = 0;
+    return s->last_ran_end && s->vmem_read(uc, s->last_ran_end, s->prot_read, &insn, 1) == 0 && insn == 0xFB;
 }
