@@ -20,7 +20,8 @@ def register(subparsers: Any) -> None:
                               description="Run IMAGE under the emulated Hyper-V partition. Serial output goes "
                               "to stdout; the exit status is the guest's exit code, or one of "
                               + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ".")
-    p.add_argument("image", help="ELF64 (loaded at p_paddr) or flat binary (loaded and entered at 0x100000)")
+    p.add_argument("image", nargs="?", help="multiboot kernel, ELF64 (loaded at p_paddr) or flat binary (loaded and "
+                   "entered at 0x100000); not needed with --replay")
     p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
     p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups, e.g. base,freq")
     p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
@@ -58,6 +59,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--with-cmdline", default="", metavar="TEXT", help="command line of the --with partitions")
     p.add_argument("--stop-others", action="store_true",
                    help="end the --with partitions when the first one ends (they are background load)")
+    p.add_argument("--record", metavar="FILE", help="write the run's inputs and outcome digests for --replay")
+    p.add_argument("--replay", metavar="FILE",
+                   help="re-run a recorded run with its inputs (options from FILE; IMAGE is ignored) and check "
+                   "that exits, serial output and final state are bit-identical (exit 1 if not)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
@@ -68,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from viridian.machine.machine import Machine
     from viridian.machine.trace import open_tracer
 
+    recorded = None
+    if args.replay:
+        from viridian.machine.replay import read_record
+
+        recorded = read_record(args.replay)
+        for key, value in recorded["options"].items():
+            setattr(args, key, value)
+    if not args.image:
+        raise UserError("give a guest IMAGE (or --replay FILE)")
     sources = [args.hv, args.xen, args.libvirt, args.preset]
     config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt,
                          preset=args.preset if any(sources) else DEFAULT_PRESET)
@@ -85,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                   cmdline=args.cmdline)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
+        if recorded is not None:
+            machine.wall.replay = [int(t) for t in recorded["host_events"]["wall_clock"]]
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
         result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
@@ -94,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     data = stats_json(machine)
     if extra:
         data["partitions"] = [stats_json(m) for m in extra]
+    replay_differs = _record_or_check(args, recorded, machine, data)
     if args.json:
         print(json.dumps(data, indent=2))
-        return _status(result)
+        return 1 if replay_differs else _status(result)
     if not args.quiet:
         sys.stdout.write(machine.ports.serial.text())
         for i, m in enumerate(extra, 1):
@@ -116,7 +133,27 @@ def run(args: argparse.Namespace) -> int:
     elif args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
-    return _status(result)
+    return 1 if replay_differs else _status(result)
+
+
+RECORDED_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem", "max_ticks", "quantum",
+                    "pcpus", "ple_window", "ple_gap", "ap_start", "fast", "cmdline", "others", "with_cmdline",
+                    "stop_others")
+
+
+def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, data: dict[str, Any]) -> bool:
+    """--record: write the record. --replay: compare; True when the replay differs."""
+    from viridian.machine.replay import compare, outcome, write_record
+
+    if args.record:
+        images = [args.image, *[_other(s)[0].path for s in args.others]] + ([args.libvirt] if args.libvirt else [])
+        write_record(args.record, {k: getattr(args, k) for k in RECORDED_OPTIONS}, images, machine, data)
+    if recorded is None:
+        return False
+    diff = compare(recorded["outcome"], outcome(machine, data))
+    print(f"viridian: replay of {args.replay}: " + ("bit-identical (result, exits, serial, final state)" if not diff
+                                                  else "DIFFERS in " + ", ".join(diff)), file=sys.stderr)
+    return bool(diff)
 
 
 def _status(result: Any) -> int:

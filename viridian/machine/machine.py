@@ -34,6 +34,7 @@ from viridian.machine.multiboot import build_info as build_multiboot_info
 from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
 from viridian.machine.ports import PortBus
+from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
 from viridian.machine.stubs import hypercall_page
 from viridian.machine.vcpu import Vcpu
@@ -102,6 +103,7 @@ class Machine:
         self.fast = fast  # --fast: virtual time follows the wall clock (not deterministic)
         self._wall0 = time.perf_counter_ns()
         self._skipped = 0  # wall-clock mode: time jumped over while every vCPU was halted
+        self.wall = WallClock()  # --fast readings of the host clock: recorded, or replayed (--replay)
         self.flushes = 0
         self.neg = NegotiationLog()  # first uses and outcomes: the negotiation report's raw material
         self.code_pages: set[int] = set()
@@ -133,7 +135,8 @@ class Machine:
 
     # -- time ------------------------------------------------------------------------------------------------
     def wall_ticks(self) -> int:
-        return (time.perf_counter_ns() - self._wall0) * self.clock.tsc_hz // 1_000_000_000 + self._skipped
+        live = (time.perf_counter_ns() - self._wall0) * self.clock.tsc_hz // 1_000_000_000 + self._skipped
+        return self.wall.read(live)
 
     def sync_clock(self, v: Vcpu) -> None:
         if self.fast:

@@ -1,0 +1,107 @@
+"""Deterministic record / replay of a run (``viridian run --record F`` / ``--replay F``).
+
+A run is a function of its inputs: the configuration, the image bytes, the command line, the machine options
+and -- only with ``--fast`` -- the host clock. The record holds all of them (the host clock as the sequence of
+wall-clock readings the machine took) plus digests of what the run produced: exits, serial output and the final
+state (RAM, every vCPU's registers, the partition's MSR state). A replay feeds the same inputs back, runs
+again, and compares the digests; any difference is reported by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from viridian.errors import UserError
+
+if TYPE_CHECKING:
+    from viridian.machine.machine import Machine
+
+FORMAT = "viridian-replay"
+VERSION = 1
+_STATE_REGS = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13",
+               "R14", "R15", "RIP", "RFLAGS", "CR0", "CR3", "CR4", "CS", "SS")
+
+
+@dataclass
+class WallClock:
+    """The machine's wall-clock source: recording readings, or replaying them in order."""
+
+    replay: list[int] | None = None
+    log: list[int] = field(default_factory=list)
+    _next: int = 0
+
+    def read(self, live: int) -> int:
+        if self.replay is not None:
+            if self._next < len(self.replay):
+                live = self.replay[self._next]
+            elif self.replay:
+                live = self.replay[-1]
+            self._next += 1
+        self.log.append(live)
+        return live
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def outcome(m: Machine, stats: dict[str, Any]) -> dict[str, str]:
+    """Digests of what a run produced."""
+    from unicorn import x86_const as X
+
+    h = hashlib.sha256(bytes(m.ram))
+    for v in m.vcpus:
+        regs = v.uc.reg_read_batch([getattr(X, f"UC_X86_REG_{r}") for r in _STATE_REGS])
+        h.update(json.dumps(list(regs)).encode())
+    p = m.partition
+    h.update(json.dumps([p.guest_os_id, p.hypercall_msr, p.time.reference_tsc_msr, m.clock.tsc()]).encode())
+    return {"result": _digest(stats["result"]), "exits": _digest([stats["exits"], stats["per_vcpu"]]),
+            "serial": hashlib.sha256(stats["serial"].encode()).hexdigest(), "state": h.hexdigest()}
+
+
+def write_record(path: str, options: dict[str, Any], images: list[str], m: Machine, stats: dict[str, Any]) -> None:
+    data = {"format": FORMAT, "version": VERSION, "options": options,
+            "images": [{"path": p, "sha256": sha256_file(p)} for p in images],
+            "host_events": {"wall_clock": m.wall.log if m.fast else []},
+            "outcome": outcome(m, stats)}
+    try:
+        Path(path).write_text(json.dumps(data), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write the record {path}: {exc.strerror}") from None
+
+
+def read_record(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read the record {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a viridian record (not JSON)") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a viridian record")
+    if data.get("version") != VERSION:
+        raise UserError(f"{path}: record version {data.get('version')} (this viridian reads {VERSION})")
+    for key in ("options", "images", "host_events", "outcome"):
+        if key not in data:
+            raise UserError(f"{path}: record is missing '{key}'")
+    for img in data["images"]:
+        try:
+            actual = sha256_file(img["path"])
+        except OSError:
+            raise UserError(f"{path}: the recorded image {img['path']} is missing") from None
+        if actual != img["sha256"]:
+            raise UserError(f"{path}: the image {img['path']} changed since the recording (sha256 differs)")
+    return data
+
+
+def compare(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Names of the digests that differ (empty: bit-identical)."""
+    return [k for k in ("result", "exits", "serial", "state") if recorded.get(k) != now.get(k)]
