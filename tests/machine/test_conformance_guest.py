@@ -161,3 +161,19 @@ def test_reset_is_opt_in_and_ends_the_run(guests: Path) -> None:
 def test_cpl3_tests_run(guests: Path) -> None:
     tap = run(guests, "recommended", 1, cmdline="only=platform,hypercall")
     check_run(tap, "none")
+
+
+def test_post_message_and_signal_event_on_host_connections(guests: Path) -> None:
+    """The suite's positive PostMessage / SignalEvent tests need connections the host made (a guest cannot
+    create ports); msg_conn= / event_conn= name them (both target vCPU 0, SINT conn_sint = 3)."""
+    from viridian.partition.ports import ports_of
+
+    m = Machine(load_config(preset="recommended"), load_image(guests / "conformance.elf"), vcpus=1,
+                cmdline=f"{BASE_CMDLINE} only=synic msg_conn=0x4242 event_conn=0x4243", max_ticks=40_000_000_000)
+    ports_of(m.partition).create_message_port(0x4242, 0, 3)
+    ports_of(m.partition).create_event_port(0x4243, 0, 3)
+    res = m.run()
+    tap = parse(m.ports.serial.text(), res.status, res.code)
+    assert tap.skip_reason("synic: PostMessage delivers") is None
+    assert tap.skip_reason("synic: SignalEvent sets the SIEF flag") is None
+    assert tap.failed == {AUTO_EOI}, tap.serial
