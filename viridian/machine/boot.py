@@ -61,6 +61,8 @@ class BootRegisters:
     rcx: int
     gdt: int
     tss: int
+    cs: int = L.CODE64
+    ds: int = L.DATA  # also SS, ES, FS, GS
 
 
 def boot_registers(vcpu: int, vcpus: int, entry: int, ram_size: int) -> BootRegisters:

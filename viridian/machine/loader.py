@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
@@ -27,9 +28,10 @@ class Image:
     """A loadable guest: where its bytes go and where every vCPU starts."""
 
     path: str
-    kind: str  # "elf64" | "flat" | "multiboot" (vCPU 0 enters in 32-bit protected mode)
+    kind: str  # "elf64" | "flat" | "multiboot" (vCPU 0 enters in 32-bit protected mode) | "linux"
     entry: int
     segments: tuple[Segment, ...]
+    linux: Any = None  # a viridian.machine.linux_boot.LinuxBoot for kind "linux" (zero page, initrd, ACPI)
 
     @property
     def end(self) -> int:

@@ -27,7 +27,7 @@ from viridian.config.enlightenments import Enlightenments
 from viridian.devices.apic_bus import ApicBus
 from viridian.errors import UserError
 from viridian.machine import layout as L
-from viridian.machine.boot import boot_registers, build_gdt, build_page_tables, place_cmdline
+from viridian.machine.boot import BootRegisters, boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
 from viridian.machine.multiboot import build_info as build_multiboot_info
@@ -111,17 +111,38 @@ class Machine:
         place_image(image, self.ram, size, vcpus)
         place_cmdline(self.ram, cmdline)
         self.cmdline = cmdline
+        self.zero_page: int | None = None
+        if image.linux is not None:  # Linux 64-bit boot protocol: zero page, initrd, ACPI tables
+            from viridian.machine.linux_boot import install
+
+            self.zero_page = install(image.linux, self.ram, size, vcpus, cmdline)
+            from viridian.devices.cmos import DATA_PORT, INDEX_PORT, Cmos
+
+            self.cmos = Cmos(lambda: self.clock.tsc() / self.clock.tsc_hz)
+            self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)
-            self.vcpus.append(Vcpu(self, i, boot_registers(i, vcpus, image.entry, size)))
-            if (ap_start == "sipi" or image.kind == "multiboot") and i > 0:
+            regs = boot_registers(i, vcpus, image.entry, size)
+            if self.zero_page is not None and i == 0:
+                regs = self._linux_entry(regs)
+            self.vcpus.append(Vcpu(self, i, regs))
+            if (ap_start == "sipi" or image.kind in ("multiboot", "linux")) and i > 0:
                 self.vcpus[i].wait_sipi = True  # real-kernel style: APs wait for INIT-SIPI-SIPI
         if image.kind == "multiboot":  # vCPU 0 enters in 32-bit protected mode (Multiboot spec §3.2)
             self.vcpus[0].multiboot_entry = (image.entry, build_multiboot_info(self.ram, size, L.CMDLINE))
         self._running: Vcpu | None = None
         self._slice_t0 = 0
         self._slice_b0 = 0
+
+    def _linux_entry(self, regs: BootRegisters) -> BootRegisters:
+        """boot.rst "64-bit boot protocol": RSI = boot_params, CS = __BOOT_CS, DS/ES/SS = __BOOT_DS, IF = 0."""
+        from dataclasses import replace
+
+        from viridian.machine.linux_boot import BOOT_CS, BOOT_DS, build_boot_gdt
+
+        build_boot_gdt(self.ram, regs.gdt, regs.tss)
+        return replace(regs, rsi=self.zero_page or 0, rdi=0, rdx=0, rcx=0, cs=BOOT_CS, ds=BOOT_DS)
 
     # -- results ---------------------------------------------------------------------------------------------
     @property

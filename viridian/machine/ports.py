@@ -79,6 +79,11 @@ class PortBus:
             self._devices[p] = self.serial
         self.exit_code: int | None = None
 
+    def attach(self, ports: range | tuple[int, ...], device: PortDevice) -> None:
+        """Claim ``ports`` for ``device`` (e.g. the CMOS/RTC at 0x70-0x71 on Linux boots)."""
+        for p in ports:
+            self._devices[p] = device
+
     def read(self, port: int, size: int) -> int:
         dev = self._devices.get(port)
         if dev is None:

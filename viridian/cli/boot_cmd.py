@@ -1,0 +1,102 @@
+"""``viridian boot BZIMAGE``: boot a Linux kernel (bzImage or vmlinux) through the x86 64-bit boot protocol on
+the emulated Hyper-V partition; the kernel's console (COM1) goes to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from viridian.config.cpuid_edits import parse_edit
+from viridian.config.presets import PRESETS, load_config
+from viridian.errors import UserError
+from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
+
+DEFAULT_PRESET = "recommended"
+DEFAULT_APPEND = "console=ttyS0 earlyprintk=ttyS0 panic=-1 nokaslr"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("boot", help="boot a Linux kernel (bzImage or vmlinux) on emulated vCPUs",
+                              description="Boot KERNEL with the Linux x86 64-bit boot protocol (zero page, e820, "
+                              "ACPI RSDP/XSDT/MADT) under the emulated Hyper-V partition. The kernel log (COM1) "
+                              "goes to stdout; exit status as for viridian run ("
+                              + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ").")
+    p.add_argument("kernel", help="a bzImage (boot protocol >= 2.12, 64-bit) or an uncompressed vmlinux ELF")
+    p.add_argument("--initrd", metavar="FILE", help="initramfs (cpio) loaded high, passed in ramdisk_image/size")
+    p.add_argument("--append", default=DEFAULT_APPEND, metavar="TEXT",
+                   help=f"kernel command line (default {DEFAULT_APPEND!r})")
+    p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
+    p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups, e.g. base,freq")
+    p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
+    p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
+    p.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
+                   help="edit the offered leaves: LEAF.REG+BITS / -BITS / =VALUE (repeatable)")
+    p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1; APs start by INIT-SIPI)")
+    p.add_argument("--mem", type=int, default=256, metavar="MiB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--max-ticks", dest="max_ticks", type=int, default=60_000_000_000, metavar="N",
+                   help="virtual-time budget in TSC ticks (2 GHz; default 30 s of guest time)")
+    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
+    p.add_argument("--report", action="store_true", help="print the negotiation report")
+    p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
+    p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
+    p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--quiet", action="store_true", help="no console echo, no summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from viridian.machine.linux_boot import load_linux
+    from viridian.machine.machine import Machine
+    from viridian.machine.trace import open_tracer
+
+    sources = [args.hv, args.xen, args.libvirt, args.preset]
+    config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt,
+                         preset=args.preset if any(sources) else DEFAULT_PRESET)
+    if args.cpuid:
+        config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in args.cpuid))
+    image = load_linux(args.kernel, args.initrd)
+    tracer = open_tracer(args.trace)
+    t0 = time.perf_counter()
+    try:
+        machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
+                          quantum=args.quantum, tracer=tracer, cmdline=args.append)
+        result = machine.run()
+    finally:
+        if tracer is not None:
+            tracer.close()
+    wall = time.perf_counter() - t0
+    data = stats_json(machine)
+    data["wall_seconds"] = round(wall, 3)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return _status(result)
+    if not args.quiet:
+        sys.stdout.write(machine.ports.serial.text())
+        sys.stdout.flush()
+        for line in summary_lines(machine):
+            print(line, file=sys.stderr)
+        print(f"viridian: {wall:.2f} s wall, {machine.clock.tsc() / machine.clock.tsc_hz:.2f} s virtual",
+              file=sys.stderr)
+    if args.report:
+        from viridian.report.text import negotiation_lines
+
+        title = f"{args.kernel} on {machine.vcpu_count} vCPU(s)"
+        print("\n".join(negotiation_lines(data["negotiation"], title=title)))
+    if args.stats_json == "-":
+        print(json.dumps(data, indent=2))
+    elif args.stats_json:
+        try:
+            with open(args.stats_json, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2)
+        except OSError as exc:
+            raise UserError(f"--stats-json {args.stats_json}: {exc.strerror}") from None
+    return _status(result)
+
+
+def _status(result: Any) -> int:
+    if result.status == "exit":
+        return int(result.code or 0)
+    return EXIT_STATUS.get(result.status, 1)
