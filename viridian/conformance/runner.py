@@ -16,6 +16,7 @@ SUITE = ROOT / "fixtures" / "build" / "conformance.elf"
 MATRIX_PRESETS = ("none", "xen-3.4", "recommended", "all")
 MATRIX_VCPUS = (1, 2, 4, 65)
 MAX_TICKS = 40_000_000_000
+MSG_CONN, EVENT_CONN, CONN_SINT = 0x4242, 0x4243, 3  # the suite's msg_conn= / event_conn= (conn_sint default 3)
 
 
 def suite_image(path: str | None = None) -> Path:
@@ -38,7 +39,13 @@ def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdli
 
     t0 = time.perf_counter()
     mem = mem_mib or max(128, 64 + vcpus)
-    m = Machine(config, load_image(image), vcpus=vcpus, mem_mib=mem, cmdline=cmdline, max_ticks=MAX_TICKS)
+    from viridian.partition.ports import ports_of
+
+    # host-made connections for the positive HvPostMessage / HvSignalEvent tests (a guest cannot create ports)
+    suite_cmdline = f"msg_conn={MSG_CONN:#x} event_conn={EVENT_CONN:#x} {cmdline}".strip()
+    m = Machine(config, load_image(image), vcpus=vcpus, mem_mib=mem, cmdline=suite_cmdline, max_ticks=MAX_TICKS)
+    ports_of(m.partition).create_message_port(MSG_CONN, 0, CONN_SINT)
+    ports_of(m.partition).create_event_port(EVENT_CONN, 0, CONN_SINT)
     res = m.run()
     serial = m.ports.serial.text()
     tap = parse(serial)

@@ -95,6 +95,7 @@ class LocalApic:
         self.clock: VirtualClock = clock
         self.cmci = cmci
         self.on_eoi_broadcast = on_eoi_broadcast
+        self.on_eoi: Callback | None = None  # every EOI (guest or auto-EOI), with its vector: SynIC rescans
         self.bus: ApicBus | None = None
         self.version: int = APIC_VERSION_ID | ((6 if cmci else 5) << 16)
         self._lvt_offsets = tuple(o for o in LVT_WRITABLE if cmci or o != APIC_LVT_CMCI)
@@ -272,6 +273,12 @@ class LocalApic:
         self._isr |= bit
         return vector
 
+    def auto_eoi(self, vector: int) -> None:
+        """An auto-EOI vector (SynIC SINTx AutoEOI): out of service right at delivery, no broadcast."""
+        self._isr &= ~(1 << vector)
+        if self.on_eoi is not None:
+            self.on_eoi(vector)
+
     def eoi(self) -> None:
         """Clear the highest ISR bit (§11.8.5); a level-triggered vector (TMR) is broadcast to the I/O
         APIC (EOI-broadcast suppression is not offered). An EOI with nothing in service does nothing."""
@@ -280,6 +287,8 @@ class LocalApic:
         vector = self._isr.bit_length() - 1
         bit = 1 << vector
         self._isr &= ~bit
+        if self.on_eoi is not None:
+            self.on_eoi(vector)
         if self._tmr & bit and self.on_eoi_broadcast is not None:
             self.on_eoi_broadcast(vector)
 

@@ -131,6 +131,68 @@ def reset_old_exception(uc: Uc, offset: int) -> None:
     uc.context_restore(ctx)
 
 
+# iretq to CPL 3 (CS 0x1B, SS 0x23) at 0x11000, where "mov rax, cr0" must #GP; the stack frame is at 0x7FD8
+_TO_USER = bytes.fromhex("48bc d87f000000000000 48cf".replace(" ", ""))  # mov rsp, 0x7fd8; iretq
+_PRIV = bytes.fromhex("0f20c0f4")  # mov rax, cr0; hlt
+
+
+@cache
+def hflags_offset() -> int | None:
+    """Offset of QEMU's ``hflags`` (its low two bits are the CPL) in Unicorn's saved context, found by
+    behaviour: Unicorn checks privilege against hflags, which a segment-register write cannot lower, so a
+    fault taken at CPL 3 is delivered to CPL 0 by patching them (None: not found)."""
+    ram = (ctypes.c_ubyte * (2 << 20))()
+    try:
+        uc = _scratch(ram)
+        q = lambda a, v: struct.pack_into("<Q", ram, a, v)  # noqa: E731
+        q(0x518, 0x0020FA0000000000), q(0x520, 0x0000F20000000000)  # 0x18 user code, 0x20 user data (DPL 3)
+        q(0x1000, 0x2007), q(0x2000, 0x3007), q(0x3000, 0x87)  # the identity page, user-accessible
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, 0x27, 0))
+        for i, v in enumerate((0x11000, 0x1B, 0x202, 0x9000, 0x23)):  # RIP CS RFLAGS RSP SS
+            q(0x7FD8 + 8 * i, v)
+        ctypes.memmove(ctypes.addressof(ram) + 0x10000, _TO_USER, len(_TO_USER))
+        ctypes.memmove(ctypes.addressof(ram) + 0x11000, _PRIV, len(_PRIV))
+        _, kernel = context_bytes(uc)
+        seen: list[int] = []
+
+        def hook(u: Uc, intno: int, _ud: object) -> None:
+            seen.append(intno)
+            u.emu_stop()
+
+        h = uc.hook_add(UC_HOOK_INTR, hook)
+        uc.emu_start(0x10000, MAX_ADDR, count=4)
+        if seen != [13]:
+            return None
+        ctx, user = context_bytes(uc)
+        for off in range(0, min(len(user), len(kernel)) - 3, 4):
+            k, u = struct.unpack_from("<I", kernel, off)[0], struct.unpack_from("<I", user, off)[0]
+            if k & 3 or u & 3 != 3 or (k ^ u) & 0xC000:  # CPL 0 -> 3, same LMA/CS64 (bits 14, 15)
+                continue
+            patched = bytearray(user)
+            struct.pack_into("<I", patched, off, u & ~3)
+            ctypes.memmove(ctx.context, bytes(patched), len(patched))
+            uc.context_restore(ctx)
+            seen.clear()
+            uc.emu_start(0x11000, MAX_ADDR, count=1)
+            if not seen:
+                uc.hook_del(h)
+                return off
+            ctypes.memmove(ctx.context, bytes(user), len(user))
+            uc.context_restore(ctx)
+        uc.hook_del(h)
+    except UcError:
+        log.exception("probing Unicorn's privilege state failed")
+    return None
+
+
+def set_cpl(uc: Uc, offset: int, cpl: int) -> None:
+    """Set the hidden CPL (hflags bits 1:0) before loading CS/SS of another privilege level."""
+    ctx = uc.context_save()
+    ptr = ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_uint32))
+    ptr[offset // 4] = (ptr[offset // 4] & ~3) | cpl
+    uc.context_restore(ctx)
+
+
 _INSN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 

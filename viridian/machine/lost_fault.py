@@ -1,4 +1,4 @@
-"""Recovering page faults Unicorn loses (engine notes, hazard 2: "emu_start returns at the same RIP and the
+"""Recovering page faults (and non-canonical #GPs) Unicorn loses (engine notes, hazard 2: "emu_start returns at the same RIP and the
 #PF never reaches the exception hook"). When the engine stops at an instruction for no reason it reports,
 we decode the instruction (capstone), compute its memory operands and walk the guest page tables; a
 non-present or read-only translation is the page fault the guest must see."""
@@ -73,13 +73,25 @@ def classify(uc: Any, code: bytes, rip: int) -> tuple[str, int]:
     return "ud", 1
 
 
+def _canonical(addr: int) -> bool:
+    top = addr >> 47
+    return top == 0 or top == 0x1FFFF
+
+
 def recover_lost_fault(v: Vcpu, rip: int) -> bool:
     """Deliver the exception the engine swallowed at ``rip`` (#PF, #UD, #DE, #BP, INT n, or a hypercall)."""
     code = v._read_virt(rip, 15) or v._read_virt(rip, 1)
     if not code:
         return False
     cr3, cr0 = v._paging()
-    for addr, size, write in memory_operands(v.uc, code, rip):
+    operands = memory_operands(v.uc, code, rip)
+    for addr, size, _write in operands:  # SDM 3.3.7.1: a non-canonical address raises #GP(0) (#SS for RSP)
+        if any(not _canonical(p) for p in (addr, (addr + size - 1) & 0xFFFF_FFFF_FFFF_FFFF)):
+            v.stats.exit("exception")
+            v.stats.events["lost_fault_recovered"] += 1
+            v.raise_exception(13, 0, rip, deferred=False)
+            return True
+    for addr, size, write in operands:
         for probe in {addr, addr + size - 1}:
             if v.m.walker.translate(cr3, cr0, probe, write) is None:
                 v.uc.reg_write(X.UC_X86_REG_CR2, probe)

@@ -64,6 +64,9 @@ class Partition:
         self._refresh_offer()
         apic_list = list(apics) if apics is not None else [None] * vp_count
         self.vps = [VirtualProcessor(self, i, apic_list[i] if i < len(apic_list) else None) for i in range(vp_count)]
+        for vp in self.vps:  # TLFS §11.x: an EOI of a SINT's vector rescans that SINT (KVM kvm_hv_synic_send_eoi)
+            if vp.apic is not None and hasattr(vp.apic, "on_eoi"):
+                vp.apic.on_eoi = vp.synic.on_eoi
 
     # -- CPUID ---------------------------------------------------------------------------------------
     def _refresh_offer(self) -> None:
