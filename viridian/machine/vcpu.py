@@ -145,6 +145,9 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
         self._wp_fault: int | None = None
+        self._watch_start: dict[int, tuple[int, int]] = {}  # watched run start -> (end, hook handle)
+        self._watch_end: dict[int, int] = {}  # watched run end -> start
+        self._map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
         self._set_boot_state(boot)
         self._msr_regs = E.FastRegs(uc, (X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
@@ -166,9 +169,9 @@ class Vcpu:
         uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
         uc.msr_write(E.EFER, L.EFER_BOOT)
         uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
-        uc.reg_write(X.UC_X86_REG_CS, L.CODE64)
+        uc.reg_write(X.UC_X86_REG_CS, b.cs)
         for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(reg, L.DATA)
+            uc.reg_write(reg, b.ds)
         uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
         uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
                             (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
@@ -284,6 +287,9 @@ class Vcpu:
                 continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
+            if self._map_changed:
+                self._map_changed = False
+                continue
             self._after_natural_stop()
             if self.halted:
                 continue  # an interrupt may already be deliverable (inject_pending wakes it)
@@ -396,8 +402,28 @@ class Vcpu:
             self.uc.ctl_remove_cache(page, page + 0x1000)
 
     def watch_code_page(self, page: int) -> None:
-        E.hook_add_native(self.uc, UC_HOOK_MEM_WRITE, self._code_write_fn, ctypes.addressof(self._native),
-                          page, page + 0xFFF)
+        """Watch stores into ``page``. Adjacent watched pages share one hook: Unicorn checks every write hook
+        on every store, so a real kernel's thousands of code pages as separate hooks made each store O(pages)
+        (measured: Debian 6.1 boot 44 s -> see README "Real kernels")."""
+        start, end = page, page + 0x1000
+        if start in self._watch_start or any(s <= start < e for s, (e, _h) in self._watch_near(start)):
+            return
+        if (prev := self._watch_end.pop(start, None)) is not None:
+            _e, h = self._watch_start.pop(prev)
+            E.hook_del_native(self.uc, h)
+            start = prev
+        if (nxt := self._watch_start.pop(end, None)) is not None:
+            ne, h = nxt
+            del self._watch_end[ne]
+            E.hook_del_native(self.uc, h)
+            end = ne
+        h = E.hook_add_native(self.uc, UC_HOOK_MEM_WRITE, self._code_write_fn, ctypes.addressof(self._native),
+                              start, end - 1)
+        self._watch_start[start] = (end, h)
+        self._watch_end[end] = start
+
+    def _watch_near(self, page: int) -> list[tuple[int, tuple[int, int]]]:
+        return [(s, v) for s, v in self._watch_start.items() if s <= page < v[0]][:1]
 
     def drain_new_code(self) -> list[int]:
         n = self._native
@@ -422,6 +448,8 @@ class Vcpu:
         for page in pages - self.protected:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         self.protected = set(pages)
+        if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
+            self._map_changed = True
 
     def flush_tlb(self) -> None:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
