@@ -88,3 +88,15 @@ def test_cli_on_a_tap_guest(viridian_asm: Callable[..., Path], tmp_path: Path) -
     data = json.loads(js.read_text())
     assert data["runs"][0]["counts"] == {"pass": 1, "fail": 1, "skip": 1} and data["runs"][0]["complete"]
     assert ET.parse(junit).getroot().get("failures") == "1"
+
+
+def test_cli_on_the_real_suite_is_green(tmp_path: Path) -> None:
+    """`viridian conformance` on the shipped suite image (built by make -C fixtures): green, valid JUnit."""
+    junit = tmp_path / "suite.xml"
+    res = subprocess.run([sys.executable, "-m", "viridian", "conformance", "--preset", "recommended", "--vcpus", "2",
+                          "--junit", str(junit)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "conformance: PASS" in res.stdout
+    root = ET.parse(junit).getroot()
+    assert root.get("failures") == "0" and int(root.get("tests") or 0) >= 90
+    assert {c.get("classname") for c in root.iter("testcase")} >= {"conformance.hypercall", "conformance.synic"}
