@@ -63,6 +63,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replay", metavar="FILE",
                    help="re-run a recorded run with its inputs (options from FILE; IMAGE is ignored) and check "
                    "that exits, serial output and final state are bit-identical (exit 1 if not)")
+    p.add_argument("--snapshot-at", type=int, metavar="TICKS",
+                   help="stop at this virtual time (TSC ticks) and write a snapshot to --snapshot FILE")
+    p.add_argument("--snapshot", metavar="FILE", help="where --snapshot-at writes (viridian resume FILE continues)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
@@ -91,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--pcpus must be at least 1")
     if args.ple_window < 0 or args.ple_gap < 0:
         raise UserError("--ple-window and --ple-gap must be >= 0")
+    if (args.snapshot_at is None) != (args.snapshot is None):
+        raise UserError("--snapshot-at TICKS and --snapshot FILE go together")
+    if args.snapshot_at is not None and (args.others or args.snapshot_at < 1):
+        raise UserError("--snapshot-at: one partition (no --with), at a time >= 1 tick")
     image = load_image(args.image)
     others = [_other(spec) for spec in args.others]
     tracer = open_tracer(args.trace)
@@ -101,12 +108,24 @@ def run(args: argparse.Namespace) -> int:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
         if recorded is not None:
             machine.wall.replay = [int(t) for t in recorded["host_events"]["wall_clock"]]
+        if args.snapshot_at is not None:
+            machine.max_ticks = min(args.snapshot_at, args.max_ticks)
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
         result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
     finally:
         if tracer is not None:
             tracer.close()
+    if args.snapshot_at is not None and result.status == "timeout" and args.snapshot_at < args.max_ticks:
+        from viridian.machine.snapshot import save
+
+        machine.result, machine.max_ticks = None, args.max_ticks
+        save(machine, args.snapshot, {k: getattr(args, k) for k in RECORDED_OPTIONS})
+        if not args.quiet:
+            sys.stdout.write(machine.ports.serial.text())
+        print(f"viridian: snapshot at tick {machine.clock.tsc()} written to {args.snapshot} "
+              f"(continue with: viridian resume {args.snapshot})", file=sys.stderr)
+        return 0
     data = stats_json(machine)
     if extra:
         data["partitions"] = [stats_json(m) for m in extra]

@@ -25,7 +25,7 @@ class Host:
         self.machines = machines
         self.until_first = until_first  # the other partitions are background load: stop them with the first
         self.pcpus = pcpus or sum(m.vcpu_count for m in machines)
-        self.T = 0
+        self.T = max((m.T for m in machines), default=0)  # a resumed snapshot continues from its time
         for m in machines:
             m.host = self
 
