@@ -37,8 +37,9 @@ def negotiation_lines(rep: dict[str, Any], *, title: str = "", timeline_limit: i
     out.append(f"guest OS ID  {g['os_id']}  {g['os'] or 'never written (hypercall page stays disabled)'}")
     for w in g["writes"][1:]:
         out.append(f"             rewritten to {w['value']} by vCPU {w['vcpu']} at {w['time_us']} us: {w['os']}")
-    leaves = ", ".join(c["leaf"] for c in rep["cpuid_leaves"]) or "none"
-    out.append(f"CPUID read   {leaves}")
+    names = [c["leaf"] for c in rep["cpuid_leaves"]]
+    leaves = ", ".join(names[:14]) + (f", ... ({len(names) - 14} more; all in the JSON)" if len(names) > 14 else "")
+    out += wrap(f"CPUID read   {leaves or 'none'}")
     if rep["guest_decisions"]:
         out.append("guest says   " + ", ".join(f"{k}={v}" for k, v in rep["guest_decisions"].items()))
     out.append("")
