@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING, Any
 from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_BLOCK,
-    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
-    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -36,8 +34,9 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from msr.faults import Fault
 from viridian.machine import engine as E
 from viridian.machine import layout as L
+from viridian.machine import vcpu_code as C
+from viridian.machine import vcpu_delivery as D
 from viridian.machine.boot import BootRegisters
-from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.native import (
@@ -54,13 +53,6 @@ from viridian.machine.native import (
 from viridian.machine.ports import ExitRequested
 from viridian.machine.realmode import bring_up, enter_multiboot
 from viridian.machine.stats import VcpuStats
-from viridian.machine.stubs import (
-    HYPERCALL_HOOK_OFFSET,
-    cr8_offsets,
-    is_hypercall_stub,
-    pause_offsets,
-    site_offsets,
-)
 from viridian.machine.vcpu_traps import InstructionTraps
 
 if TYPE_CHECKING:
@@ -70,7 +62,7 @@ log = logging.getLogger(__name__)
 
 NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084,
                          0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC000_0103})  # SYSENTER, EFER, STAR.., FS/GS
-_GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
          X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10,
          X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15)
 EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
@@ -343,99 +335,21 @@ class Vcpu:
         cr3, cr0 = self._paging()
         return self.m.walker.read(cr3, cr0, vaddr, length)
 
-    # -- MSR sites ------------------------------------------------------------------------------------------
+    # -- code: MSR sites, translation coherence (viridian/machine/vcpu_code.py) ---------------------------------
     def _hook_page(self, page: int, full: bool = False) -> None:
-        """A page about to run holds 0F 30 / 0F 32 (or our hypercall stub): hook its sites first."""
-        if full:
-            log.warning("vCPU %d: scanned-page table full; clearing it", self.index)
-            self._lib.vn_clear(ctypes.byref(self._native))
-            self._lib.vn_insert(ctypes.byref(self._native), page)
-        data = self._read_virt(page, 0x1001) or self._read_virt(page, 0x1000)
-        if data is None:
-            return
-        if page not in self._hooked_pages:
-            self._hooked_pages.add(page)
-            for off, is_write in site_offsets(data):
-                self._add_site(page + off, is_write)
-            for off, is_write, gpr in cr8_offsets(data):
-                self._add_cr8_site(page + off, is_write, gpr)
-            for off in pause_offsets(data):
-                E.hook_add_native(self.uc, UC_HOOK_CODE, self._pause_fn, ctypes.addressof(self._native),
-                                  page + off, page + off)
-        if is_hypercall_stub(data) and page not in self._stub_hooks:
-            self._stub_hooks.add(page)
-            at = page + HYPERCALL_HOOK_OFFSET
-            if self._native.stub_count < 8:
-                self._native.stub_at[self._native.stub_count] = at
-            self._native.stub_count += 1
-            E.hook_add_native(self.uc, UC_HOOK_CODE, self._stub_fn, ctypes.addressof(self._native), at, at)
-            self.uc.hook_add(UC_HOOK_CODE, self._guard(self.traps._stub_call), None,
-                             page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
-        self.uc.ctl_remove_cache(page, page + 0x1000)
-
-    def _add_site(self, addr: int, is_write: bool) -> None:
-        if addr in self.sites:
-            return
-        self.sites[addr] = int(is_write)
-        E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
-        for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
-            self._keep.append(E.hook_code_raw(self.uc, self._msr_done_hook, nxt, nxt)[1])
-
-    def _add_cr8_site(self, addr: int, is_write: bool, gpr: int) -> None:
-        if addr in self.cr8_sites:
-            return
-        self.cr8_sites[addr] = (is_write, _GPRS[gpr])
-        E.hook_add_native(self.uc, UC_HOOK_CODE, self._site_fn, ctypes.addressof(self._native), addr, addr)
-        self._keep.append(E.hook_code_raw(self.uc, self._cr8_done_hook, addr + 4, addr + 4)[1])
+        C.hook_page(self, page, full)
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
-        """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):
-        rescan for MSR sites on next execution and drop stale translations."""
-        if page is None:
-            self._lib.vn_clear(ctypes.byref(self._native))
-            self._hooked_pages.clear()
-            self.uc.ctl_flush_tb()
-            return
-        self._lib.vn_remove(ctypes.byref(self._native), page)
-        self._hooked_pages.discard(page)
-        if drop_cache:
-            self.uc.ctl_remove_cache(page, page + 0x1000)
+        C.forget_code(self, page, drop_cache)
 
     def watch_code_page(self, page: int) -> None:
-        """Watch stores into ``page``. Adjacent watched pages share one hook: Unicorn checks every write hook
-        on every store, so a real kernel's thousands of code pages as separate hooks made each store O(pages)
-        (measured: Debian 6.1 boot 44 s -> see README "Real kernels")."""
-        start, end = page, page + 0x1000
-        if start in self._watch_start or any(s <= start < e for s, (e, _h) in self._watch_near(start)):
-            return
-        if (prev := self._watch_end.pop(start, None)) is not None:
-            _e, h = self._watch_start.pop(prev)
-            E.hook_del_native(self.uc, h)
-            start = prev
-        if (nxt := self._watch_start.pop(end, None)) is not None:
-            ne, h = nxt
-            del self._watch_end[ne]
-            E.hook_del_native(self.uc, h)
-            end = ne
-        h = E.hook_add_native(self.uc, UC_HOOK_MEM_WRITE, self._code_write_fn, ctypes.addressof(self._native),
-                              start, end - 1)
-        self._watch_start[start] = (end, h)
-        self._watch_end[end] = start
-
-    def _watch_near(self, page: int) -> list[tuple[int, tuple[int, int]]]:
-        return [(s, v) for s, v in self._watch_start.items() if s <= page < v[0]][:1]
+        C.watch_code_page(self, page)
 
     def drain_new_code(self) -> list[int]:
-        n = self._native
-        count = int(n.new_code_count)
-        n.new_code_count = 0
-        return [int(p) for p in n.new_code[: min(count, 1024)]]
+        return C.drain_new_code(self)
 
     def drain_dirty_code(self) -> list[int] | None:
-        n = self._native
-        count = int(n.dirty_count)
-        n.dirty_count = 0
-        return None if count > 64 else [int(p) for p in n.dirty_code[:count]]
+        return C.drain_dirty_code(self)
 
     def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
         self._wp_fault = address
@@ -505,105 +419,25 @@ class Vcpu:
         if self.apic.pending_vector() is not None and self.interruptible():
             self._stop()  # the run loop injects it before the next instruction
 
-    # -- exceptions and interrupts ----------------------------------------------------------------------------
+    # -- exceptions and interrupts (viridian/machine/vcpu_delivery.py) --------------------------------------
     def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
-        off = E.old_exception_offset()
-        if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
-            E.reset_old_exception(uc, off)
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
-        error = 0 if intno in ERROR_CODE_VECTORS else None
-        if intno == PF:
-            error = self._pf_error_code(uc.reg_read(X.UC_X86_REG_CR2))
-        self.raise_exception(intno, error, rip, count_exit=True, deferred=False)
-
-    def _pf_error_code(self, cr2: int) -> int:
-        cr3, cr0 = self._paging()
-        present = self.m.walker.translate(cr3, cr0, cr2) is not None
-        cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
-        return (1 if present else 0) | (2 if present else 0) | (4 if cpl == 3 else 0)
+        D.interrupt(self, uc, intno, _ud)
 
     def raise_exception(self, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
                         deferred: bool = True) -> None:
-        """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
-        ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
-        if count_exit:
-            self._exit("exception")
-        self.stats.exceptions[vector] += 1
-        if vector in ERROR_CODE_VECTORS and error is None:
-            error = 0
-        if deferred:
-            self._pending_exc = (vector, error, rip)
-            self._stop()
-        else:
-            self._enter(vector, error, rip)
+        D.raise_exception(self, vector, error, rip, count_exit=count_exit, deferred=deferred)
 
     def _enter(self, vector: int, error: int | None, rip: int) -> bool:
-        vals = self._view.read()  # raw batch reads: interrupt delivery is an exit hot path
-        idtr = self._idtr.read()
-        tr = self._tr.read()
-        cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1])
-        try:
-            d = deliver(self.m.walker, cpu, vector, error, rip)
-        except TripleFault as tf:
-            self.m.finish("triple-fault", vcpu=self.index, detail=str(tf), disasm=self.m.disassemble(self, rip))
-            self.uc.emu_stop()
-            return False
-        if d.cs & 3 != cpu.cs & 3 and (off := E.hflags_offset()) is not None:
-            E.set_cpl(self.uc, off, d.cs & 3)  # a CS/SS write cannot lower Unicorn's hidden CPL (engine.py)
-        if d.cs != cpu.cs:
-            self.uc.reg_write(X.UC_X86_REG_CS, d.cs)
-        if d.ss is not None:
-            self.uc.reg_write(X.UC_X86_REG_SS, d.ss)
-        self._sp_flags.write(d.rsp, d.rflags)
-        self.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
-        return True
+        return D.enter(self, vector, error, rip)
 
     def interruptible(self) -> bool:
-        rip, rflags = self._rip_flags.read()
-        if not rflags & (1 << 9):
-            return False
-        if rip == self._window_open_at:  # the window check saw this boundary open
-            return True
-        return not self.in_sti_shadow()
+        return D.interruptible(self)
 
     def in_sti_shadow(self) -> bool:
-        """RIP is the first instruction after an STI (SDM: interrupts wait one instruction). QEMU ends a block
-        after STI, so that is exactly: stopped at a block start, and the block that ran last ended with 0xFB."""
-        n = self._native
-        rip = self._rip_flags.read()[0]
-        return bool(rip == n.block_start and self._lib.vn_after_sti(self.uc._uch, ctypes.byref(n)))
+        return D.in_sti_shadow(self)
 
     def inject_pending(self) -> bool:
-        """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
-        apic = self.apic
-        self.vp.assist.retire_lazy_eoi()
-        self.m.poll_vcpu(self)
-        if self.idle and (apic.irr_vectors() or self.nmi_pending):
-            self.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
-        if self.nmi_pending:  # NMI: not maskable by IF or TPR (SDM §6.7); blocking until IRET is not modelled
-            self.nmi_pending = False
-            self.halted = False
-            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-            if self._enter(2, None, rip):
-                self.stats.interrupts_delivered += 1
-                self.stats.events["nmi"] += 1
-            return True
-        vector = apic.pending_vector()
-        if vector is None:
-            return False
-        if not self.interruptible():
-            return False
-        self._window_open_at = None
-        apic.acknowledge()
-        if self.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
-            apic.auto_eoi(vector)
-        else:
-            self.vp.assist.on_inject(vector)
-        rip = self._rip_flags.read()[0]
-        self.halted = False
-        if self._enter(vector, None, rip):
-            self.stats.interrupts_delivered += 1
-        return True
+        return D.inject_pending(self)
 
     def wants_to_run(self) -> bool:
         if self.sipi_vector is not None:

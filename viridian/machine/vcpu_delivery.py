@@ -1,0 +1,122 @@
+"""Exception and interrupt delivery of one vCPU (engine side): the INTR hook, faults raised by traps, IDT
+delivery through :mod:`viridian.machine.delivery`, the interrupt window / STI shadow test, and the injection of
+pending APIC interrupts and NMIs. Functions of a :class:`~viridian.machine.vcpu.Vcpu` (its methods delegate)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Any
+
+from unicorn import x86_const as X
+
+from viridian.machine import engine as E
+from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
+
+if TYPE_CHECKING:
+    from viridian.machine.vcpu import Vcpu
+
+
+def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
+    off = E.old_exception_offset()
+    if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
+        E.reset_old_exception(uc, off)
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    error = 0 if intno in ERROR_CODE_VECTORS else None
+    if intno == PF:
+        error = pf_error_code(v, uc.reg_read(X.UC_X86_REG_CR2))
+    raise_exception(v, intno, error, rip, count_exit=True, deferred=False)
+
+
+def pf_error_code(v: Vcpu, cr2: int) -> int:
+    cr3, cr0 = v._paging()
+    present = v.m.walker.translate(cr3, cr0, cr2) is not None
+    cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
+    return (1 if present else 0) | (2 if present else 0) | (4 if cpl == 3 else 0)
+
+
+def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
+                    deferred: bool = True) -> None:
+    """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
+    ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
+    if count_exit:
+        v._exit("exception")
+    v.stats.exceptions[vector] += 1
+    if vector in ERROR_CODE_VECTORS and error is None:
+        error = 0
+    if deferred:
+        v._pending_exc = (vector, error, rip)
+        v._stop()
+    else:
+        enter(v, vector, error, rip)
+
+
+def enter(v: Vcpu, vector: int, error: int | None, rip: int) -> bool:
+    vals = v._view.read()  # raw batch reads: interrupt delivery is an exit hot path
+    idtr = v._idtr.read()
+    tr = v._tr.read()
+    cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1])
+    try:
+        d = deliver(v.m.walker, cpu, vector, error, rip)
+    except TripleFault as tf:
+        v.m.finish("triple-fault", vcpu=v.index, detail=str(tf), disasm=v.m.disassemble(v, rip))
+        v.uc.emu_stop()
+        return False
+    if d.cs & 3 != cpu.cs & 3 and (off := E.hflags_offset()) is not None:
+        E.set_cpl(v.uc, off, d.cs & 3)  # a CS/SS write cannot lower Unicorn's hidden CPL (engine.py)
+    if d.cs != cpu.cs:
+        v.uc.reg_write(X.UC_X86_REG_CS, d.cs)
+    if d.ss is not None:
+        v.uc.reg_write(X.UC_X86_REG_SS, d.ss)
+    v._sp_flags.write(d.rsp, d.rflags)
+    v.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
+    return True
+
+
+def interruptible(v: Vcpu) -> bool:
+    rip, rflags = v._rip_flags.read()
+    if not rflags & (1 << 9):
+        return False
+    if rip == v._window_open_at:  # the window check saw this boundary open
+        return True
+    return not in_sti_shadow(v)
+
+
+def in_sti_shadow(v: Vcpu) -> bool:
+    """RIP is the first instruction after an STI (SDM: interrupts wait one instruction). QEMU ends a block
+    after STI, so that is exactly: stopped at a block start, and the block that ran last ended with 0xFB."""
+    n = v._native
+    rip = v._rip_flags.read()[0]
+    return bool(rip == n.block_start and v._lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
+
+
+def inject_pending(v: Vcpu) -> bool:
+    """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
+    apic = v.apic
+    v.vp.assist.retire_lazy_eoi()
+    v.m.poll_vcpu(v)
+    if v.idle and (apic.irr_vectors() or v.nmi_pending):
+        v.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
+    if v.nmi_pending:  # NMI: not maskable by IF or TPR (SDM §6.7); blocking until IRET is not modelled
+        v.nmi_pending = False
+        v.halted = False
+        rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+        if enter(v, 2, None, rip):
+            v.stats.interrupts_delivered += 1
+            v.stats.events["nmi"] += 1
+        return True
+    vector = apic.pending_vector()
+    if vector is None:
+        return False
+    if not interruptible(v):
+        return False
+    v._window_open_at = None
+    apic.acknowledge()
+    if v.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
+        apic.auto_eoi(vector)
+    else:
+        v.vp.assist.on_inject(vector)
+    rip = v._rip_flags.read()[0]
+    v.halted = False
+    if enter(v, vector, None, rip):
+        v.stats.interrupts_delivered += 1
+    return True
