@@ -41,7 +41,7 @@ def negotiation_lines(rep: dict[str, Any], *, title: str = "", timeline_limit: i
     leaves = ", ".join(names[:14]) + (f", ... ({len(names) - 14} more; all in the JSON)" if len(names) > 14 else "")
     out += wrap(f"CPUID read   {leaves or 'none'}")
     if rep["guest_decisions"]:
-        out.append("guest says   " + ", ".join(f"{k}={v}" for k, v in rep["guest_decisions"].items()))
+        out += wrap("guest says   " + ", ".join(f"{k}={v}" for k, v in rep["guest_decisions"].items()))
     out.append("")
     rows = []
     for r in rep["enlightenments"]:
