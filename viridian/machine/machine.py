@@ -233,6 +233,7 @@ class Machine:
                 o.forget_code()
             return
         for page in dirty:
+            self.code_pages.discard(page)  # watched again (protected on every vCPU) when it runs next
             for o in self.vcpus:
                 o.forget_code(page, drop_cache=o is not v)
 

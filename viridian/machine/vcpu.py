@@ -125,7 +125,6 @@ class Vcpu:
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
         self._window_fn = function_address(lib, "vn_window")
-        self._code_write_fn = function_address(lib, "vn_code_write")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
@@ -137,8 +136,9 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
         self._wp_fault: int | None = None
-        self._watch_start: dict[int, tuple[int, int]] = {}  # watched run start -> (end, hook handle)
-        self._watch_end: dict[int, int] = {}  # watched run end -> start
+        self.code_protected: dict[int, set[int]] = {}  # physical code page -> its virtual pages (vcpu_code.py)
+        self.dirty_pages: set[int] = set()  # virtual code pages written since the machine last drained them
+        self._code_fault: int | None = None
         self._map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
         self._set_boot_state(boot)
@@ -245,10 +245,14 @@ class Vcpu:
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
-                if self._wp_fault is None:
+                if self._wp_fault is None and self._code_fault is None:
                     self._engine_error(exc)
             finally:
                 self.vp.after_run()
+            if self._code_fault is not None:  # a store into a watched code page: unprotect, run it again
+                C.code_fault_done(self, self._code_fault)
+                self._code_fault = None
+                continue
             if self._wp_fault is not None:  # TLFS §3.13: a write to the hypercall page raises #GP
                 self._wp_fault = None
                 self.raise_exception(13, 0, uc.reg_read(X.UC_X86_REG_RIP), count_exit=True, deferred=False)
@@ -352,6 +356,9 @@ class Vcpu:
         return C.drain_dirty_code(self)
 
     def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
+        if (pa := C.code_page(self, address, size)) is not None:
+            self._code_fault = pa  # the engine stops at the store; the loop unprotects and re-runs it
+            return False
         self._wp_fault = address
         return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
 

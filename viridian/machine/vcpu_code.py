@@ -8,7 +8,7 @@ import ctypes
 import logging
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
+from unicorn import UC_HOOK_CODE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
 
 from viridian.machine import engine as E
 from viridian.machine.stubs import (
@@ -89,29 +89,40 @@ def forget_code(v: Vcpu, page: int | None = None, drop_cache: bool = True) -> No
 
 
 def watch_code_page(v: Vcpu, page: int) -> None:
-    """Watch stores into ``page``. Adjacent watched pages share one hook: Unicorn checks every write hook
-    on every store, so a real kernel's thousands of code pages as separate hooks made each store O(pages)
-    (measured: Debian 6.1 boot 44 s -> see README "Real kernels")."""
-    start, end = page, page + 0x1000
-    if start in v._watch_start or any(s <= start < e for s, (e, _h) in watch_near(v, start)):
+    """Catch stores into the code page at virtual ``page``: its physical page is mapped read+execute in this
+    vCPU's engine, and the first store raises UC_HOOK_MEM_WRITE_PROT (:func:`code_write`). A write hook would
+    put every store of the guest on Unicorn's slow path; protection costs nothing until code is written, and
+    it catches every alias of the page (Linux patches text through other mappings)."""
+    cr3, cr0 = v._paging()
+    pa = v.m.walker.translate(cr3, cr0, page)
+    if pa is None:
         return
-    if (prev := v._watch_end.pop(start, None)) is not None:
-        _e, h = v._watch_start.pop(prev)
-        E.hook_del_native(v.uc, h)
-        start = prev
-    if (nxt := v._watch_start.pop(end, None)) is not None:
-        ne, h = nxt
-        del v._watch_end[ne]
-        E.hook_del_native(v.uc, h)
-        end = ne
-    h = E.hook_add_native(v.uc, UC_HOOK_MEM_WRITE, v._code_write_fn, ctypes.addressof(v._native),
-                          start, end - 1)
-    v._watch_start[start] = (end, h)
-    v._watch_end[end] = start
+    pa &= ~0xFFF
+    if pa in v.protected or pa >= v.m.ram_size:
+        return
+    vas = v.code_protected.get(pa)
+    if vas is None:
+        v.code_protected[pa] = {page}
+        v.uc.mem_protect(pa, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+    else:
+        vas.add(page)
 
 
-def watch_near(v: Vcpu, page: int) -> list[tuple[int, tuple[int, int]]]:
-    return [(s, v) for s, v in v._watch_start.items() if s <= page < v[0]][:1]
+def code_page(v: Vcpu, address: int, size: int = 1) -> int | None:
+    """The protected code page a faulting store hit (None: not ours, e.g. an overlay page: #GP). Measured:
+    Unicorn 2.1.4 reports the *physical* address to UC_HOOK_MEM_WRITE_PROT (a Linux kernel store through its
+    direct map showed it); a store crossing a page boundary may fault on its second page."""
+    for pa in (address & ~0xFFF, (address + max(1, size) - 1) & ~0xFFF):
+        if pa not in v.protected and pa in v.code_protected:
+            return pa
+    return None
+
+
+def code_fault_done(v: Vcpu, pa: int) -> None:
+    """After the engine stopped at a store into protected code: the page's virtual pages are dirty (the
+    machine drops them from every vCPU's cache), this vCPU may write it freely until it runs again."""
+    v.dirty_pages.update(v.code_protected.pop(pa, set()))
+    v.uc.mem_protect(pa, 0x1000, UC_PROT_ALL)
 
 
 def drain_new_code(v: Vcpu) -> list[int]:
@@ -122,7 +133,6 @@ def drain_new_code(v: Vcpu) -> list[int]:
 
 
 def drain_dirty_code(v: Vcpu) -> list[int] | None:
-    n = v._native
-    count = int(n.dirty_count)
-    n.dirty_count = 0
-    return None if count > 64 else [int(p) for p in n.dirty_code[:count]]
+    out = sorted(v.dirty_pages)
+    v.dirty_pages.clear()
+    return out

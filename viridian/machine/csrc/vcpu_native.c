@@ -221,20 +221,6 @@ void vn_pause(void *uc, uint64_t address, uint32_t size, void *user) {
     }
 }
 
-/* UC_HOOK_MEM_WRITE over a known code page: remember that it changed (cross-vCPU TB coherence). */
-void vn_code_write(void *uc, int type, uint64_t address, int size, int64_t value, void *user) {
-    vn_state *s = (vn_state *)user;
-    uint64_t page = address & ~0xFFFULL;
-    (void)uc; (void)type; (void)size; (void)value;
-    uint64_t n = s->dirty_count < 64 ? s->dirty_count : 64;
-    for (uint64_t i = 0; i < n; i++)
-        if (s->dirty_code[i] == page)
-            return;
-    if (s->dirty_count < 64)
-        s->dirty_code[s->dirty_count] = page;
-    s->dirty_count++;
-}
-
 /* UC_HOOK_CODE in our hypercall page, ahead of the machine's Python hook: the one call that is hot and has
  * no effect to model -- fast HvCallNotifyLongSpinWait (input value exactly 0x10008, CPL 0) when the machine
  * has said no yield can happen (every vCPU has a CPU) and the call is offered -- completes here with
