@@ -220,13 +220,14 @@ class Machine:
 
     def _sync_code(self, v: Vcpu) -> None:
         """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
-        stores to code): pages that started executing get a native write watch on every vCPU; pages a
-        vCPU wrote are dropped from the other vCPUs' caches and rescanned for MSR sites everywhere."""
-        for page in v.drain_new_code():
-            if page not in self.code_pages:
-                self.code_pages.add(page)
-                for o in self.vcpus:
-                    o.watch_code_page(page)
+        stores to code): pages that started executing are write-protected on every vCPU (in runs of
+        contiguous pages: each engine protection change costs milliseconds); pages a vCPU wrote are dropped
+        from the other vCPUs' caches and rescanned for MSR sites everywhere."""
+        new = [p for p in dict.fromkeys(v.drain_new_code()) if p not in self.code_pages]
+        if new:
+            self.code_pages.update(new)
+            for o in self.vcpus:
+                o.watch_code_pages(new)
         dirty = v.drain_dirty_code()
         if dirty is None:  # more than the ring holds: drop everything
             for o in self.vcpus:

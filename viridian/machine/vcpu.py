@@ -347,7 +347,10 @@ class Vcpu:
         C.forget_code(self, page, drop_cache)
 
     def watch_code_page(self, page: int) -> None:
-        C.watch_code_page(self, page)
+        C.watch_code_pages(self, [page])
+
+    def watch_code_pages(self, pages: list[int]) -> None:
+        C.watch_code_pages(self, pages)
 
     def drain_new_code(self) -> list[int]:
         return C.drain_new_code(self)

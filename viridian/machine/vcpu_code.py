@@ -88,24 +88,35 @@ def forget_code(v: Vcpu, page: int | None = None, drop_cache: bool = True) -> No
         v.uc.ctl_remove_cache(page, page + 0x1000)
 
 
-def watch_code_page(v: Vcpu, page: int) -> None:
-    """Catch stores into the code page at virtual ``page``: its physical page is mapped read+execute in this
-    vCPU's engine, and the first store raises UC_HOOK_MEM_WRITE_PROT (:func:`code_write`). A write hook would
-    put every store of the guest on Unicorn's slow path; protection costs nothing until code is written, and
-    it catches every alias of the page (Linux patches text through other mappings)."""
+def watch_code_pages(v: Vcpu, pages: list[int]) -> None:
+    """Catch stores into the code pages at virtual ``pages``: their physical pages are mapped read+execute in
+    this vCPU's engine, and a store raises UC_HOOK_MEM_WRITE_PROT (:func:`code_page`). A write hook would put
+    every store of the guest on Unicorn's slow path; protection costs nothing until code is written, and it
+    catches every alias of the page (Linux patches text through other mappings). Contiguous physical pages
+    are protected with one call (each call costs milliseconds in the engine)."""
     cr3, cr0 = v._paging()
-    pa = v.m.walker.translate(cr3, cr0, page)
-    if pa is None:
-        return
-    pa &= ~0xFFF
-    if pa in v.protected or pa >= v.m.ram_size:
-        return
-    vas = v.code_protected.get(pa)
-    if vas is None:
-        v.code_protected[pa] = {page}
-        v.uc.mem_protect(pa, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
-    else:
-        vas.add(page)
+    fresh: list[int] = []
+    for page in pages:
+        pa = v.m.walker.translate(cr3, cr0, page)
+        if pa is None:
+            continue
+        pa &= ~0xFFF
+        if pa in v.protected or pa >= v.m.ram_size:
+            continue
+        vas = v.code_protected.get(pa)
+        if vas is None:
+            v.code_protected[pa] = {page}
+            fresh.append(pa)
+        else:
+            vas.add(page)
+    fresh.sort()
+    i = 0
+    while i < len(fresh):
+        j = i
+        while j + 1 < len(fresh) and fresh[j + 1] == fresh[j] + 0x1000:
+            j += 1
+        v.uc.mem_protect(fresh[i], fresh[j] - fresh[i] + 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        i = j + 1
 
 
 def code_page(v: Vcpu, address: int, size: int = 1) -> int | None:
