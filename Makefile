@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench fuzz
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,9 @@ demo: $(STAMP) fixtures
 
 bench: $(STAMP) fixtures
 	$(BIN)/python bench/bench_machine.py
+
+bench-linux: $(STAMP)
+	$(BIN)/python bench/bench_linux.py
 
 fuzz: $(STAMP)
 	$(BIN)/viridian fuzz --ops 1000000 --seed $${SEED:-1}
