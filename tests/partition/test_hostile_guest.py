@@ -9,7 +9,6 @@ so a log record at ERROR means a host bug that the guest could trigger.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 
@@ -25,46 +24,17 @@ from viridian.abi.registers import M64, HypercallRegisters
 from viridian.clock import VirtualClock
 from viridian.config import get_preset
 from viridian.devices.apic_bus import ApicBus
+from viridian.fuzz.model import HostBugs, grant_everything
 from viridian.partition.partition import Partition
 from viridian.partition.services import RecordingServices
-from viridian.tlfs.cpuid import Feature, PartitionPrivilege
 from viridian.tlfs.hypercalls import HvCall
 from viridian.tlfs.msrs import HvMsr
 
 MEM = 64 << 10
 OS_ID = 0x0001040A00004F7C  # Windows Server 2022
 VPS = 2
-EXTRA_PRIVILEGES = int(PartitionPrivilege.ACCESS_VP_REGISTERS | PartitionPrivilege.ENABLE_EXTENDED_HYPERCALLS
-                       | PartitionPrivilege.ACCESS_TSC_INVARIANT_CONTROLS)
-EXTRA_FEATURES = int(Feature.HYPERCALL_MSR_LOCK | Feature.SINT_POLLING_MODE | Feature.XMM_HYPERCALL_OUTPUT)
 CODES = [int(c) for c in HvCall]
 IMPLEMENTED = [0x0002, 0x0003, 0x0008, 0x000B, 0x0013, 0x0014, 0x0015, 0x0050, 0x0051, 0x005C, 0x005D, 0x8001]
-
-
-class _HostBugs(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record.getMessage())
-
-
-def _grant(part: Partition) -> None:
-    """Offer every CPUID bit the model implements, surviving the refresh a GUEST_OS_ID write triggers."""
-    original = part._refresh_offer
-
-    def refresh() -> None:
-        original()
-        o = part.offer
-        part.offer = dataclasses.replace(
-            o, privileges=type(o.privileges)(int(o.privileges) | EXTRA_PRIVILEGES),
-            privilege_mask=o.privilege_mask | EXTRA_PRIVILEGES,
-            features=type(o.features)(int(o.features) | EXTRA_FEATURES), feature_mask=o.feature_mask | EXTRA_FEATURES)
-        part.policy = dataclasses.replace(part.policy, xmm_output=True)
-
-    part._refresh_offer = refresh  # type: ignore[method-assign]
-    refresh()
 
 
 def _partition(preset: str, seed: int) -> tuple[Partition, ApicBus, BytesMemory]:
@@ -76,7 +46,7 @@ def _partition(preset: str, seed: int) -> tuple[Partition, ApicBus, BytesMemory]
     memory.buffer[:] = random.Random(seed).randbytes(MEM)
     part = Partition(get_preset(preset), memory, vp_count=VPS, services=RecordingServices(), clock=clock,
                      apics=list(bus), rep_budget=8)
-    _grant(part)
+    grant_everything(part)
     part.vps[0].wrmsr(HvMsr.GUEST_OS_ID, OS_ID)
     return part, bus, memory
 
@@ -180,7 +150,7 @@ def _step(part: Partition, bus: ApicBus, op: tuple) -> None:  # type: ignore[typ
 
 
 def _run(preset: str, seed: int, ops: list[tuple]) -> None:  # type: ignore[type-arg]
-    bugs = _HostBugs()
+    bugs = HostBugs()
     loggers = [logging.getLogger("msr"), logging.getLogger("viridian")]
     for lg in loggers:
         lg.addHandler(bugs)

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     data = stats_json(machine)
     if extra:
         data["partitions"] = [stats_json(m) for m in extra]
-    replay_differs = _record_or_check(args, recorded, machine, data)
+    replay_differs = _record_or_check(args, recorded, machine, [m.image.path for m in extra], data)
     if args.json:
         print(json.dumps(data, indent=2))
         return 1 if replay_differs else _status(result)
@@ -160,12 +160,13 @@ RECORDED_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus",
                     "stop_others")
 
 
-def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, data: dict[str, Any]) -> bool:
+def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, other_images: list[str],
+                     data: dict[str, Any]) -> bool:
     """--record: write the record. --replay: compare; True when the replay differs."""
     from viridian.machine.replay import compare, outcome, write_record
 
     if args.record:
-        images = [args.image, *[_other(s)[0].path for s in args.others]] + ([args.libvirt] if args.libvirt else [])
+        images = [args.image, *other_images] + ([args.libvirt] if args.libvirt else [])
         write_record(args.record, {k: getattr(args, k) for k in RECORDED_OPTIONS}, images, machine, data)
     if recorded is None:
         return False

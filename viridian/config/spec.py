@@ -29,3 +29,18 @@ def _parse_base(spec: str) -> Enlightenments:
     if spec in PRESETS:
         return load_config(preset=spec)
     raise UserError(f"offer {spec!r}: use {CONFIG_HELP}")
+
+
+def offer_cli_args(spec: str) -> list[str]:
+    """The ``viridian run`` options that select the same offer as ``spec`` (for printed commands)."""
+    base, *edits = spec.split("@")
+    kind, sep, rest = base.partition(":")
+    if sep and kind in ("hv", "xen", "libvirt"):
+        out = [f"--{kind}", rest]
+    elif base.startswith("hv-"):
+        out = ["--hv", base]
+    else:
+        out = ["--preset", base]
+    for edit in edits:
+        out += ["--cpuid", edit]
+    return out

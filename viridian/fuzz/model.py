@@ -110,7 +110,9 @@ class CampaignResult:
                 "ops_per_second": round(self.operations / self.seconds) if self.seconds else None}
 
 
-class _HostBugs(logging.Handler):
+class HostBugs(logging.Handler):
+    """Collects ERROR records of the model's loggers: a registry's last-resort path (a host bug) ran."""
+
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.records: list[str] = []
@@ -118,6 +120,24 @@ class _HostBugs(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.records) < 100:
             self.records.append(record.getMessage())
+
+
+def grant_everything(part: Partition) -> None:
+    """Offer every CPUID bit the model implements (beyond any preset), surviving the refresh a GUEST_OS_ID
+    write triggers."""
+    original = part._refresh_offer
+
+    def refresh() -> None:
+        original()
+        o = part.offer
+        part.offer = dataclasses.replace(
+            o, privileges=type(o.privileges)(int(o.privileges) | EXTRA_PRIVILEGES),
+            privilege_mask=o.privilege_mask | EXTRA_PRIVILEGES,
+            features=type(o.features)(int(o.features) | EXTRA_FEATURES), feature_mask=o.feature_mask | EXTRA_FEATURES)
+        part.policy = dataclasses.replace(part.policy, xmm_output=True)
+
+    part._refresh_offer = refresh  # type: ignore[method-assign]
+    refresh()
 
 
 class Campaign:
@@ -135,31 +155,12 @@ class Campaign:
         self.services = CountingServices()
         self.part = Partition(get_preset(preset), self.memory, vp_count=VPS, services=self.services,
                               clock=self.clock, apics=list(self.bus), rep_budget=8)
-        self._grant()
+        grant_everything(self.part)
         self.part.vps[0].wrmsr(HvMsr.GUEST_OS_ID, OS_ID)
         self.ops: list[tuple[str, Callable[[], None]]] = [
             ("rdmsr", self._rdmsr), ("wrmsr", self._wrmsr), ("hypercall", self._hypercall),
             ("hypercall", self._hypercall), ("hypercall", self._vpset_call), ("message", self._message),
             ("irq", self._irq), ("run", self._run), ("time", self._time), ("poke", self._poke)]
-
-    # -- setup -------------------------------------------------------------------------------------------
-    def _grant(self) -> None:
-        """Offer every bit the model implements, surviving the refresh a GUEST_OS_ID write triggers."""
-        part = self.part
-        original = part._refresh_offer
-
-        def refresh() -> None:
-            original()
-            o = part.offer
-            part.offer = dataclasses.replace(
-                o, privileges=type(o.privileges)(int(o.privileges) | EXTRA_PRIVILEGES),
-                privilege_mask=o.privilege_mask | EXTRA_PRIVILEGES,
-                features=type(o.features)(int(o.features) | EXTRA_FEATURES),
-                feature_mask=o.feature_mask | EXTRA_FEATURES)
-            part.policy = dataclasses.replace(part.policy, xmm_output=True)
-
-        part._refresh_offer = refresh  # type: ignore[method-assign]
-        refresh()
 
     # -- generators ----------------------------------------------------------------------------------------
     def _value(self) -> int:
@@ -349,7 +350,7 @@ class Campaign:
 
     # -- driver --------------------------------------------------------------------------------------------
     def run(self, operations: int, progress: Callable[[int], None] | None = None) -> CampaignResult:
-        bugs = _HostBugs()
+        bugs = HostBugs()
         loggers = [logging.getLogger("msr"), logging.getLogger("viridian")]
         for lg in loggers:
             lg.addHandler(bugs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from viridian.config.spec import parse_config
+from viridian.config.spec import offer_cli_args, parse_config
 from viridian.errors import UserError
 from viridian.lab.experiments import Experiment, LabConfig, Params
 
@@ -95,7 +95,7 @@ def command(pt: Point, n: int | None = None) -> str:
     e = pt.experiment
     params = pt.params if n is None else pt.params | {"n": n}
     args = ["viridian", "run", str(Path("fixtures/build/lab.elf")), "--vcpus", str(pt.vcpus)]
-    args += _offer_args(pt.config.offer)
+    args += offer_cli_args(pt.config.offer)
     for key, value in pt.config.machine:
         args += [f"--{key.replace('_', '-')}", str(value)]
     if _mem_mib(pt.vcpus) != 128:
@@ -108,20 +108,6 @@ def command(pt: Point, n: int | None = None) -> str:
         args += ["--with", "fixtures/build/lab.elf:1", "--with-cmdline", e.background(pt.config, params),
                  "--stop-others"]
     return shlex.join([*args, "--json"])
-
-
-def _offer_args(spec: str) -> list[str]:
-    base, *edits = spec.split("@")
-    kind, sep, rest = base.partition(":")
-    if sep and kind in ("hv", "xen", "libvirt"):
-        out = [f"--{kind}", rest]
-    elif base.startswith("hv-"):
-        out = ["--hv", base]
-    else:
-        out = ["--preset", base]
-    for edit in edits:
-        out += ["--cpuid", edit]
-    return out
 
 
 def measure(pt: Point) -> dict[str, Any]:

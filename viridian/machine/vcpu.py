@@ -346,9 +346,6 @@ class Vcpu:
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         C.forget_code(self, page, drop_cache)
 
-    def watch_code_page(self, page: int) -> None:
-        C.watch_code_pages(self, [page])
-
     def watch_code_pages(self, pages: list[int]) -> None:
         C.watch_code_pages(self, pages)
 

@@ -167,11 +167,11 @@ def fallbacks(m: Machine, mech: dict[str, dict[str, int]]) -> list[dict[str, Any
 
 
 def _offered(offer: Offer, key: str) -> bool:
-    return next(e for e in CATALOG if e.key == key).offered(offer)
+    return BY_KEY[key].offered(offer)
 
 
 def _offer_reason(offer: Offer, key: str) -> str:
-    e = next(e for e in CATALOG if e.key == key)
+    e = BY_KEY[key]
     if not e.offered(offer):
         return "not offered"
     rec = e.recommended(offer)
