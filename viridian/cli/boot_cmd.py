@@ -10,19 +10,21 @@ import time
 from typing import Any
 
 from viridian.config.cpuid_edits import parse_edit
+from viridian.config.enlightenments import Enlightenments
 from viridian.config.presets import PRESETS, load_config
 from viridian.errors import UserError
+from viridian.machine.linux_machine import DEFAULT_APPEND
 from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
 
-DEFAULT_PRESET = "recommended"
-DEFAULT_APPEND = "console=ttyS0 earlyprintk=ttyS0 panic=-1 nokaslr"
+DEFAULT_PRESET = "linux"  # the recommended offer minus reenlightenment (viridian.config.presets)
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("boot", help="boot a Linux kernel (bzImage or vmlinux) on emulated vCPUs",
                               description="Boot KERNEL with the Linux x86 64-bit boot protocol (zero page, e820, "
-                              "ACPI RSDP/XSDT/MADT) under the emulated Hyper-V partition. The kernel log (COM1) "
-                              "goes to stdout; exit status as for viridian run ("
+                              "HW-reduced ACPI RSDP/XSDT/FADT/DSDT/MADT) under the emulated Hyper-V partition; "
+                              f"default offer {DEFAULT_PRESET!r}. The kernel log (COM1) goes to stdout; exit status "
+                              "as for viridian run (an ACPI power-off is exit 0; "
                               + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ").")
     p.add_argument("kernel", help="a bzImage (boot protocol >= 2.12, 64-bit) or an uncompressed vmlinux ELF")
     p.add_argument("--initrd", metavar="FILE", help="initramfs (cpio) loaded high, passed in ramdisk_image/size")
@@ -47,22 +49,26 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from viridian.machine.linux_boot import load_linux
-    from viridian.machine.machine import Machine
-    from viridian.machine.trace import open_tracer
-
+def boot_config(args: argparse.Namespace) -> Enlightenments:
+    """The offer: the one given (--hv/--xen/--libvirt/--preset), else DEFAULT_PRESET; then the --cpuid edits."""
     sources = [args.hv, args.xen, args.libvirt, args.preset]
     config = load_config(hv=args.hv, xen=args.xen, libvirt_path=args.libvirt,
                          preset=args.preset if any(sources) else DEFAULT_PRESET)
     if args.cpuid:
         config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in args.cpuid))
-    image = load_linux(args.kernel, args.initrd)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from viridian.machine.linux_machine import linux_machine
+    from viridian.machine.trace import open_tracer
+
+    config = boot_config(args)
     tracer = open_tracer(args.trace)
     t0 = time.perf_counter()
     try:
-        machine = Machine(config, image, vcpus=args.vcpus, mem_mib=args.mem, max_ticks=args.max_ticks,
-                          quantum=args.quantum, tracer=tracer, cmdline=args.append)
+        machine = linux_machine(config, args.kernel, initrd=args.initrd, append=args.append, vcpus=args.vcpus,
+                                mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer)
         result = machine.run()
     finally:
         if tracer is not None:

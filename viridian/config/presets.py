@@ -20,6 +20,10 @@
     hv-no-nonarch-coresharing (needs pinning), hv-spinlocks=0xfff (vCPUs share one host thread: always
     overcommitted); hv-crash and hv-reenlightenment kept (the machine consumes crash reports and never
     migrates). Plus our hv-guest-idle.
+``linux``
+    What ``viridian boot`` offers a Linux kernel (issue 7): ``recommended`` minus hv-reenlightenment (the
+    machine never migrates, so there is no TSC-frequency change to announce and Linux's reenlightenment
+    notifier has nothing to do). The frequency MSRs (hv-frequencies) stay offered.
 ``all``
     Every enlightenment this model can offer, including nested ones and hv-guest-idle.
 """
@@ -39,6 +43,7 @@ RECOMMENDED_FLAGS = (
     "hv-stimer-direct,hv-tlbflush,hv-tlbflush-ext,hv-ipi,hv-frequencies,hv-reenlightenment,hv-xmm-input,"
     "hv-guest-idle"
 )
+LINUX_FLAGS = ",".join(f for f in RECOMMENDED_FLAGS.split(",") if f != "hv-reenlightenment")
 ALL_FLAGS = (
     "hv-relaxed,hv-vapic,hv-spinlocks=0xfff,hv-vpindex,hv-runtime,hv-crash,hv-time,hv-synic,hv-stimer,"
     "hv-stimer-direct,hv-tlbflush,hv-tlbflush-ext,hv-tlbflush-direct,hv-ipi,hv-reset,hv-frequencies,"
@@ -58,6 +63,7 @@ PRESETS: dict[str, str] = {
     "xen-3.4": "Xen 3.4 (2009): hypercall, VP index, APIC MSRs, relaxed timing, long spin wait",
     "xen-defaults": "Xen viridian=1 (libxl default groups)",
     "recommended": "QEMU's recommended Windows set (+ guest idle)",
+    "linux": "recommended minus reenlightenment (viridian boot's default)",
     "all": "every enlightenment this model offers",
 }
 
@@ -72,6 +78,8 @@ def get_preset(name: str) -> Enlightenments:
         return parse_xen("defaults")
     if name == "recommended":
         return parse_qemu(RECOMMENDED_FLAGS)
+    if name == "linux":
+        return parse_qemu(LINUX_FLAGS)
     if name == "all":
         return parse_qemu(ALL_FLAGS)
     raise ConfigError(f"unknown preset {name!r} (choose from: {', '.join(PRESETS)})")

@@ -1,15 +1,21 @@
-"""Minimal ACPI tables for a Linux guest (engine-free): RSDP, XSDT and a MADT listing one local APIC per vCPU.
+"""ACPI tables for a Linux guest (engine-free): RSDP, XSDT, a HW-reduced FADT, a DSDT and a MADT listing one
+local APIC per vCPU.
 
-ACPI 6.5 §5.2.5.3 (RSDP), §5.2.6 (system description table header), §5.2.8 (XSDT), §5.2.12 (MADT) and
-§5.2.12.2 (Processor Local APIC structure). No I/O APIC is listed (the machine has none), no legacy 8259
-(MADT flags PCAT_COMPAT clear). Without a MADT Linux finds no APIC (with acpi=off it disables the local
-APIC and never runs hyperv_init).
+The platform is HW-reduced ACPI (ACPI 6.5 §4.1): this machine has no ACPI fixed hardware (no PM1 event/control
+blocks, no PM timer, no GPE blocks, no SCI, no SMI command port), so the FADT sets HW_REDUCED_ACPI and OSPM
+never has to "enable ACPI" through SMI_CMD. The only hardware it points at is the Sleep Control/Status register
+pair (viridian.devices.acpi_sleep, attached by viridian.machine.linux_machine), which with the DSDT's \\_S5_
+object gives the guest an ACPI power-off. No I/O APIC is listed (the machine has none), no legacy 8259 (MADT
+flags PCAT_COMPAT clear), no FACS (optional when HW-reduced, §5.2.10). Without a MADT Linux finds no APIC (with
+acpi=off it disables the local APIC and never runs hyperv_init).
 """
 
 from __future__ import annotations
 
 import struct
 
+from viridian.devices.acpi_sleep import CONTROL_PORT, S5_SLP_TYP, STATUS_PORT
+from viridian.devices.cmos import CENTURY
 from viridian.machine import layout as L
 
 OEM_ID = b"VIRDN "
@@ -17,6 +23,30 @@ OEM_TABLE = b"VIRIDIAN"
 CREATOR = b"VRDN"
 MADT_LAPIC = 0
 LAPIC_ENABLED = 1
+
+FADT_REVISION, FADT_MINOR = 6, 5  # ACPI 6.5
+FADT_LENGTH = 276  # through Hypervisor Vendor Identity (offset 268, 8 bytes)
+DSDT_REVISION = 2  # compliance revision >= 2: 64-bit AML integers (§5.2.11.1)
+GAS_SYSTEM_IO, GAS_ACCESS_BYTE = 1, 1
+
+# §5.2.9 Table 5.10 "Fixed ACPI Description Table Fixed Feature Flags"
+F_WBINVD = 1 << 0  # WBINVD flushes caches (the emulated CPU has none to lose)
+F_PROC_C1 = 1 << 2  # C1 (HLT) works on every processor
+F_PWR_BUTTON = 1 << 4  # no fixed-feature power button
+F_SLP_BUTTON = 1 << 5  # no fixed-feature sleep button
+F_FIX_RTC = 1 << 6  # RTC wake status is not in fixed register space
+F_HEADLESS = 1 << 12  # no monitor or keyboard/mouse to detect
+F_HW_REDUCED_ACPI = 1 << 20
+FADT_FLAGS = F_WBINVD | F_PROC_C1 | F_PWR_BUTTON | F_SLP_BUTTON | F_FIX_RTC | F_HEADLESS | F_HW_REDUCED_ACPI
+
+# §5.2.9.3 Table 5.11 "IA-PC Boot Architecture Flags"
+BOOT_LEGACY_DEVICES = 1 << 0  # COM1 and the CMOS/RTC sit at their ISA ports
+BOOT_8042 = 1 << 1  # clear: no keyboard controller
+BOOT_VGA_NOT_PRESENT = 1 << 2
+BOOT_MSI_NOT_SUPPORTED = 1 << 3  # no PCI, no I/O APIC: nothing could deliver an MSI
+BOOT_CMOS_RTC_NOT_PRESENT = 1 << 5  # clear: viridian.devices.cmos is there
+IAPC_BOOT_ARCH = BOOT_LEGACY_DEVICES | BOOT_VGA_NOT_PRESENT | BOOT_MSI_NOT_SUPPORTED
+NO_C2_LATENCY, NO_C3_LATENCY = 101, 1001  # §5.2.9: > 100 / > 1000 µs means the state is not supported
 
 
 def _checksum(data: bytes) -> int:
@@ -30,6 +60,72 @@ def sdt(signature: bytes, revision: int, body: bytes) -> bytes:
     table = bytearray(head + body)
     table[9] = _checksum(bytes(table))
     return bytes(table)
+
+
+def gas(port: int) -> bytes:
+    """§5.2.3.2 Generic Address Structure: one byte in system I/O space at ``port`` (0 = not present)."""
+    if port == 0:
+        return bytes(12)
+    return struct.pack("<BBBBQ", GAS_SYSTEM_IO, 8, 0, GAS_ACCESS_BYTE, port)
+
+
+def fadt(dsdt_addr: int) -> bytes:
+    """§5.2.9 (Table 5.9): revision 6, HW_REDUCED_ACPI; X_DSDT (DSDT and FIRMWARE_CTRL 0: no FACS); SCI_INT,
+    SMI_CMD and every PM1/PM2/PM timer/GPE block 0; CENTURY = the CMOS century index; SLEEP_CONTROL_REG /
+    SLEEP_STATUS_REG in I/O space."""
+    t = bytearray(FADT_LENGTH)
+    struct.pack_into("<HH", t, 96, NO_C2_LATENCY, NO_C3_LATENCY)  # P_LVL2_LAT, P_LVL3_LAT
+    t[108] = CENTURY
+    struct.pack_into("<H", t, 109, IAPC_BOOT_ARCH)
+    struct.pack_into("<I", t, 112, FADT_FLAGS)
+    t[131] = FADT_MINOR
+    struct.pack_into("<Q", t, 140, dsdt_addr)  # X_DSDT
+    t[244:256] = gas(CONTROL_PORT)  # SLEEP_CONTROL_REG
+    t[256:268] = gas(STATUS_PORT)  # SLEEP_STATUS_REG
+    return sdt(b"FACP", FADT_REVISION, bytes(t[36:]))
+
+
+# -- AML (§20.2): the few encodings the DSDT needs --------------------------------------------------------
+NAME_OP, PACKAGE_OP, BYTE_PREFIX, ZERO_OP, ONE_OP = 0x08, 0x12, 0x0A, 0x00, 0x01
+
+
+def aml_pkg_length(n: int) -> bytes:
+    """§20.2.4 PkgLength for a body of ``n`` bytes (the count includes the PkgLength bytes themselves)."""
+    for extra in range(4):
+        total = n + 1 + extra
+        if extra == 0 and total < 0x40:
+            return bytes([total])
+        if extra and total < 1 << (4 + 8 * extra):
+            out = [extra << 6 | (total & 0xF)]
+            out += [(total >> (4 + 8 * i)) & 0xFF for i in range(extra)]
+            return bytes(out)
+    raise ValueError(f"AML package of {n} bytes is too long")
+
+
+def aml_integer(v: int) -> bytes:
+    """§20.2.3 ComputationalData: ZeroOp, OneOp or BytePrefix (the values the DSDT uses fit a byte)."""
+    if not 0 <= v <= 0xFF:
+        raise ValueError(f"AML byte constant {v:#x} out of range")
+    return bytes([ZERO_OP]) if v == 0 else bytes([ONE_OP]) if v == 1 else bytes([BYTE_PREFIX, v])
+
+
+def aml_package(*values: int) -> bytes:
+    """§20.2.5.4 DefPackage: PackageOp PkgLength NumElements PackageElementList."""
+    body = bytes([len(values)]) + b"".join(aml_integer(v) for v in values)
+    return bytes([PACKAGE_OP]) + aml_pkg_length(len(body)) + body
+
+
+def aml_name(seg: bytes, data: bytes) -> bytes:
+    """§20.2.5.1 DefName: NameOp NameString DataRefObject (a 4-character NameSeg, §20.2.2)."""
+    if len(seg) != 4:
+        raise ValueError(f"AML NameSeg {seg!r} is not 4 characters")
+    return bytes([NAME_OP]) + seg + data
+
+
+def dsdt() -> bytes:
+    """§5.2.11.1: a definition block holding only \\_S5_ (§7.4.2): Package {SLP_TYPa, SLP_TYPb, reserved,
+    reserved}; HW-reduced OSPM writes SLP_TYPa to the Sleep Control register (there is no PM1b)."""
+    return sdt(b"DSDT", DSDT_REVISION, aml_name(b"_S5_", aml_package(S5_SLP_TYP, 0, 0, 0)))
 
 
 def madt(vcpus: int) -> bytes:
@@ -50,18 +146,23 @@ def rsdp(xsdt_addr: int) -> bytes:
     return bytes(full)
 
 
+def _align(at: int) -> int:
+    return (at + 15) & ~15
+
+
 def build_acpi(ram: memoryview, base: int, vcpus: int) -> int:
-    """Write RSDP (at ``base``, 16-byte aligned), XSDT and MADT from ``base`` up; returns the RSDP address."""
+    """Write RSDP (at ``base``, 16-byte aligned), XSDT (§5.2.8: FADT, MADT), the FADT, DSDT and MADT from
+    ``base`` up; returns the RSDP address."""
     xsdt_addr = base + 0x40
-    tables = [madt(vcpus)]
-    addrs = []
-    at = xsdt_addr + 36 + 8 * len(tables)
-    at = (at + 15) & ~15
-    for t in tables:
-        addrs.append(at)
-        ram[at : at + len(t)] = t
-        at = (at + len(t) + 15) & ~15
-    xsdt = sdt(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in addrs))
+    at = _align(xsdt_addr + 36 + 8 * 2)
+    dsdt_addr, dsdt_table = at, dsdt()
+    fadt_addr = _align(dsdt_addr + len(dsdt_table))
+    fadt_table = fadt(dsdt_addr)
+    madt_addr = _align(fadt_addr + len(fadt_table))
+    madt_table = madt(vcpus)
+    for addr, table in ((dsdt_addr, dsdt_table), (fadt_addr, fadt_table), (madt_addr, madt_table)):
+        ram[addr : addr + len(table)] = table
+    xsdt = sdt(b"XSDT", 1, struct.pack("<QQ", fadt_addr, madt_addr))
     ram[xsdt_addr : xsdt_addr + len(xsdt)] = xsdt
     ram[base : base + 36] = rsdp(xsdt_addr)
     return base
