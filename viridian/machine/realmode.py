@@ -60,8 +60,8 @@ def bring_up(v: Vcpu, vector: int) -> bool:
     uc.reg_write(X.UC_X86_REG_CS, vector << 8)
     for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
         uc.reg_write(seg, 0)
-    try:
-        uc.emu_start(0, 0xFFFF_FFFF, count=STEP_LIMIT)
+    try:  # engine fact (measured): a UC_MODE_16 start address is linear, IP = begin - CS.base (mod 64 KiB)
+        uc.emu_start(vector << 12, 0xFFFF_FFFF, count=STEP_LIMIT)
     except UcError as exc:
         state["fault"] = str(exc)
     v._native.bytes += state["steps"] * TICKS_PER_STEP
@@ -151,8 +151,11 @@ def _common_hooks(uc: Any, v: Vcpu, intr: Any) -> None:
             m.finish("exit", code=getattr(exc, "code", 1), vcpu=v.index)
             u.emu_stop()
 
-    def cpuid(u: Any, _ud: Any) -> int:
-        return v.traps._cpuid(u, None)
+    def cpuid(u: Any, _ud: Any) -> int:  # a 16/32-bit instance has no RAX..RDX in its register API: E-regs
+        r = v.traps.cpuid_leaf(u.reg_read(X.UC_X86_REG_EAX), u.reg_read(X.UC_X86_REG_ECX))
+        u.reg_write_batch([(X.UC_X86_REG_EAX, r.eax), (X.UC_X86_REG_EBX, r.ebx), (X.UC_X86_REG_ECX, r.ecx),
+                           (X.UC_X86_REG_EDX, r.edx)])
+        return 1
 
     uc.hook_add(UC_HOOK_INTR, intr)
     uc.hook_add(UC_HOOK_INSN, port_in, None, 1, 0, X.UC_X86_INS_IN)

@@ -13,6 +13,7 @@ from unicorn import x86_const as X
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
 from viridian.machine.cpuid_base import base_leaf
+from viridian.partition.cpuid import CpuidRegs
 
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
@@ -86,9 +87,16 @@ class InstructionTraps:
 
     # -- other traps ------------------------------------------------------------------------------------------
     def _cpuid(self, uc: Any, _ud: Any) -> int:
-        self.v._exit("cpuid")
         leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
-        leaf, sub = leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF
+        r = self.cpuid_leaf(leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF)
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
+                            (X.UC_X86_REG_RDX, r.edx)])
+        return 1
+
+    def cpuid_leaf(self, leaf: int, sub: int) -> CpuidRegs:
+        """One CPUID exit (SDM vol. 2A "CPUID"; TLFS §2.4 for 0x40000000+): the partition's leaf or the base
+        CPU's, accounted and recorded. Also the answer for the 16/32-bit instances of realmode.py."""
+        self.v._exit("cpuid")
         self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock._tsc, leaf)
         r = self.v.m.partition.cpuid(leaf, sub)
         if r is None:
@@ -98,9 +106,7 @@ class InstructionTraps:
                           limit_maxval=arch.limit_cpuid_maxval)
             if leaf == 1:
                 r = type(r)(r.eax, r.ebx, r.ecx, r.edx | (1 << 9 if self.v.apic.hw_enabled else 0))
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
-                            (X.UC_X86_REG_RDX, r.edx)])
-        return 1
+        return r
 
     def _tsc(self) -> int:
         self.v.m.sync_clock(self.v)
