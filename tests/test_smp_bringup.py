@@ -79,3 +79,24 @@ def test_page_scan_probe_of_an_unmapped_next_page_is_not_a_guest_fault(tmp_path:
     assert (res.status, res.code) == ("exit", 0), res
     assert m.vcpus[0].stats.exceptions[14] == 0
     assert m.vcpus[0].stats.events["scan_probe_fault_dropped"] == 1
+
+
+# wrmsr IA32_TSC_AUX = 42; RAX = RDX = RCX = -1; rdtscp; store RAX, RDX, RCX at 0x50000..; RAX = RDX = -1; rdtsc;
+# store RAX, RDX at 0x50018..; exit 0
+TSC_GUEST = bytes.fromhex(
+    "b9030100c0b82a00000031d20f3048c7c0ffffffff48c7c2ffffffff48c7c1ffffffff0f01f94889042500000500488914250800"
+    "050048890c251000050048c7c0ffffffff48c7c2ffffffff0f314889042518000500488914252000050031c0e6f4")
+
+
+def test_rdtsc_and_rdtscp_answer_edx_eax_and_tsc_aux(tmp_path: Path) -> None:
+    """SDM vol. 2B RDTSC/RDTSCP: EDX:EAX = TSC with the upper halves of RAX/RDX cleared; RDTSCP also loads
+    ECX = IA32_TSC_AUX (which the guest wrote natively); the clock never goes backwards."""
+    m = _machine(tmp_path, TSC_GUEST, vcpus=1)
+    res = m.run()
+    assert (res.status, res.code) == ("exit", 0), res
+    rax, rdx, rcx, rax2, rdx2 = struct.unpack_from("<5Q", m.ram, 0x50000)
+    assert rcx == 42
+    assert rax >> 32 == 0 and rdx >> 32 == 0 and rax2 >> 32 == 0 and rdx2 >> 32 == 0
+    first, second = rdx << 32 | rax, rdx2 << 32 | rax2
+    assert 0 < first < second
+    assert m.vcpus[0].stats.by_reason["rdtsc"] == 2

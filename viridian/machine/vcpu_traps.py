@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
@@ -21,11 +22,30 @@ if TYPE_CHECKING:
 VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
 
 
+class _Msr(ctypes.Structure):
+    _fields_ = [("rid", ctypes.c_uint32), ("value", ctypes.c_uint64)]  # uc_x86_msr
+
+
+class MsrReg:
+    """One MSR the engine keeps (e.g. IA32_TSC_AUX) read with a raw libunicorn call (the binding's msr_read
+    costs ~20 us: too much for an exit hot path)."""
+
+    def __init__(self, uc: Any, index: int) -> None:
+        self._uch, self._v = uc._uch, _Msr(index, 0)
+        self._ptr = ctypes.byref(self._v)
+
+    def read(self) -> int:
+        uclib.uc_reg_read(self._uch, X.UC_X86_REG_MSR, self._ptr)
+        return int(self._v.value)
+
+
 class InstructionTraps:
     """Handlers for the traps of one vCPU (``v``)."""
 
     def __init__(self, v: Vcpu) -> None:
         self.v = v
+        self._rdtscp_regs: E.FastRegs | None = None  # made on first use (the vCPU's engine comes later)
+        self._tsc_aux: MsrReg | None = None
 
     # -- hypercalls -----------------------------------------------------------------------------------------
     def _hypercall_regs(self) -> HypercallRegisters:
@@ -113,17 +133,22 @@ class InstructionTraps:
         return self.v.m.arch[self.v.index].guest_tsc()
 
     def _rdtsc(self, uc: Any, _ud: Any) -> int:
+        """SDM vol. 2B "RDTSC": EDX:EAX = the vCPU's TSC (upper halves of RAX/RDX cleared). Raw batch writes:
+        a Linux AP calibrating its delay loop reads the TSC ~150,000 times."""
         self.v._exit("rdtsc")
         t = self._tsc()
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32)])
+        self.v._rax_rdx.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF)
         return 1
 
     def _rdtscp(self, uc: Any, _ud: Any) -> int:
+        """SDM vol. 2B "RDTSCP": as RDTSC, and ECX = IA32_TSC_AUX[31:0] (the guest writes it natively)."""
         self.v._exit("rdtsc")
         t = self._tsc()
-        aux = uc.msr_read(0xC000_0103)
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, t & 0xFFFF_FFFF), (X.UC_X86_REG_RDX, t >> 32),
-                            (X.UC_X86_REG_RCX, aux & 0xFFFF_FFFF)])
+        if self._rdtscp_regs is None:
+            self._rdtscp_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX))
+            self._tsc_aux = MsrReg(uc, 0xC000_0103)
+        assert self._tsc_aux is not None
+        self._rdtscp_regs.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF, self._tsc_aux.read() & 0xFFFF_FFFF)
         return 1
 
     def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
