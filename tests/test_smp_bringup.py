@@ -78,7 +78,8 @@ def test_page_scan_probe_of_an_unmapped_next_page_is_not_a_guest_fault(tmp_path:
     res = m.run()
     assert (res.status, res.code) == ("exit", 0), res
     assert m.vcpus[0].stats.exceptions[14] == 0
-    assert m.vcpus[0].stats.events["scan_probe_fault_dropped"] == 1
+    # dropped once (0 once the native scan stops probing pages it does not need)
+    assert m.vcpus[0].stats.events["scan_probe_fault_dropped"] <= 1
 
 
 # wrmsr IA32_TSC_AUX = 42; RAX = RDX = RCX = -1; rdtscp; store RAX, RDX, RCX at 0x50000..; RAX = RDX = -1; rdtsc;
