@@ -422,3 +422,11 @@ def test_multiboot_kernel_enters_in_protected_mode(guests: Path, tmp_path: Path,
     assert "mem_upper=64512 KiB, loader=viridian, cmdline=a=1 b=2" in m.ports.serial.text()
     assert m.vcpus[1].wait_sipi  # APs wait for INIT-SIPI, as on hardware
     assert m.vcpus[0].stats.events["multiboot_entry"] == 1
+
+
+def test_syscall_is_performed_not_stepped_over(guests: Path) -> None:
+    """Unicorn alone treats SYSCALL as a two-byte no-op; the machine performs it (SDM vol. 2B SYSCALL)."""
+    _, s = run_guest(guests / "syscall.elf")
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+    assert s["exits"]["events"]["syscall"] == 1
+    assert "syscall" not in s["exits"]["by_reason"]  # not a hypervisor exit on hardware

@@ -48,6 +48,13 @@ def hook_add_native(uc: Uc, htype: int, fn: int, user: ctypes.c_void_p | int, be
     return handle.value
 
 
+def ram_addr_from_host(uc: Uc, host: int) -> int:
+    """The engine's RAM offset (its ``ram_addr_t``) of host address ``host`` inside guest RAM."""
+    fn = uclib.qemu_ram_addr_from_host_x86_64
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], ctypes.c_uint64
+    return int(fn(uc._uch, ctypes.c_void_p(host)))
+
+
 def hook_del_native(uc: Uc, handle: int) -> None:
     """Remove a hook added with :func:`hook_add_native` (the binding's hook_del only knows its own)."""
     status = uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))

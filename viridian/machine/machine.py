@@ -106,7 +106,9 @@ class Machine:
         self.wall = WallClock()  # --fast readings of the host clock: recorded, or replayed (--replay)
         self.flushes = 0
         self.neg = NegotiationLog()  # first uses and outcomes: the negotiation report's raw material
-        self.code_pages: set[int] = set()
+        # code coherence (vcpu_code.py): a bit per physical page that some vCPU executed, shared by every vCPU
+        self.code_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()
+        self.code_defer = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # written since run: rewatch later
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
         place_cmdline(self.ram, cmdline)
@@ -120,6 +122,9 @@ class Machine:
 
             self.cmos = Cmos(lambda: self.clock.tsc() / self.clock.tsc_hz)
             self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
+            from viridian.machine.linux_machine import attach_acpi_sleep
+
+            attach_acpi_sleep(self)  # the FADT's sleep registers (linux_acpi.py): S5 ends the run, code 0
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)
@@ -216,27 +221,36 @@ class Machine:
             return v.run(budget)
         finally:
             self._running = None
-            self._sync_code(v)
+            self.sync_code(v)
 
-    def _sync_code(self, v: Vcpu) -> None:
+    def sync_code(self, v: Vcpu, slice_end: bool = True) -> None:
         """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
-        stores to code): pages that started executing are write-protected on every vCPU (in runs of
-        contiguous pages: each engine protection change costs milliseconds); pages a vCPU wrote are dropped
-        from the other vCPUs' caches and rescanned for MSR sites everywhere."""
-        new = [p for p in dict.fromkeys(v.drain_new_code()) if p not in self.code_pages]
-        if new:
-            self.code_pages.update(new)
-            for o in self.vcpus:
-                o.watch_code_pages(new)
+        stores to code): every store into a physical page some vCPU executed stops the writer (vn_write in
+        csrc/vcpu_native.c); the page is then dropped from the other vCPUs' caches and rescanned for MSR
+        sites everywhere before it runs again. A page written after it ran is watched again only at the end
+        of the slice it runs again in, so a page mixing code and hot data stops its writer once a slice."""
+        fresh = v.note_new_code()
+        if slice_end:
+            for pa in fresh:
+                self._code_bit(pa, watch=True)
         dirty = v.drain_dirty_code()
         if dirty is None:  # more than the ring holds: drop everything
             for o in self.vcpus:
                 o.forget_code()
             return
-        for page in dirty:
-            self.code_pages.discard(page)  # watched again (protected on every vCPU) when it runs next
+        for pa in dirty:
+            if not slice_end:
+                self._code_bit(pa, watch=False)
             for o in self.vcpus:
-                o.forget_code(page, drop_cache=o is not v)
+                o.forget_physical(pa, drop_cache=o is not v)
+
+    def _code_bit(self, pa: int, watch: bool) -> None:
+        word, bit = pa >> 18, 1 << ((pa >> 12) & 63)
+        if watch:
+            self.code_map[word] |= bit
+            self.code_defer[word] &= ~bit
+        else:
+            self.code_defer[word] |= bit
 
     # -- model entry points ---------------------------------------------------------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:

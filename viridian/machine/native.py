@@ -73,6 +73,14 @@ class VnState(ctypes.Structure):
         ("last_ran_end", ctypes.c_uint64),
         ("pend_end", ctypes.c_uint64),
         ("pend_valid", ctypes.c_uint64),
+        ("code_map", ctypes.POINTER(ctypes.c_uint64)),
+        ("code_map_pages", ctypes.c_uint64),
+        ("vmem_translate", ctypes.c_void_p),
+        ("new_code_pa", ctypes.c_uint64 * 1024),
+        ("code_writes", ctypes.c_uint64),
+        ("defer_map", ctypes.POINTER(ctypes.c_uint64)),
+        ("ram_count", ctypes.c_uint64),
+        ("ram_ranges", (ctypes.c_uint64 * 3) * 16),
     ]
 
 
@@ -111,6 +119,12 @@ def library() -> ctypes.CDLL:
     lib.vn_after_sti.restype = ctypes.c_int
     lib.vn_clear.argtypes = [ctypes.POINTER(VnState)]
     lib.vn_clear.restype = None
+    lib.vn_register.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState)]
+    lib.vn_register.restype = ctypes.c_int
+    lib.vn_unregister.argtypes = [ctypes.c_void_p]
+    lib.vn_unregister.restype = None
+    lib.vn_set_real_tbipf.argtypes = [ctypes.c_void_p]
+    lib.vn_set_real_tbipf.restype = None
     return lib
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import traceback
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -20,6 +21,7 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -32,8 +34,10 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
+from viridian.errors import UserError
 from viridian.machine import engine as E
 from viridian.machine import layout as L
+from viridian.machine import store_watch
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
 from viridian.machine.boot import BootRegisters
@@ -53,6 +57,7 @@ from viridian.machine.native import (
 from viridian.machine.ports import ExitRequested
 from viridian.machine.realmode import bring_up, enter_multiboot
 from viridian.machine.stats import VcpuStats
+from viridian.machine.syscall import enter_syscall
 from viridian.machine.vcpu_traps import InstructionTraps
 
 if TYPE_CHECKING:
@@ -127,18 +132,29 @@ class Vcpu:
         self._window_fn = function_address(lib, "vn_window")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
+        n.code_map = ctypes.cast(machine.code_map, ctypes.POINTER(ctypes.c_uint64))
+        n.defer_map = ctypes.cast(machine.code_defer, ctypes.POINTER(ctypes.c_uint64))
+        n.code_map_pages, n.vmem_translate = machine.ram_size >> 12, E.c_function("uc_vmem_translate")
+        if store_watch.install(function_address(lib, "vn_tbipf"), lib.vn_set_real_tbipf):
+            self._refresh_ram_ranges()
+            if lib.vn_register(uc._uch, ctypes.byref(n)) != 0:
+                raise UserError("too many vCPU engines in one process for the store watch")
+            weakref.finalize(self, lib.vn_unregister, uc._uch)
+        else:
+            E.hook_add_native(uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
+                              machine.ram_size - 1)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
         self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
                       E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
+        uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
+        self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._in), None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._out), None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
         self._wp_fault: int | None = None
-        self.code_protected: dict[int, set[int]] = {}  # physical code page -> its virtual pages (vcpu_code.py)
-        self.dirty_pages: set[int] = set()  # virtual code pages written since the machine last drained them
-        self._code_fault: int | None = None
+        self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
         self._map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
         self._set_boot_state(boot)
@@ -245,19 +261,22 @@ class Vcpu:
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
-                if self._wp_fault is None and self._code_fault is None:
+                if self._wp_fault is None:
                     self._engine_error(exc)
             finally:
                 self.vp.after_run()
-            if self._code_fault is not None:  # a store into a watched code page: unprotect, run it again
-                C.code_fault_done(self, self._code_fault)
-                self._code_fault = None
-                continue
+            code_written = bool(n.dirty_count)
+            if code_written:  # vn_write stopped the engine: every vCPU forgets the code before going on
+                self.m.sync_code(self, slice_end=False)
             if self._wp_fault is not None:  # TLFS §3.13: a write to the hypercall page raises #GP
                 self._wp_fault = None
                 self.raise_exception(13, 0, uc.reg_read(X.UC_X86_REG_RIP), count_exit=True, deferred=False)
                 continue
             self._apply_deferred()
+            if self._syscall:
+                self._syscall = False
+                enter_syscall(self)
+                continue
             if n.stop_reason == STOP_PAUSE:  # pause-loop exit: a spinning vCPU gives way if another waits
                 self._exit("pause")
                 self.m.neg.record_event(self.index, self.m.clock._tsc, "pause-loop")
@@ -285,6 +304,8 @@ class Vcpu:
                 continue  # budget or interrupt-window slice used up
             if self._map_changed:
                 self._map_changed = False
+                continue
+            if code_written:
                 continue
             self._after_natural_stop()
             if self.halted:
@@ -346,19 +367,16 @@ class Vcpu:
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         C.forget_code(self, page, drop_cache)
 
-    def watch_code_pages(self, pages: list[int]) -> None:
-        C.watch_code_pages(self, pages)
+    def note_new_code(self) -> list[int]:
+        return C.note_new_code(self)
 
-    def drain_new_code(self) -> list[int]:
-        return C.drain_new_code(self)
+    def forget_physical(self, pa: int, drop_cache: bool) -> None:
+        C.forget_physical(self, pa, drop_cache)
 
     def drain_dirty_code(self) -> list[int] | None:
         return C.drain_dirty_code(self)
 
     def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
-        if (pa := C.code_page(self, address, size)) is not None:
-            self._code_fault = pa  # the engine stops at the store; the loop unprotects and re-runs it
-            return False
         self._wp_fault = address
         return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
 
@@ -369,8 +387,23 @@ class Vcpu:
         for page in pages - self.protected:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         self.protected = set(pages)
+        self._refresh_ram_ranges()
         if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
             self._map_changed = True
+
+    def _syscall_hook(self, uc: Any, _ud: Any) -> None:
+        self._syscall = True
+        uc.emu_stop()
+
+    def _refresh_ram_ranges(self) -> None:
+        """Tell the store watch (csrc vn_tbipf) which engine RAM offsets hold which guest-physical pages (the
+        engine gives every region of RAM its own block; protecting a page splits one)."""
+        n, base = self._native, ctypes.addressof(self.m.ram_buffer)
+        regions = [(b, e) for b, e, _p in self.uc.mem_regions() if e < self.m.ram_size][:16]
+        for i, (begin, end) in enumerate(regions):
+            ram_addr = E.ram_addr_from_host(self.uc, base + begin)
+            n.ram_ranges[i][0], n.ram_ranges[i][1], n.ram_ranges[i][2] = ram_addr, end + 1 - begin, begin
+        n.ram_count = len(regions)
 
     def flush_tlb(self) -> None:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""

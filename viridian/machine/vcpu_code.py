@@ -1,6 +1,7 @@
 """Code on one vCPU (engine side): MSR/CR8/PAUSE/hypercall-stub sites found on pages about to run (hooked
-before the page executes), translation-cache coherence (write watches on executed pages, forgetting pages
-that changed). Functions of a :class:`~viridian.machine.vcpu.Vcpu` (its methods delegate)."""
+before the page executes), translation-cache coherence (stores into executed pages, caught natively by
+vn_write, make every vCPU forget the page). Functions of a :class:`~viridian.machine.vcpu.Vcpu` (its
+methods delegate)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import ctypes
 import logging
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_CODE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
+from unicorn import UC_HOOK_CODE
 
 from viridian.machine import engine as E
 from viridian.machine.stubs import (
@@ -88,62 +89,38 @@ def forget_code(v: Vcpu, page: int | None = None, drop_cache: bool = True) -> No
         v.uc.ctl_remove_cache(page, page + 0x1000)
 
 
-def watch_code_pages(v: Vcpu, pages: list[int]) -> None:
-    """Catch stores into the code pages at virtual ``pages``: their physical pages are mapped read+execute in
-    this vCPU's engine, and a store raises UC_HOOK_MEM_WRITE_PROT (:func:`code_page`). A write hook would put
-    every store of the guest on Unicorn's slow path; protection costs nothing until code is written, and it
-    catches every alias of the page (Linux patches text through other mappings). Contiguous physical pages
-    are protected with one call (each call costs milliseconds in the engine)."""
-    cr3, cr0 = v._paging()
-    fresh: list[int] = []
-    for page in pages:
-        pa = v.m.walker.translate(cr3, cr0, page)
-        if pa is None:
-            continue
-        pa &= ~0xFFF
-        if pa in v.protected or pa >= v.m.ram_size:
-            continue
-        vas = v.code_protected.get(pa)
-        if vas is None:
-            v.code_protected[pa] = {page}
-            fresh.append(pa)
-        else:
-            vas.add(page)
-    fresh.sort()
-    i = 0
-    while i < len(fresh):
-        j = i
-        while j + 1 < len(fresh) and fresh[j + 1] == fresh[j] + 0x1000:
-            j += 1
-        v.uc.mem_protect(fresh[i], fresh[j] - fresh[i] + 0x1000, UC_PROT_READ | UC_PROT_EXEC)
-        i = j + 1
-
-
-def code_page(v: Vcpu, address: int, size: int = 1) -> int | None:
-    """The protected code page a faulting store hit (None: not ours, e.g. an overlay page: #GP). Measured:
-    Unicorn 2.1.4 reports the *physical* address to UC_HOOK_MEM_WRITE_PROT (a Linux kernel store through its
-    direct map showed it); a store crossing a page boundary may fault on its second page."""
-    for pa in (address & ~0xFFF, (address + max(1, size) - 1) & ~0xFFF):
-        if pa not in v.protected and pa in v.code_protected:
-            return pa
-    return None
-
-
-def code_fault_done(v: Vcpu, pa: int) -> None:
-    """After the engine stopped at a store into protected code: the page's virtual pages are dirty (the
-    machine drops them from every vCPU's cache), this vCPU may write it freely until it runs again."""
-    v.dirty_pages.update(v.code_protected.pop(pa, set()))
-    v.uc.mem_protect(pa, 0x1000, UC_PROT_ALL)
-
-
-def drain_new_code(v: Vcpu) -> list[int]:
+def note_new_code(v: Vcpu) -> list[int]:
+    """Pages that started executing here since the last call (vn_block scanned them and marked their
+    physical pages in the machine's code map): remember which virtual pages each physical page ran at;
+    returns those physical pages."""
     n = v._native
     count = int(n.new_code_count)
     n.new_code_count = 0
-    return [int(p) for p in n.new_code[: min(count, 1024)]]
+    if count > 1024:  # the ring overflowed: pages ran that we cannot name; rescan everything here
+        forget_code(v)
+        v.code_vas.clear()
+        return []
+    out = []
+    for va, pa in zip(n.new_code[:count], n.new_code_pa[:count], strict=True):
+        if pa < v.m.ram_size:
+            v.code_vas.setdefault(int(pa), set()).add(int(va))
+            out.append(int(pa))
+    return out
+
+
+def forget_physical(v: Vcpu, pa: int, drop_cache: bool) -> None:
+    """Code at physical page ``pa`` was written: forget every virtual page it ran at on this vCPU (rescanned
+    for sites when it runs next) and, unless this vCPU wrote it (the engine already invalidated its own
+    translations), drop their translations."""
+    for va in v.code_vas.pop(pa, ()):
+        forget_code(v, va, drop_cache)
 
 
 def drain_dirty_code(v: Vcpu) -> list[int] | None:
-    out = sorted(v.dirty_pages)
-    v.dirty_pages.clear()
-    return out
+    """Physical code pages this vCPU wrote since the last drain (None: more than the ring holds)."""
+    n = v._native
+    count = int(n.dirty_count)
+    n.dirty_count = 0
+    if count > 64:
+        return None
+    return sorted({int(p) for p in n.dirty_code[:count]})

@@ -17,6 +17,7 @@ typedef int (*stop_fn)(void *uc);
 typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+typedef int (*vmem_translate_fn)(void *uc, uint64_t address, int prot, uint64_t *paddress);
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5,
        STOP_WINDOW_SHADOW = 6 };
@@ -63,6 +64,15 @@ typedef struct {
     uint64_t block_start;    /* the block vn_block was last called for (a block-hook stop leaves RIP here) */
     uint64_t last_ran_end;   /* last byte of the last block that ran (STI ends a block: the shadow test) */
     uint64_t pend_end, pend_valid;
+    uint64_t *code_map;      /* shared by every vCPU: bit per physical page some vCPU executed (and scanned) */
+    uint64_t code_map_pages; /* guest RAM pages the map covers */
+    vmem_translate_fn vmem_translate;
+    uint64_t new_code_pa[1024]; /* the physical page behind each new_code entry */
+    uint64_t code_writes;    /* stores that hit a page of code_map */
+    uint64_t *defer_map;     /* shared: pages written since they last ran -- watched again only when the
+                                machine syncs after the slice (bounds stops on pages mixing code and data) */
+    uint64_t ram_count;      /* the engine's RAM blocks over guest RAM: [ram_addr, ram_addr + size) -> gpa */
+    uint64_t ram_ranges[16][3];
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -126,8 +136,14 @@ __attribute__((noinline)) static int scan_page(void *uc, vn_state *s, uint64_t p
         s->stop_reason = STOP_TABLE_FULL;
         return 1;
     }
-    if (s->new_code_count < 1024)
+    uint64_t pa = ~0ULL;
+    if (s->vmem_translate(uc, page, s->prot_read, &pa) == 0 && (pa >> 12) < s->code_map_pages
+        && !(s->defer_map[pa >> 18] & (1ULL << ((pa >> 12) & 63))))
+        s->code_map[pa >> 18] |= 1ULL << ((pa >> 12) & 63);  /* watched from now on (vn_write) */
+    if (s->new_code_count < 1024) {
         s->new_code[s->new_code_count] = page;
+        s->new_code_pa[s->new_code_count] = pa & ~0xFFFULL;
+    }
     s->new_code_count++;
     static const uint8_t stub[11] = {0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x1F, 0x40, 0x00};
     if (memcmp(buf, stub, sizeof stub) == 0)
@@ -200,9 +216,108 @@ void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
     block_slow(uc, address, size, s);
 }
 
+/* An MSR (0F 30 / 0F 32, optionally after one prefix byte) or MOV CR8 (REX.R 0F 20/22 11-000-rrr) here? */
+static int is_site(const uint8_t *b) {
+    if (b[0] == 0x0F && (b[1] == 0x30 || b[1] == 0x32))
+        return 1;
+    if (b[1] == 0x0F && (b[2] == 0x30 || b[2] == 0x32))
+        return 1;
+    return (b[0] & 0xF4) == 0x44 && b[1] == 0x0F && (b[2] == 0x20 || b[2] == 0x22) && (b[3] & 0xF8) == 0xC0;
+}
+
 void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
-    (void)uc; (void)size;
-    ((vn_state *)user)->pending_site = address;
+    vn_state *s = (vn_state *)user;
+    uint8_t b[4] = {0, 0, 0, 0};
+    (void)size;
+    /* a hook left behind on code that has since been rewritten is not a site any more; a site ending its
+     * page may have nothing mapped after it */
+    uint64_t room = 0x1000 - (address & 0xFFF);
+    if (room > 4)
+        room = 4;
+    int whole = s->vmem_read(uc, address, s->prot_read, b, room) == 0
+                && (room == 4 || s->vmem_read(uc, address + room, s->prot_read, b + room, 4 - room) == 0);
+    s->pending_site = is_site(b) || !whole ? address : 0;  /* unreadable: keep the hook's word */
+}
+
+/* UC_HOOK_MEM_WRITE over guest RAM (Unicorn passes the physical address): a store into a page of code_map
+ * -- code some vCPU translated -- is recorded and stops the engine, so the machine drops the page from the
+ * other vCPUs' translation caches and rescans it for sites before anyone runs it again (this vCPU's own
+ * cache is invalidated by the engine itself). Unicorn reports one call per store with its first byte's
+ * address; a store running into the next page is taken to touch the next physical page. */
+static void code_store(void *uc, vn_state *s, uint64_t address, uint64_t size) {
+    uint64_t first = address >> 12, last = (address + (size ? size - 1 : 0)) >> 12;
+    for (uint64_t p = first; p <= last && p < s->code_map_pages; p++) {
+        uint64_t bit = 1ULL << (p & 63);
+        if (!(s->code_map[p >> 6] & bit))
+            continue;
+        s->code_map[p >> 6] &= ~bit;
+        if (s->dirty_count < 64)
+            s->dirty_code[s->dirty_count] = p << 12;
+        s->dirty_count++;
+        s->code_writes++;
+        s->stop(uc);
+    }
+}
+
+void vn_write(void *uc, int type, uint64_t address, int size, int64_t value, void *user) {
+    (void)type; (void)value;
+    code_store(uc, (vn_state *)user, address, size > 0 ? (uint64_t)size : 0);
+}
+
+/* The store watch (viridian/machine/store_watch.py): the engine's PLT slot for tb_invalidate_phys_page_fast
+ * -- called for every store into executable RAM with the store's RAM offset -- leads here first. The engine
+ * handle identifies the vCPU (one runs at a time: a one-entry cache in front of the registry). */
+typedef void (*tbipf_fn)(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr);
+static tbipf_fn real_tbipf;
+#define VN_MAX_ENGINES 4096
+static void *reg_uc[VN_MAX_ENGINES];
+static vn_state *reg_state[VN_MAX_ENGINES];
+static void *last_uc;
+static vn_state *last_state;
+
+void vn_set_real_tbipf(void *fn) { real_tbipf = (tbipf_fn)fn; }
+
+int vn_register(void *uc, vn_state *s) {
+    int free_slot = -1;
+    for (int i = 0; i < VN_MAX_ENGINES; i++) {
+        if (reg_uc[i] == uc) { reg_state[i] = s; last_uc = 0; return 0; }
+        if (!reg_uc[i] && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0)
+        return -1;
+    reg_uc[free_slot] = uc;
+    reg_state[free_slot] = s;
+    last_uc = 0;
+    return 0;
+}
+
+void vn_unregister(void *uc) {
+    for (int i = 0; i < VN_MAX_ENGINES; i++)
+        if (reg_uc[i] == uc) { reg_uc[i] = 0; reg_state[i] = 0; }
+    last_uc = 0;
+    last_state = 0;
+}
+
+void vn_tbipf(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr) {
+    vn_state *s = 0;
+    if (uc == last_uc) {
+        s = last_state;
+    } else {
+        for (int i = 0; i < VN_MAX_ENGINES; i++)
+            if (reg_uc[i] == uc) { s = reg_state[i]; break; }
+        last_uc = uc;
+        last_state = s;
+    }
+    if (s) {
+        for (uint64_t i = 0; i < s->ram_count && i < 16; i++) {
+            uint64_t *r = s->ram_ranges[i];
+            if (start >= r[0] && start < r[0] + r[1]) {
+                code_store(uc, s, start - r[0] + r[2], len > 0 ? (uint64_t)len : 0);
+                break;
+            }
+        }
+    }
+    real_tbipf(uc, pages, start, len, retaddr);
 }
 
 /* UC_HOOK_CODE at a PAUSE (F3 90): count it and apply pause-loop exiting. */
