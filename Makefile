@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ demo: $(STAMP) fixtures
 
 bench: $(STAMP) fixtures
 	$(BIN)/python bench/bench_machine.py
+
+# Debian's cloud kernel (fetched once) on 4 vCPUs to the initramfs program's exit, with the negotiation report
+VCPUS ?= 4
+linux: $(STAMP) fixtures
+	$(BIN)/viridian boot "$$($(BIN)/viridian fetch-kernel)" --vcpus $(VCPUS) --report \
+		--initrd fixtures/build/initramfs.cpio --append "console=ttyS0 panic=-1 nokaslr viridian.iters=40"
 
 bench-linux: $(STAMP)
 	$(BIN)/python bench/bench_linux.py

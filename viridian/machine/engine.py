@@ -48,6 +48,16 @@ def hook_add_native(uc: Uc, htype: int, fn: int, user: ctypes.c_void_p | int, be
     return handle.value
 
 
+def hook_insn_native(uc: Uc, insn: int, fn: int, user: int) -> int:
+    """An instruction hook (UC_HOOK_INSN) with a C callback, e.g. vn_rdtsc."""
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), 2, ctypes.c_void_p(fn), ctypes.c_void_p(user),
+                               ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+    if status != 0:
+        raise UcError(status)
+    return handle.value
+
+
 def ram_addr_from_host(uc: Uc, host: int) -> int:
     """The engine's RAM offset (its ``ram_addr_t``) of host address ``host`` inside guest RAM."""
     fn = uclib.qemu_ram_addr_from_host_x86_64

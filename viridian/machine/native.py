@@ -81,6 +81,11 @@ class VnState(ctypes.Structure):
         ("defer_map", ctypes.POINTER(ctypes.c_uint64)),
         ("ram_count", ctypes.c_uint64),
         ("ram_ranges", (ctypes.c_uint64 * 3) * 16),
+        ("tsc_base", ctypes.c_uint64),
+        ("tsc_floor", ctypes.c_uint64),
+        ("tsc_offset", ctypes.c_uint64),
+        ("rdtsc_count", ctypes.c_uint64),
+        ("rdx_reg", ctypes.c_int),
     ]
 
 

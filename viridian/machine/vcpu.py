@@ -70,6 +70,7 @@ NATIVE_MSRS = frozenset({0x174, 0x175, 0x176, 0xC000_0080, 0xC000_0081, 0xC000_0
 GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
          X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10,
          X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15)
+MASK64 = (1 << 64) - 1
 EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
 _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
                    X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
@@ -144,8 +145,14 @@ class Vcpu:
             E.hook_add_native(uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
                               machine.ram_size - 1)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
-        self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)),
-                      E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
+        self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
+        # RDTSC natively (vn_rdtsc) unless every exit must be seen (--trace) or time is the wall clock (--fast)
+        self._native_tsc = not machine.fast and machine.tracer is None
+        n.rdx_reg = X.UC_X86_REG_RDX
+        if self._native_tsc:
+            E.hook_insn_native(uc, X.UC_X86_INS_RDTSC, function_address(lib, "vn_rdtsc"), ctypes.addressof(n))
+        else:
+            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)))
         uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._in), None, 1, 0, X.UC_X86_INS_IN)
@@ -258,6 +265,8 @@ class Vcpu:
             n.stop_reason = 0
             n.limit = limit
             rip = self._rip_flags.read()[0]
+            if self._native_tsc:
+                self._arm_native_tsc()
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
@@ -265,6 +274,8 @@ class Vcpu:
                     self._engine_error(exc)
             finally:
                 self.vp.after_run()
+            if n.rdtsc_count:
+                self._collect_native_tsc()
             code_written = bool(n.dirty_count)
             if code_written:  # vn_write stopped the engine: every vCPU forgets the code before going on
                 self.m.sync_code(self, slice_end=False)
@@ -391,6 +402,24 @@ class Vcpu:
         if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
             self._map_changed = True
 
+    def _arm_native_tsc(self) -> None:
+        """What vn_rdtsc needs to answer as traps._rdtsc would: partition time = bytes + base (at least the
+        clock), plus this vCPU's TSC offset."""
+        n, m = self._native, self.m
+        if m._running is self:
+            n.tsc_base = (m._slice_t0 - m._slice_b0) & MASK64
+        else:
+            n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
+        n.tsc_floor = m.clock._tsc & MASK64
+        n.tsc_offset = self.apic.tsc_offset & MASK64
+
+    def _collect_native_tsc(self) -> None:
+        n, m = self._native, self.m
+        k, n.rdtsc_count = int(n.rdtsc_count), 0
+        self.stats.by_reason["rdtsc"] += k
+        if n.tsc_floor > m.clock._tsc:
+            m.clock._tsc = int(n.tsc_floor)
+
     def _syscall_hook(self, uc: Any, _ud: Any) -> None:
         self._syscall = True
         uc.emu_stop()
@@ -427,6 +456,7 @@ class Vcpu:
                     self._efer = int(uc.msr_read(E.EFER))
                 return
             res = self.m.wrmsr(self, index, wvalue)
+            self._native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
             neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
                            res.vector if isinstance(res, Fault) else None)
             if isinstance(res, Fault):

@@ -73,6 +73,11 @@ typedef struct {
                                 machine syncs after the slice (bounds stops on pages mixing code and data) */
     uint64_t ram_count;      /* the engine's RAM blocks over guest RAM: [ram_addr, ram_addr + size) -> gpa */
     uint64_t ram_ranges[16][3];
+    uint64_t tsc_base;       /* RDTSC natively (vn_rdtsc): partition time = bytes + tsc_base, at least */
+    uint64_t tsc_floor;      /* ... tsc_floor (the partition clock; raised by every read) */
+    uint64_t tsc_offset;     /* ... plus this vCPU's TSC offset (IA32_TSC / TSC_ADJUST writes) */
+    uint64_t rdtsc_count;    /* reads answered here since the machine last collected them */
+    int rdx_reg;
 } vn_state;
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
@@ -232,11 +237,12 @@ void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
     /* a hook left behind on code that has since been rewritten is not a site any more; a site ending its
      * page may have nothing mapped after it */
     uint64_t room = 0x1000 - (address & 0xFFF);
-    if (room > 4)
-        room = 4;
-    int whole = s->vmem_read(uc, address, s->prot_read, b, room) == 0
-                && (room == 4 || s->vmem_read(uc, address + room, s->prot_read, b + room, 4 - room) == 0);
-    s->pending_site = is_site(b) || !whole ? address : 0;  /* unreadable: keep the hook's word */
+    /* never read into the next page: a failed engine read sets the guest's CR2 and a pending #PF */
+    if (room < 4 || s->vmem_read(uc, address, s->prot_read, b, 4) != 0) {
+        s->pending_site = address;  /* cannot check: keep the hook's word */
+        return;
+    }
+    s->pending_site = is_site(b) ? address : 0;
 }
 
 /* UC_HOOK_MEM_WRITE over guest RAM (Unicorn passes the physical address): a store into a page of code_map
@@ -418,4 +424,22 @@ static int window_block(void *uc, uint64_t address, vn_state *s) {
 int vn_after_sti(void *uc, vn_state *s) {
     uint8_t insn = 0;
     return s->last_ran_end && s->vmem_read(uc, s->last_ran_end, s->prot_read, &insn, 1) == 0 && insn == 0xFB;
+}
+
+/* UC_HOOK_INSN for RDTSC (SDM vol. 2B "RDTSC"; returning 1 skips the engine's own): EDX:EAX = the vCPU's
+ * TSC, computed as Python would (Machine.sync_clock + ArchMsrState.guest_tsc), the exit accounted like one
+ * (EXIT_TICKS) and counted for the machine. Installed only when every exit need not be seen one by one
+ * (no --trace, no --fast). A Linux AP calibrating its delay loop reads the TSC ~150,000 times. */
+int vn_rdtsc(void *uc, void *user) {
+    vn_state *s = (vn_state *)user;
+    s->bytes += s->exit_ticks;
+    uint64_t now = s->bytes + s->tsc_base;
+    if ((int64_t)(now - s->tsc_floor) < 0)
+        now = s->tsc_floor;
+    s->tsc_floor = now;
+    uint64_t t = now + s->tsc_offset, lo = t & 0xFFFFFFFFULL, hi = t >> 32;
+    s->reg_write(uc, s->rax_reg, &lo);
+    s->reg_write(uc, s->rdx_reg, &hi);
+    s->rdtsc_count++;
+    return 1;
 }
