@@ -1,14 +1,19 @@
 """Debian's 6.1 cloud kernel on 2 and 4 vCPUs (issue 7, item 2): the boot CPU starts every application processor
 with INIT-SIPI-SIPI (its real-mode trampoline below 1 MiB, SDM vol. 3 §8.4.4), and each AP runs with the Hyper-V
 enlightenments: its own VP index, VP assist page (EOIs through the assist page or the EOI MSR), x2APIC, a direct-
-mode synthetic timer as its clockevent, IPIs by hypercall.
+mode synthetic timer as its clockevent, IPIs by hypercall; with the test initramfs, user space runs a thread on
+every CPU and the kernel flushes remote TLBs by hypercall.
 
-Skipped with the reason when the kernel package cannot be fetched (no apt, no network). Each boot stops right
-20 ms after the kernel logs "smpboot: Total of N processors activated" (0.5-0.7 s of guest time).
+Skipped with the reason when the kernel package cannot be fetched (no apt, no network; the user-space test also
+when the initramfs cannot be built). The bring-up boots stop 20 ms after the kernel logs "smpboot: Total of N
+processors activated" (0.5-0.7 s of guest time, 20-40 s wall each here); the user-space boot runs to /init's exit
+(~2.3 s of guest time, 50-60 s wall).
 """
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +99,38 @@ def test_tsc_is_one_clock_for_every_cpu(booted: tuple[Any, str, int]) -> None:
     assert "clocksource: hyperv_clocksource_tsc_page" in log
     offsets = {m.arch[v.index].guest_tsc() - m.clock.tsc() for v in m.vcpus}
     assert offsets == {0}, offsets
+
+
+# ---- user space on 4 vCPUs: the test initramfs (fixtures/initramfs) runs one workload thread per CPU ----
+
+ROOT = Path(__file__).resolve().parents[2]
+INIT_TICKS = 12_000_000_000  # /init starts at ~2.2 s of guest time, its workload takes ~10 ms
+HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST = 0x0003
+
+
+@pytest.fixture(scope="module")
+def initramfs() -> Path:
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "fixtures"), "initramfs"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"initramfs not built: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return ROOT / "fixtures" / "build" / "initramfs.cpio"
+
+
+def test_user_space_threads_on_4_vcpus_flush_by_hypercall(kernel: str, initramfs: Path) -> None:
+    """/init's threads run pinned to each of the 4 CPUs (mmap/mprotect/munmap, futexes): the kernel's remote TLB
+    flushes go to several VPs in one HvCallFlushVirtualAddressList (TLFS §9) and
+    cross-CPU text patching and code written by one vCPU stay coherent (the workload checks its results)."""
+    m = linux_machine(load_config(preset="linux"), kernel, initrd=initramfs, vcpus=4,
+                      append="console=ttyS0 panic=-1 nokaslr viridian.iters=20", max_ticks=INIT_TICKS)
+    result = m.run()
+    log = m.ports.serial.text()
+    assert (result.status, result.code) == ("exit", 0), (result, log[-3000:])
+    assert "viridian-init: online cpus: 4 (0-3)" in log
+    done = [ln for ln in log.splitlines() if "viridian-init: workload done" in ln]
+    assert done and done[0].endswith(" ok") and "threads=4 " in done[0], done
+    assert "viridian-init: workload threads ended on cpus: 0,1,2,3" in log
+    for i in range(4):
+        assert f"viridian-init: clockevent{i} current_device: Hyper-V clockevent" in log
+    flushes = [v.stats.hypercalls[HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST] for v in m.vcpus]
+    assert all(flushes), flushes  # every CPU shot down the others' TLBs by hypercall
+    assert m.flushes > sum(flushes), (m.flushes, flushes)  # ... several VPs per call
