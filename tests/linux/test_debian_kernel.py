@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from viridian.config.presets import load_config
-from viridian.errors import UserError
 from viridian.machine.linux_boot import load_linux
 from viridian.machine.machine import Machine
 
 EARLY_TICKS = 450_000_000
-
-
-@pytest.fixture(scope="module")
-def kernel() -> str:
-    from viridian.cli.fetch_kernel_cmd import fetch_kernel
-
-    try:
-        return str(fetch_kernel())
-    except UserError as exc:
-        pytest.skip(f"Debian cloud kernel not available: {exc}")
 
 
 def test_kernel_detects_hyperv_with_our_values(kernel: str) -> None:

@@ -23,7 +23,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from viridian.config.presets import load_config
-from viridian.errors import UserError
 from viridian.machine.linux_boot import load_linux
 from viridian.machine.machine import Machine, RunResult
 
@@ -179,16 +178,6 @@ def test_init_workload_runs_on_this_host(initramfs: Path) -> None:
 
 
 # ---- guest level: Debian's kernel runs /init ----
-
-@pytest.fixture(scope="module")
-def kernel() -> str:
-    from viridian.cli.fetch_kernel_cmd import fetch_kernel
-
-    try:
-        return str(fetch_kernel())
-    except UserError as exc:
-        pytest.skip(f"Debian cloud kernel not available: {exc}")
-
 
 def boot(kernel: str, initrd: Path, append: str, vcpus: int = 1) -> tuple[RunResult, str]:
     m = Machine(load_config(preset="recommended"), load_linux(kernel, initrd), vcpus=vcpus, mem_mib=256,

@@ -192,19 +192,13 @@ def _newc(name: str, mode: int, data: bytes = b"") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def poweroff_boot(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str]:
+def poweroff_boot(tmp_path_factory: pytest.TempPathFactory, kernel: str) -> tuple[RunResult, str]:
     """Boot the kernel with an initramfs whose /init asks for power-off; (result, serial log)."""
     import shutil
     import subprocess
 
-    from viridian.cli.fetch_kernel_cmd import fetch_kernel
-    from viridian.errors import UserError
     from viridian.machine.linux_machine import linux_machine
 
-    try:
-        kernel = fetch_kernel()
-    except UserError as exc:
-        pytest.skip(f"Debian cloud kernel not available: {exc}")
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (builds the power-off /init)")
     d = tmp_path_factory.mktemp("poweroff")

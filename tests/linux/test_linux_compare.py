@@ -17,16 +17,6 @@ from viridian.machine.linux_machine import is_linux_image
 EARLY_TICKS = 450_000_000
 
 
-@pytest.fixture(scope="module")
-def kernel() -> str:
-    from viridian.cli.fetch_kernel_cmd import fetch_kernel
-
-    try:
-        return str(fetch_kernel())
-    except UserError as exc:
-        pytest.skip(f"Debian cloud kernel not available: {exc}")
-
-
 def _elf(notes: bytes) -> bytes:
     """An x86-64 ELF64 with one PT_LOAD and one PT_NOTE holding ``notes``."""
     eh = bytearray(64)

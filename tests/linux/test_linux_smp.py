@@ -19,23 +19,12 @@ from typing import Any
 import pytest
 
 from viridian.config.presets import load_config
-from viridian.errors import UserError
 from viridian.machine.linux_machine import DEFAULT_APPEND, linux_machine
 from viridian.tlfs.msrs import HvMsr
 
 LIMIT_TICKS = 3_000_000_000  # a safety net: bring-up ends at ~1.0e9 (2 vCPUs) / ~1.3e9 (4 vCPUs) today
 AFTER_TICKS = 40_000_000  # 20 ms more: every AP's timer ticks
 HVCALL_SEND_IPI = 0x000B
-
-
-@pytest.fixture(scope="module")
-def kernel() -> str:
-    from viridian.cli.fetch_kernel_cmd import fetch_kernel
-
-    try:
-        return str(fetch_kernel())
-    except UserError as exc:
-        pytest.skip(f"Debian cloud kernel not available: {exc}")
 
 
 def _stop_after(machine: Any, text: str, ticks: int) -> None:

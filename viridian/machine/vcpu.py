@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import traceback
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -21,7 +20,6 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
-    UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -34,10 +32,8 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
-from viridian.errors import UserError
 from viridian.machine import engine as E
 from viridian.machine import layout as L
-from viridian.machine import store_watch
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
 from viridian.machine.boot import BootRegisters
@@ -133,17 +129,7 @@ class Vcpu:
         self._window_fn = function_address(lib, "vn_window")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
-        n.code_map = ctypes.cast(machine.code_map, ctypes.POINTER(ctypes.c_uint64))
-        n.defer_map = ctypes.cast(machine.code_defer, ctypes.POINTER(ctypes.c_uint64))
-        n.code_map_pages, n.vmem_translate = machine.ram_size >> 12, E.c_function("uc_vmem_translate")
-        if store_watch.install(function_address(lib, "vn_tbipf"), lib.vn_set_real_tbipf):
-            self._refresh_ram_ranges()
-            if lib.vn_register(uc._uch, ctypes.byref(n)) != 0:
-                raise UserError("too many vCPU engines in one process for the store watch")
-            weakref.finalize(self, lib.vn_unregister, uc._uch)
-        else:
-            E.hook_add_native(uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
-                              machine.ram_size - 1)
+        C.watch_stores(self, lib)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
         self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
         # RDTSC natively (vn_rdtsc) unless every exit must be seen (--trace) or time is the wall clock (--fast)
@@ -266,7 +252,7 @@ class Vcpu:
             n.limit = limit
             rip = self._rip_flags.read()[0]
             if self._native_tsc:
-                self._arm_native_tsc()
+                self.traps.arm_native_tsc()
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
@@ -275,7 +261,7 @@ class Vcpu:
             finally:
                 self.vp.after_run()
             if n.rdtsc_count:
-                self._collect_native_tsc()
+                self.traps.collect_native_tsc()
             code_written = bool(n.dirty_count)
             if code_written:  # vn_write stopped the engine: every vCPU forgets the code before going on
                 self.m.sync_code(self, slice_end=False)
@@ -398,41 +384,13 @@ class Vcpu:
         for page in pages - self.protected:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         self.protected = set(pages)
-        self._refresh_ram_ranges()
+        C.refresh_ram_ranges(self)
         if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
             self._map_changed = True
-
-    def _arm_native_tsc(self) -> None:
-        """What vn_rdtsc needs to answer as traps._rdtsc would: partition time = bytes + base (at least the
-        clock), plus this vCPU's TSC offset."""
-        n, m = self._native, self.m
-        if m._running is self:
-            n.tsc_base = (m._slice_t0 - m._slice_b0) & MASK64
-        else:
-            n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
-        n.tsc_floor = m.clock._tsc & MASK64
-        n.tsc_offset = self.apic.tsc_offset & MASK64
-
-    def _collect_native_tsc(self) -> None:
-        n, m = self._native, self.m
-        k, n.rdtsc_count = int(n.rdtsc_count), 0
-        self.stats.by_reason["rdtsc"] += k
-        if n.tsc_floor > m.clock._tsc:
-            m.clock._tsc = int(n.tsc_floor)
 
     def _syscall_hook(self, uc: Any, _ud: Any) -> None:
         self._syscall = True
         uc.emu_stop()
-
-    def _refresh_ram_ranges(self) -> None:
-        """Tell the store watch (csrc vn_tbipf) which engine RAM offsets hold which guest-physical pages (the
-        engine gives every region of RAM its own block; protecting a page splits one)."""
-        n, base = self._native, ctypes.addressof(self.m.ram_buffer)
-        regions = [(b, e) for b, e, _p in self.uc.mem_regions() if e < self.m.ram_size][:16]
-        for i, (begin, end) in enumerate(regions):
-            ram_addr = E.ram_addr_from_host(self.uc, base + begin)
-            n.ram_ranges[i][0], n.ram_ranges[i][1], n.ram_ranges[i][2] = ram_addr, end + 1 - begin, begin
-        n.ram_count = len(regions)
 
     def flush_tlb(self) -> None:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
-from unicorn import UC_HOOK_CODE
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
 
+from viridian.errors import UserError
 from viridian.machine import engine as E
+from viridian.machine import store_watch
+from viridian.machine.native import function_address
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
     cr8_offsets,
@@ -124,3 +128,33 @@ def drain_dirty_code(v: Vcpu) -> list[int] | None:
     if count > 64:
         return None
     return sorted({int(p) for p in n.dirty_code[:count]})
+
+
+def watch_stores(v: Vcpu, lib: Any) -> None:
+    """Wire the coherence hooks (store_watch.py): the machine's shared code map, then either the engine's
+    store path (vn_tbipf, registered under this engine's handle) or, failing that, the native write hook."""
+    n, m = v._native, v.m
+    n.code_map = ctypes.cast(m.code_map, ctypes.POINTER(ctypes.c_uint64))
+    n.defer_map = ctypes.cast(m.code_defer, ctypes.POINTER(ctypes.c_uint64))
+    n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
+    if store_watch.install(function_address(lib, "vn_tbipf"), lib.vn_set_real_tbipf):
+        refresh_ram_ranges(v)
+        if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
+            raise UserError("too many vCPU engines in one process for the store watch")
+        weakref.finalize(v, lib.vn_unregister, v.uc._uch)
+    else:
+        E.hook_add_native(v.uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
+                          m.ram_size - 1)
+
+
+def refresh_ram_ranges(v: Vcpu) -> None:
+    """Tell the store watch (csrc vn_tbipf) which engine RAM offsets hold which guest-physical pages (the
+    engine gives every region of RAM its own block; protecting a page splits one)."""
+    n, base = v._native, ctypes.addressof(v.m.ram_buffer)
+    regions = [(b, e) for b, e, _p in v.uc.mem_regions() if e < v.m.ram_size]
+    if len(regions) > 16:
+        log.warning("vCPU %d: %d RAM regions; stores beyond the 16th are not watched", v.index, len(regions))
+    for i, (begin, end) in enumerate(regions[:16]):
+        ram_addr = E.ram_addr_from_host(v.uc, base + begin)
+        n.ram_ranges[i][0], n.ram_ranges[i][1], n.ram_ranges[i][2] = ram_addr, end + 1 - begin, begin
+    n.ram_count = min(len(regions), 16)

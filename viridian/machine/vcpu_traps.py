@@ -39,6 +39,9 @@ class MsrReg:
         return int(self._v.value)
 
 
+MASK64 = (1 << 64) - 1
+
+
 class InstructionTraps:
     """Handlers for the traps of one vCPU (``v``)."""
 
@@ -131,6 +134,26 @@ class InstructionTraps:
     def _tsc(self) -> int:
         self.v.m.sync_clock(self.v)
         return self.v.m.arch[self.v.index].guest_tsc()
+
+    def arm_native_tsc(self) -> None:
+        """What vn_rdtsc (csrc) needs to answer as :meth:`_rdtsc` would: partition time = bytes + base (at
+        least the clock), plus this vCPU's TSC offset."""
+        v = self.v
+        n, m = v._native, v.m
+        if m._running is v:
+            n.tsc_base = (m._slice_t0 - m._slice_b0) & MASK64
+        else:
+            n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
+        n.tsc_floor = m.clock._tsc & MASK64
+        n.tsc_offset = v.apic.tsc_offset & MASK64
+
+    def collect_native_tsc(self) -> None:
+        """Account the reads vn_rdtsc answered as exits and bring the partition clock up to the last one."""
+        n, m = self.v._native, self.v.m
+        k, n.rdtsc_count = int(n.rdtsc_count), 0
+        self.v.stats.by_reason["rdtsc"] += k
+        if n.tsc_floor > m.clock._tsc:
+            m.clock._tsc = int(n.tsc_floor)
 
     def _rdtsc(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSC": EDX:EAX = the vCPU's TSC (upper halves of RAX/RDX cleared). Raw batch writes:

@@ -8,6 +8,8 @@
  *    so the machine can hook the sites first.
  *  - vn_site (UC_HOOK_CODE at one candidate site): records that the MSR instruction is about to run,
  *    so the hook on the following instruction knows it was reached from there.
+ * and, further down: vn_pause / vn_stub / vn_window (code hooks), vn_rdtsc (RDTSC), and the code-coherence
+ * store watch vn_tbipf (or its fallback, the write hook vn_write).
  * Engine entry points arrive as function pointers, so this file links against nothing.
  */
 #include <stdint.h>
@@ -46,7 +48,7 @@ typedef struct {
     uint64_t pause_loop_start;
     uint64_t new_code[1024];  /* pages first seen executing since the machine last drained them */
     uint64_t new_code_count; /* > 1024: overflowed (later pages are not tracked) */
-    uint64_t dirty_code[64]; /* code pages this vCPU wrote since the last drain */
+    uint64_t dirty_code[64]; /* physical code pages this vCPU wrote since the last drain (vn_write, vn_tbipf) */
     uint64_t dirty_count;    /* > 64: overflowed */
     reg_read_fn reg_read;
     uint64_t fast_spin_ok;   /* the machine allows NotifyLongSpinWait to complete here (see vn_stub) */
