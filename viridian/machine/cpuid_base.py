@@ -2,7 +2,9 @@
 
 Intel-flavoured (the hypercall instruction is VMCALL): family 6, SSE..SSE4.2, POPCNT, CX16, no AVX/XSAVE,
 no PCID, no speculation controls; x2APIC, TSC-deadline and the hypervisor bit (CPUID.1:ECX[31]) set.
-Leaf 1 EBX carries the initial APIC ID; leaf 0xB describes one thread per core, one core per package.
+Topology: one package of ``vcpus`` cores, one thread each (leaf 1 EBX[23:16] and HTT, leaf 0xB; APIC IDs are
+the vCPU indexes), so a kernel calibrates its delay loop once and lets the other cores copy it (SDM vol. 3
+§8.9.4, "Algorithm for Three-Level Mappings of APIC_ID").
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ def base_leaf(leaf: int, subleaf: int, apic_id: int, vcpus: int, *, invariant_ts
     if leaf == 0:
         return CpuidRegs(2 if limit_maxval else MAX_BASIC, VENDOR[0], VENDOR[1], VENDOR[2])
     if leaf == 1:
-        return CpuidRegs(FAMILY_MODEL, (apic_id & 0xFF) << 24 | 1 << 16 | 8 << 8, ECX1, EDX1)
+        ids = min(1 << _core_shift(vcpus), 0xFF)  # addressable logical processor IDs in the package
+        htt = 1 << 28 if vcpus > 1 else 0
+        return CpuidRegs(FAMILY_MODEL, (apic_id & 0xFF) << 24 | ids << 16 | 8 << 8, ECX1, EDX1 | htt)
     if leaf == 6:
         return CpuidRegs(0, 0, 1, 0)  # APERF/MPERF
     if leaf == 7 and subleaf == 0:
         return CpuidRegs(0, 1 << 1, 0, 0)  # TSC_ADJUST
-    if leaf == 0xB:
-        level_type = (1 if subleaf == 0 else 2 if subleaf == 1 else 0) << 8
-        count = 1 if subleaf in (0, 1) else 0
-        return CpuidRegs(0, count, subleaf & 0xFF | level_type, apic_id)
+    if leaf == 0xB:  # subleaf 0: SMT level (1 thread, shift 0); 1: core level (vcpus cores); then invalid
+        if subleaf == 0:
+            return CpuidRegs(0, 1, 1 << 8, apic_id)
+        if subleaf == 1:
+            return CpuidRegs(_core_shift(vcpus), vcpus & 0xFFFF, 1 | 2 << 8, apic_id)
+        return CpuidRegs(0, 0, subleaf & 0xFF, apic_id)
     if leaf == 0x8000_0000:
         return CpuidRegs(MAX_EXT, 0, 0, 0)
     if leaf == 0x8000_0001:
@@ -52,3 +58,8 @@ def base_leaf(leaf: int, subleaf: int, apic_id: int, vcpus: int, *, invariant_ts
     if leaf == 0x8000_0008:
         return CpuidRegs(0x3028, 0, max(vcpus - 1, 0) & 0xFF, 0)  # 40-bit physical, 48-bit virtual
     return CpuidRegs(0, 0, 0, 0)
+
+
+def _core_shift(vcpus: int) -> int:
+    """Bits of the APIC ID that number the cores of the package: ceil(log2(vcpus))."""
+    return max(vcpus - 1, 0).bit_length()
