@@ -214,6 +214,15 @@ def test_code_written_by_one_vcpu_is_seen_by_another(guests: Path) -> None:
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
 
 
+@pytest.mark.parametrize("vcpus", [1, 2])
+def test_a_data_page_that_becomes_code_is_watched_again(guests: Path, vcpus: int) -> None:
+    """Fast stores (csrc/engine_watch.c) skip the engine's store path for pages that never held code; once a
+    page holds code, its own vCPU's and another vCPU's stores through TLB entries made while it was data must
+    reach the translations (exit 71: own rewrite unseen, 72: the other vCPU's)."""
+    _, s = run_guest(guests / "jit.elf", vcpus=vcpus)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
+
+
 def test_x2apic_timer_and_eoi_assist(guests: Path) -> None:
     """x2APIC via IA32_APIC_BASE, timer via x2APIC MSRs; every EOI avoided through the VP assist page."""
     _, s = run_guest(guests / "apic_msrs.elf")

@@ -32,6 +32,20 @@ REG_BY_NAME = {"rax": X.UC_X86_REG_RAX, "rbx": X.UC_X86_REG_RBX, "rcx": X.UC_X86
 EFER = 0xC000_0080
 
 
+# Measured on Unicorn 2.1.4: at the end of every emu_start the engine invalidates its translation of
+# ``until - 1`` (resume_all_vcpus); when that address is not mapped the failed translation writes it into
+# the guest's CR2 and can surface as a #PF through the interrupt hook. The machine runs with ``until`` =
+# MAX_ADDR, keeps the guest's CR2 across each run and drops a #PF for exactly this address (no guest maps
+# the last bytes of the address space). Switching ``until`` off instead (UC_CTL_UC_USE_EXITS with no
+# exits) made a Debian kernel execute zeroed memory early in setup_arch -- not pursued.
+SPURIOUS_CR2 = MAX_ADDR - 1
+
+
+def new_engine(mode: int) -> Any:
+    """A Uc for guest code in ``mode`` (one place to adjust how the machine's engines are made)."""
+    return Uc(UC_ARCH_X86, mode)
+
+
 def c_function(name: str) -> int:
     """Address of a libunicorn entry point (handed to the native hooks)."""
     value = ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value

@@ -109,6 +109,7 @@ class Machine:
         # code coherence (vcpu_code.py): a bit per physical page that some vCPU executed, shared by every vCPU
         self.code_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()
         self.code_defer = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # written since run: rewatch later
+        self.tb_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # ever translated: never fast stores
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
         place_cmdline(self.ram, cmdline)

@@ -1,4 +1,4 @@
-"""Build and load the vCPU hot-path hooks written in C (csrc/vcpu_native.c).
+"""Build and load the vCPU hot path written in C (csrc/: vcpu_native.c hooks, engine_watch.c, vn_state.h).
 
 The library is compiled once per source version with the system C compiler into the user cache
 (``$XDG_CACHE_HOME/viridian`` or ``~/.cache/viridian``; ``VIRIDIAN_CACHE`` overrides) and loaded with
@@ -18,10 +18,12 @@ from pathlib import Path
 
 from viridian.errors import UserError
 
-SOURCE = Path(__file__).with_name("csrc") / "vcpu_native.c"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "vcpu_native.c", CSRC / "engine_watch.c")
+HEADERS = (CSRC / "vn_state.h",)
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
-STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW, STOP_WINDOW_SHADOW = range(7)
+STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW = range(6)
 
 
 class VnState(ctypes.Structure):
@@ -80,12 +82,22 @@ class VnState(ctypes.Structure):
         ("code_writes", ctypes.c_uint64),
         ("defer_map", ctypes.POINTER(ctypes.c_uint64)),
         ("ram_count", ctypes.c_uint64),
-        ("ram_ranges", (ctypes.c_uint64 * 3) * 16),
+        ("ram_ranges", (ctypes.c_uint64 * 4) * 16),
         ("tsc_base", ctypes.c_uint64),
         ("tsc_floor", ctypes.c_uint64),
         ("tsc_offset", ctypes.c_uint64),
         ("rdtsc_count", ctypes.c_uint64),
         ("rdx_reg", ctypes.c_int),
+        ("tb_map", ctypes.POINTER(ctypes.c_uint64)),
+        ("host_ram", ctypes.c_uint64),
+        ("cpu", ctypes.c_void_p),
+        ("fast_fills", ctypes.c_uint64),
+        ("rearms", ctypes.c_uint64),
+        ("cr0_reg", ctypes.c_int),
+        ("cr3_reg", ctypes.c_int),
+        ("cr4_reg", ctypes.c_int),
+        ("walk_pad", ctypes.c_int),
+        ("engine_reads", ctypes.c_uint64),
     ]
 
 
@@ -98,7 +110,7 @@ def _cache_dir() -> Path:
 @cache
 def library() -> ctypes.CDLL:
     """The compiled hot-path library (built on first use)."""
-    src = SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
     digest = hashlib.sha256(src).hexdigest()[:16]
     target = _cache_dir() / f"vcpu_native-{digest}.so"
     if not target.exists():
@@ -108,7 +120,7 @@ def library() -> ctypes.CDLL:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)],
+            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise UserError(f"building the vCPU hot path with {cc} failed:\n{proc.stderr.strip()}")
@@ -130,6 +142,12 @@ def library() -> ctypes.CDLL:
     lib.vn_unregister.restype = None
     lib.vn_set_real_tbipf.argtypes = [ctypes.c_void_p]
     lib.vn_set_real_tbipf.restype = None
+    lib.vn_set_engine_fns.argtypes = [ctypes.c_void_p] * 4
+    lib.vn_set_engine_fns.restype = None
+    lib.vn_enter.argtypes = [ctypes.POINTER(VnState)]
+    lib.vn_enter.restype = None
+    lib.vn_leave.argtypes = []
+    lib.vn_leave.restype = None
     return lib
 
 

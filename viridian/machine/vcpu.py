@@ -15,7 +15,6 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
-    UC_ARCH_X86,
     UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -25,7 +24,6 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
-    Uc,
     UcError,
 )
 from unicorn import x86_const as X
@@ -44,7 +42,6 @@ from viridian.machine.native import (
     STOP_PAUSE,
     STOP_TABLE_FULL,
     STOP_WINDOW,
-    STOP_WINDOW_SHADOW,
     TABLE_PAGES,
     VnState,
     function_address,
@@ -99,13 +96,12 @@ class Vcpu:
         # report later exceptions. Those hooks stop the engine and leave the redirect to the run loop.
         self._next_rip: int | None = None
         self._pending_exc: tuple[int, int | None, int] | None = None
-        self._window_hook: int | None = None
         self._shadow = False
         self._window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
-        self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc: Any = E.new_engine(UC_MODE_64)
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
@@ -118,15 +114,17 @@ class Vcpu:
         n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
         n.rcx_reg, n.rax_reg, n.cs_reg = X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_CS
         n.rflags_reg = X.UC_X86_REG_RFLAGS
+        n.cr0_reg, n.cr3_reg, n.cr4_reg = X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4
         n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
+        self._native_ref = ctypes.byref(n)
+        self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
         self._site_fn = function_address(lib, "vn_site")
         self._msr_done_hook = self._guard(self._msr_done)
         self._cr8_done_hook = self._guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
-        self._window_fn = function_address(lib, "vn_window")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         C.watch_stores(self, lib)
@@ -157,6 +155,8 @@ class Vcpu:
         self._hc_regs = E.FastRegs(uc, _HYPERCALL_READ)
         self._view = E.FastRegs(uc, _CPU_VIEW)
         self._rip_flags = E.FastRegs(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
+        self._cr2 = E.FastRegs(uc, (X.UC_X86_REG_CR2,))
+        self.guest_cr2 = 0  # the guest's CR2 across a run (engine.SPURIOUS_CR2)
         self._sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
         self._idtr, self._tr = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
         self._efer = int(uc.msr_read(E.EFER))
@@ -253,12 +253,17 @@ class Vcpu:
             rip = self._rip_flags.read()[0]
             if self._native_tsc:
                 self.traps.arm_native_tsc()
+            self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
+            self.guest_cr2 = self._cr2.read()[0]
             try:
                 uc.emu_start(rip, E.MAX_ADDR)
             except UcError as exc:
                 if self._wp_fault is None:
                     self._engine_error(exc)
             finally:
+                self._engine_leave()
+                if self._cr2.read()[0] == E.SPURIOUS_CR2:
+                    self._cr2.write(self.guest_cr2)
                 self.vp.after_run()
             if n.rdtsc_count:
                 self.traps.collect_native_tsc()
@@ -291,11 +296,8 @@ class Vcpu:
                 if self.yield_pending:
                     break
                 continue
-            if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (window_block / vn_window)
+            if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (window_block)
                 self._window_open_at = int(n.window_open_at)
-                continue
-            if n.stop_reason == STOP_WINDOW_SHADOW:  # it opens after the instruction in the STI shadow
-                self.traps.shadow_step()
                 continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
@@ -383,8 +385,11 @@ class Vcpu:
             self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
         for page in pages - self.protected:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        newly = pages - self.protected
         self.protected = set(pages)
         C.refresh_ram_ranges(self)
+        if newly:
+            self.flush_tlb()  # a store-fast TLB entry (engine_watch.c) must not outlive write access
         if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
             self._map_changed = True
 

@@ -10,7 +10,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_PROT_WRITE
 
 from viridian.errors import UserError
 from viridian.machine import engine as E
@@ -137,7 +137,9 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
     n.code_map = ctypes.cast(m.code_map, ctypes.POINTER(ctypes.c_uint64))
     n.defer_map = ctypes.cast(m.code_defer, ctypes.POINTER(ctypes.c_uint64))
     n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
-    if store_watch.install(function_address(lib, "vn_tbipf"), lib.vn_set_real_tbipf):
+    n.host_ram = ctypes.addressof(m.ram_buffer)  # the hooks' page walk reads guest RAM here
+    if store_watch.install(lib):
+        n.tb_map = ctypes.cast(m.tb_map, ctypes.POINTER(ctypes.c_uint64))
         refresh_ram_ranges(v)
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
             raise UserError("too many vCPU engines in one process for the store watch")
@@ -151,10 +153,11 @@ def refresh_ram_ranges(v: Vcpu) -> None:
     """Tell the store watch (csrc vn_tbipf) which engine RAM offsets hold which guest-physical pages (the
     engine gives every region of RAM its own block; protecting a page splits one)."""
     n, base = v._native, ctypes.addressof(v.m.ram_buffer)
-    regions = [(b, e) for b, e, _p in v.uc.mem_regions() if e < v.m.ram_size]
+    regions = [(b, e, p) for b, e, p in v.uc.mem_regions() if e < v.m.ram_size]
     if len(regions) > 16:
         log.warning("vCPU %d: %d RAM regions; stores beyond the 16th are not watched", v.index, len(regions))
-    for i, (begin, end) in enumerate(regions[:16]):
-        ram_addr = E.ram_addr_from_host(v.uc, base + begin)
-        n.ram_ranges[i][0], n.ram_ranges[i][1], n.ram_ranges[i][2] = ram_addr, end + 1 - begin, begin
+    for i, (begin, end, perms) in enumerate(regions[:16]):
+        r = n.ram_ranges[i]
+        r[0], r[1], r[2] = E.ram_addr_from_host(v.uc, base + begin), end + 1 - begin, begin
+        r[3] = int(bool(perms & UC_PROT_WRITE))
     n.ram_count = min(len(regions), 16)

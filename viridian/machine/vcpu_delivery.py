@@ -11,7 +11,6 @@ from unicorn import x86_const as X
 
 from viridian.machine import engine as E
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
-from viridian.machine.native import STOP_NEW_SITES, STOP_TABLE_FULL
 
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
@@ -22,24 +21,17 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
     if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
         E.reset_old_exception(uc, off)
     rip = uc.reg_read(X.UC_X86_REG_RIP)
-    if intno == PF and scan_probe_fault(v, rip, uc.reg_read(X.UC_X86_REG_CR2)):
-        v.stats.events["scan_probe_fault_dropped"] += 1
-        uc.emu_stop()  # the block never ran: the run loop hooks the new page and runs it again
-        return
     error = 0 if intno in ERROR_CODE_VECTORS else None
     if intno == PF:
-        error = pf_error_code(v, uc.reg_read(X.UC_X86_REG_CR2))
+        cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+        if cr2 == E.SPURIOUS_CR2:  # the engine's own failed translation of until - 1 (engine.py), not the guest's
+            v.stats.events["engine_fault_dropped"] += 1
+            uc.reg_write(X.UC_X86_REG_CR2, v.guest_cr2)
+            uc.emu_stop()
+            return
+        v.guest_cr2 = cr2
+        error = pf_error_code(v, cr2)
     raise_exception(v, intno, error, rip, count_exit=True, deferred=False)
-
-
-def scan_probe_fault(v: Vcpu, rip: int, cr2: int) -> bool:
-    """A #PF the engine raises for no instruction (measured, Unicorn 2.1.4): vn_block's page scan reads one
-    byte of the next page through uc_vmem_read; when that page is not mapped the probe leaves the engine's
-    page-fault state (CR2, exception index) set, and the engine stop requested in the same hook delivers it
-    at the block start. Such a block stopped before it ran, so no fault of its own can be pending."""
-    n = v._native
-    return bool(n.stop_reason in (STOP_NEW_SITES, STOP_TABLE_FULL) and rip == n.block_start
-                and cr2 & ~0xFFF == (int(n.new_page) + 0x1000) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:

@@ -7,7 +7,6 @@ import ctypes
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -241,10 +240,9 @@ class InstructionTraps:
     def set_window(self, blocked_interrupt: bool) -> None:
         """VMX interrupt-window exiting: while an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is
         active), vn_block checks every block start natively and stops the engine at the first one that can
-        take it (window_block in vcpu_native.c); a boundary in the STI shadow switches to the per-instruction
-        vn_window for the one shadowed instruction (:meth:`shadow_step`)."""
+        take it (window_block in vcpu_native.c; a block starting in the STI shadow is that one instruction)."""
         v, n = self.v, self.v._native
-        if blocked_interrupt and not n.window_active and v._window_hook is None:
+        if blocked_interrupt and not n.window_active:
             v.stats.exit("interrupt_window")
             rflags = v.uc.reg_read(X.UC_X86_REG_RFLAGS)
             n.window_shadow = int(v.in_sti_shadow())
@@ -252,15 +250,3 @@ class InstructionTraps:
             n.window_first, n.window_active = 1, 1
         elif not blocked_interrupt:
             n.window_active = 0
-            if v._window_hook is not None:
-                E.hook_del_native(v.uc, v._window_hook)
-                v._window_hook = None
-
-    def shadow_step(self) -> None:
-        """The window opens after the instruction at RIP (STI shadow): watch instruction by instruction."""
-        v, n = self.v, self.v._native
-        n.window_active = 0
-        if v._window_hook is None:
-            n.window_shadow = 1
-            v._window_hook = E.hook_add_native(v.uc, UC_HOOK_CODE, v._window_fn, ctypes.addressof(n), 1, 0)
-            v.uc.ctl_flush_tb()  # blocks translated before the hook was added would never call it

@@ -1,0 +1,175 @@
+/* The engine watch (viridian/machine/store_watch.py, docs/architecture.md "code coherence"): functions
+ * the engine library calls through its own PLT, redirected here, plus the fallback write hook.
+ *  - vn_tbipf (tb_invalidate_phys_page_fast): every store into a page the engine considers clean -- with its
+ *    dirty tracking stubbed out, every writable RAM page -- passes here with the store's RAM offset; a store
+ *    into a page of the machine's code map stops the engine so the other vCPUs drop their translations.
+ *  - vn_tlb_set_page (tlb_set_page_with_attrs) and vn_protect_code (tlb_protect_code): fast stores. A TLB
+ *    fill for writable RAM that no engine ever translated code from is left without the clean-page flag
+ *    (tlb_set_dirty), so the guest's stores there run inline instead of through the engine's slow store
+ *    helper; the moment an engine links its first translation into a page, every vCPU's fast entries for
+ *    that page get the flag back (tlb_reset_dirty) and the page stays on the watched path from then on.
+ * The engine handle (or, for TLB fills, the engine that vn_enter says is running) identifies the vCPU.
+ */
+#include "vn_state.h"
+
+/* UC_HOOK_MEM_WRITE over guest RAM (Unicorn passes the physical address): a store into a page of code_map
+ * -- code some vCPU translated -- is recorded and stops the engine, so the machine drops the page from the
+ * other vCPUs' translation caches and rescans it for sites before anyone runs it again (this vCPU's own
+ * cache is invalidated by the engine itself). Unicorn reports one call per store with its first byte's
+ * address; a store running into the next page is taken to touch the next physical page. */
+static void code_store(void *uc, vn_state *s, uint64_t address, uint64_t size) {
+    uint64_t first = address >> 12, last = (address + (size ? size - 1 : 0)) >> 12;
+    for (uint64_t p = first; p <= last && p < s->code_map_pages; p++) {
+        uint64_t bit = 1ULL << (p & 63);
+        if (!(s->code_map[p >> 6] & bit))
+            continue;
+        s->code_map[p >> 6] &= ~bit;
+        if (s->dirty_count < 64)
+            s->dirty_code[s->dirty_count] = p << 12;
+        s->dirty_count++;
+        s->code_writes++;
+        s->stop(uc);
+    }
+}
+
+void vn_write(void *uc, int type, uint64_t address, int size, int64_t value, void *user) {
+    (void)type; (void)value;
+    code_store(uc, (vn_state *)user, address, size > 0 ? (uint64_t)size : 0);
+}
+
+typedef void (*tbipf_fn)(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr);
+typedef void (*tlb_set_page_fn)(void *cpu, uint64_t vaddr, uint64_t paddr, uint32_t attrs, int prot, int mmu_idx,
+                                uint64_t size);
+typedef void (*protect_code_fn)(void *uc, uint64_t ram_addr);
+typedef void (*set_dirty_fn)(void *cpu, uint64_t vaddr);
+typedef void (*reset_dirty_fn)(void *cpu, uint64_t host_start, uint64_t length);
+
+static tbipf_fn real_tbipf;
+static tlb_set_page_fn real_tlb_set_page;
+static protect_code_fn real_protect_code;
+static set_dirty_fn engine_set_dirty;
+static reset_dirty_fn engine_reset_dirty;
+
+#define VN_MAX_ENGINES 4096
+#define PAGE_WRITE 2         /* QEMU's PAGE_WRITE in a TLB fill's prot */
+static void *reg_uc[VN_MAX_ENGINES];
+static vn_state *reg_state[VN_MAX_ENGINES];
+static int reg_count;
+static void *last_uc;
+static vn_state *last_state;
+static vn_state *running;   /* the vCPU whose engine is inside emu_start (vn_enter .. vn_leave) */
+
+void vn_set_real_tbipf(void *fn) { real_tbipf = (tbipf_fn)fn; }
+
+/* The engine's own functions, for the fast-store redirections (all four, or fast stores stay off). */
+void vn_set_engine_fns(void *tlb_set_page, void *protect_code, void *set_dirty, void *reset_dirty) {
+    real_tlb_set_page = (tlb_set_page_fn)tlb_set_page;
+    real_protect_code = (protect_code_fn)protect_code;
+    engine_set_dirty = (set_dirty_fn)set_dirty;
+    engine_reset_dirty = (reset_dirty_fn)reset_dirty;
+}
+
+int vn_register(void *uc, vn_state *s) {
+    for (int i = 0; i < reg_count; i++)
+        if (reg_uc[i] == uc) { reg_state[i] = s; last_uc = 0; return 0; }
+    if (reg_count >= VN_MAX_ENGINES)
+        return -1;
+    reg_uc[reg_count] = uc;
+    reg_state[reg_count++] = s;
+    last_uc = 0;
+    return 0;
+}
+
+void vn_unregister(void *uc) {
+    for (int i = 0; i < reg_count; i++)
+        if (reg_uc[i] == uc) {
+            if (running == reg_state[i])
+                running = 0;
+            reg_count--;
+            reg_uc[i] = reg_uc[reg_count];
+            reg_state[i] = reg_state[reg_count];
+            i--;
+        }
+    last_uc = 0;
+    last_state = 0;
+}
+
+void vn_enter(vn_state *s) { running = s; }
+void vn_leave(void) { running = 0; }
+
+static vn_state *lookup(void *uc) {
+    if (uc != last_uc) {
+        vn_state *s = 0;
+        for (int i = 0; i < reg_count; i++)
+            if (reg_uc[i] == uc) { s = reg_state[i]; break; }
+        last_uc = uc;
+        last_state = s;
+    }
+    return last_state;
+}
+
+/* Guest-physical address of engine RAM offset ram_addr (~0 when it is not guest RAM). */
+static uint64_t ram_to_gpa(vn_state *s, uint64_t ram_addr) {
+    for (uint64_t i = 0; i < s->ram_count && i < 16; i++) {
+        uint64_t *r = s->ram_ranges[i];
+        if (ram_addr >= r[0] && ram_addr < r[0] + r[1])
+            return ram_addr - r[0] + r[2];
+    }
+    return ~0ULL;
+}
+
+static int gpa_writable(vn_state *s, uint64_t gpa) {
+    for (uint64_t i = 0; i < s->ram_count && i < 16; i++) {
+        uint64_t *r = s->ram_ranges[i];
+        if (gpa >= r[2] && gpa < r[2] + r[1])
+            return r[3] != 0;
+    }
+    return 0;
+}
+
+void vn_tbipf(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr) {
+    vn_state *s = lookup(uc);
+    if (s) {
+        uint64_t gpa = ram_to_gpa(s, start);
+        if (gpa != ~0ULL)
+            code_store(uc, s, gpa, len > 0 ? (uint64_t)len : 0);
+    }
+    real_tbipf(uc, pages, start, len, retaddr);
+}
+
+/* tlb_set_page_with_attrs: the engine filled a TLB entry (vaddr -> paddr, guest-physical). */
+void vn_tlb_set_page(void *cpu, uint64_t vaddr, uint64_t paddr, uint32_t attrs, int prot, int mmu_idx,
+                     uint64_t size) {
+    real_tlb_set_page(cpu, vaddr, paddr, attrs, prot, mmu_idx, size);
+    vn_state *s = running;
+    if (!s || !s->tb_map || !(prot & PAGE_WRITE))
+        return;
+    if (s->cpu != cpu) {
+        if (s->cpu)
+            return;  /* not the engine that is running (cannot happen; never guess) */
+        s->cpu = cpu;
+    }
+    uint64_t page = paddr >> 12;
+    if (page >= s->code_map_pages || (s->tb_map[page >> 6] >> (page & 63) & 1) || !gpa_writable(s, paddr))
+        return;
+    engine_set_dirty(cpu, vaddr);
+    s->fast_fills++;
+}
+
+/* tlb_protect_code: the engine linked the first translation into the page at RAM offset ram_addr. */
+void vn_protect_code(void *uc, uint64_t ram_addr) {
+    vn_state *s = lookup(uc);
+    if (s && s->tb_map) {
+        uint64_t gpa = ram_to_gpa(s, ram_addr), page = gpa >> 12;
+        if (gpa != ~0ULL && page < s->code_map_pages && !(s->tb_map[page >> 6] >> (page & 63) & 1)) {
+            s->tb_map[page >> 6] |= 1ULL << (page & 63);
+            for (int i = 0; i < reg_count; i++) {
+                vn_state *r = reg_state[i];
+                if (r->tb_map == s->tb_map && r->cpu)
+                    engine_reset_dirty(r->cpu, s->host_ram + (page << 12), 0x1000);
+            }
+            s->rearms++;
+        }
+    }
+    real_protect_code(uc, ram_addr);
+}

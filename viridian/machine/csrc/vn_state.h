@@ -1,0 +1,80 @@
+/* vn_state: the per-vCPU block shared by the hot-path hooks (vcpu_native.c), the engine watch
+ * (engine_watch.c) and Python (viridian/machine/native.py mirrors it field by field, in this order). */
+#ifndef VN_STATE_H
+#define VN_STATE_H
+#include <stdint.h>
+#include <string.h>
+
+typedef int (*stop_fn)(void *uc);
+typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
+typedef int (*reg_read_fn)(void *uc, int regid, void *value);
+typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+typedef int (*vmem_translate_fn)(void *uc, uint64_t address, int prot, uint64_t *paddress);
+
+enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
+
+typedef struct {
+    uint64_t bytes;         /* guest code bytes executed (the clock) */
+    uint64_t limit;         /* stop once bytes >= limit */
+    uint64_t blocks;        /* blocks executed */
+    uint64_t pending_site;  /* address of the MSR instruction about to execute, 0 = none */
+    uint64_t stop_reason;
+    uint64_t new_page;      /* page holding new candidate sites (STOP_NEW_SITES) */
+    uint64_t pages_scanned;
+    uint64_t last_page;     /* one-entry cache of the last page found in the table, +1 */
+    stop_fn stop;
+    reg_write_fn reg_write;
+    vmem_read_fn vmem_read;
+    uint64_t *table;        /* open-addressing set of (page number + 1), 0 = empty */
+    uint64_t table_mask;    /* capacity - 1 (power of two) */
+    uint64_t table_used;
+    int rip_reg;
+    int prot_read;
+    uint64_t pauses;        /* PAUSE instructions executed */
+    uint64_t ple_gap;       /* pause-loop exiting (Intel PLE): PAUSEs at most ple_gap ticks apart form a loop */
+    uint64_t ple_window;    /* ... that exits once it has spun for more than ple_window ticks; 0 = off */
+    uint64_t pause_last;
+    uint64_t pause_loop_start;
+    uint64_t new_code[1024];  /* pages first seen executing since the machine last drained them */
+    uint64_t new_code_count; /* > 1024: overflowed (later pages are not tracked) */
+    uint64_t dirty_code[64]; /* physical code pages this vCPU wrote since the last drain (vn_write, vn_tbipf) */
+    uint64_t dirty_count;    /* > 64: overflowed */
+    reg_read_fn reg_read;
+    uint64_t fast_spin_ok;   /* the machine allows NotifyLongSpinWait to complete here (see vn_stub) */
+    uint64_t fast_spin_count;
+    uint64_t fast_done_at;   /* address of the stub hook this call was completed at (the Python hook skips) */
+    uint64_t exit_ticks;
+    int rcx_reg, rax_reg, cs_reg, rflags_reg;
+    uint64_t window_shadow;  /* the instruction before the next boundary was STI (interrupt shadow) */
+    uint64_t window_open_at; /* window_block stopped here: the first boundary with RFLAGS.IF = 1, no shadow */
+    uint64_t stub_count;     /* addresses of the hypercall-page stub hooks (never stop there) */
+    uint64_t stub_at[8];
+    uint64_t window_active;  /* block-level interrupt-window check in vn_block (see window_block) */
+    uint64_t window_first;   /* the next block start is the first since the window was armed */
+    uint64_t window_prev_if; /* RFLAGS.IF at the previous block start */
+    uint64_t block_start;    /* the block vn_block was last called for (a block-hook stop leaves RIP here) */
+    uint64_t last_ran_end;   /* last byte of the last block that ran (STI ends a block: the shadow test) */
+    uint64_t pend_end, pend_valid;
+    uint64_t *code_map;      /* shared by every vCPU: bit per physical page some vCPU executed (and scanned) */
+    uint64_t code_map_pages; /* guest RAM pages the map covers */
+    vmem_translate_fn vmem_translate;
+    uint64_t new_code_pa[1024]; /* the physical page behind each new_code entry */
+    uint64_t code_writes;    /* stores that hit a page of code_map */
+    uint64_t *defer_map;     /* shared: pages written since they last ran -- watched again only when the
+                                machine syncs after the slice (bounds stops on pages mixing code and data) */
+    uint64_t ram_count;      /* the engine's RAM blocks over guest RAM: [ram_addr, ram_addr + size) -> gpa, */
+    uint64_t ram_ranges[16][4]; /* ... and whether the guest may write it (region protection) */
+    uint64_t tsc_base;       /* RDTSC natively (vn_rdtsc): partition time = bytes + tsc_base, at least */
+    uint64_t tsc_floor;      /* ... tsc_floor (the partition clock; raised by every read) */
+    uint64_t tsc_offset;     /* ... plus this vCPU's TSC offset (IA32_TSC / TSC_ADJUST writes) */
+    uint64_t rdtsc_count;    /* reads answered here since the machine last collected them */
+    int rdx_reg;
+    uint64_t *tb_map;        /* shared: bit per guest-physical page any engine ever translated code from */
+    uint64_t host_ram;       /* host address of guest-physical 0 (the RAM buffer every engine maps) */
+    void *cpu;               /* this engine's CPUState, learned at its first TLB fill while it runs */
+    uint64_t fast_fills;     /* TLB fills of writable RAM left without the engine's clean-page flag */
+    uint64_t rearms;         /* pages whose fast TLB entries were withdrawn when they first held code */
+    int cr0_reg, cr3_reg, cr4_reg, walk_pad;
+    uint64_t engine_reads;   /* guest-virtual reads that needed the engine (paging the walker does not do) */
+} vn_state;
+#endif
