@@ -6,6 +6,7 @@ with status "exit", code 0, as the exit port does)."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,21 @@ def _has_linux_note(blob: bytes) -> bool:
     return False
 
 
-def attach_acpi_sleep(machine: Any) -> AcpiSleep:
-    """Claim the Sleep Control/Status ports on ``machine``'s port bus; an S5 request ends the run like the exit
-    port (ExitRequested(0): status "exit", code 0)."""
+@dataclass
+class PowerOff:
+    """An S5 request ends the run like the exit port (ExitRequested(0): status "exit", code 0). A class, not a
+    closure, so a snapshot can pickle it (the machine is written as a reference)."""
 
-    def power_off() -> None:
-        machine.ports.exit_code = 0
+    machine: Any
+
+    def __call__(self) -> None:
+        self.machine.ports.exit_code = 0
         raise ExitRequested(0)
 
-    dev = AcpiSleep(power_off)
+
+def attach_acpi_sleep(machine: Any) -> AcpiSleep:
+    """Claim the Sleep Control/Status ports on ``machine``'s port bus (an S5 request: :class:`PowerOff`)."""
+    dev = AcpiSleep(PowerOff(machine))
     machine.ports.attach(dev.ports, dev)
     return dev
 

@@ -121,7 +121,7 @@ class Machine:
             self.zero_page = install(image.linux, self.ram, size, vcpus, cmdline)
             from viridian.devices.cmos import DATA_PORT, INDEX_PORT, Cmos
 
-            self.cmos = Cmos(lambda: self.clock.tsc() / self.clock.tsc_hz)
+            self.cmos = Cmos(self.virtual_seconds)  # a bound method: snapshots pickle it by name
             self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
             from viridian.machine.linux_machine import attach_acpi_sleep
 
@@ -149,6 +149,10 @@ class Machine:
 
         build_boot_gdt(self.ram, regs.gdt, regs.tss)
         return replace(regs, rsi=self.zero_page or 0, rdi=0, rdx=0, rcx=0, cs=BOOT_CS, ds=BOOT_DS)
+
+    def virtual_seconds(self) -> float:
+        """Virtual time since the machine started, in seconds (the CMOS clock's source)."""
+        return self.clock.tsc() / self.clock.tsc_hz
 
     # -- results ---------------------------------------------------------------------------------------------
     @property
