@@ -98,6 +98,8 @@ class VnState(ctypes.Structure):
         ("cr4_reg", ctypes.c_int),
         ("walk_pad", ctypes.c_int),
         ("engine_reads", ctypes.c_uint64),
+        ("uc", ctypes.c_void_p),
+        ("filtered_tbs", ctypes.c_uint64),
     ]
 
 
@@ -144,6 +146,8 @@ def library() -> ctypes.CDLL:
     lib.vn_set_real_tbipf.restype = None
     lib.vn_set_engine_fns.argtypes = [ctypes.c_void_p] * 4
     lib.vn_set_engine_fns.restype = None
+    lib.vn_set_code_filter.argtypes = [ctypes.c_uint64, ctypes.c_void_p]
+    lib.vn_set_code_filter.restype = None
     lib.vn_enter.argtypes = [ctypes.POINTER(VnState)]
     lib.vn_enter.restype = None
     lib.vn_leave.argtypes = []

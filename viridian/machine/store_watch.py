@@ -14,7 +14,11 @@ So three PLT slots of the engine library lead into csrc/engine_watch.c instead:
   translated code from loses the clean-page flag (the engine's ``tlb_set_dirty``), so stores there run
   inline -- a Linux boot spent ~40 % of its time in the slow store helper;
 - ``tlb_protect_code`` -> ``vn_protect_code``: when an engine links its first translation into a page, every
-  vCPU's TLB entries for it get the flag back (``tlb_reset_dirty``), so from then on its stores are seen.
+  vCPU's TLB entries for it get the flag back (``tlb_reset_dirty``), so from then on its stores are seen;
+- ``tb_gen_code`` -> ``vn_tb_gen_code``: the translator walks the whole code-hook list for every instruction;
+  while it translates a block of the running vCPU it sees only the hooks that can apply to the block's pages
+  (the list's place in the engine is found by behaviour, :func:`code_hook_list_offset`; if it is not found
+  the wrapper only passes the call on).
 
 If a slot cannot be found or does not hold what we expect (another Unicorn build), none is redirected and
 the machine falls back to the native write hook (``vn_write``): same answers, slower.
@@ -34,7 +38,8 @@ log = logging.getLogger("viridian.machine.store_watch")
 
 TBIPF, TLB_SET_PAGE, PROTECT_CODE = (b"tb_invalidate_phys_page_fast_x86_64", b"tlb_set_page_with_attrs_x86_64",
                                      b"tlb_protect_code_x86_64")
-TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE)
+TB_GEN_CODE = b"tb_gen_code_x86_64"
+TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE, TB_GEN_CODE)
 HELPERS = ("tlb_set_dirty_x86_64", "tlb_reset_dirty_x86_64")  # called by engine_watch.c, not redirected
 ANCHOR = b"uc_version"
 R_X86_64_JUMP_SLOT = 7
@@ -127,10 +132,71 @@ def _install(lib: ctypes.CDLL) -> bool:
                 return False
         lib.vn_set_real_tbipf(ctypes.c_void_p(real[TBIPF]))
         lib.vn_set_engine_fns(*(ctypes.c_void_p(a) for a in (real[TLB_SET_PAGE], real[PROTECT_CODE], *helpers)))
-        wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code"}
+        lib.vn_set_code_filter(code_hook_list_offset(lib) or 0, ctypes.c_void_p(real[TB_GEN_CODE]))
+        wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code",
+                    TB_GEN_CODE: "vn_tb_gen_code"}
         for target, (slot_off, _value) in slots.items():
             ctypes.c_uint64.from_address(base + slot_off).value = _address(getattr(lib, wrappers[target])) or 0
         return True
     except (OSError, ValueError, KeyError, AttributeError, IndexError, struct.error) as exc:
         log.info("store watch unavailable (%s); using the write hook", exc)
         return False
+
+
+def _readable_ranges() -> list[tuple[int, int]]:
+    out = []
+    try:
+        with open("/proc/self/maps", encoding="ascii") as fh:
+            for line in fh:
+                span, perms = line.split()[:2]
+                if perms.startswith("r"):
+                    lo, hi = span.split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return out
+
+
+HOOK_BEGIN_OFFSET = 0x18  # struct hook: begin and end (vn_tb_gen_code's HOOK_BEGIN), checked below
+
+
+def code_hook_list_offset(lib: ctypes.CDLL, scan: int = 0x3000) -> int | None:
+    """Where a Uc keeps its UC_HOOK_CODE list ({head, tail} of list_items {next, data = struct hook *}), found
+    by behaviour on a scratch engine: the one pair of words that goes from empty to one item holding the hook
+    just added, and to a second item when a second hook is added. Pointers are followed only into readable
+    mappings (/proc/self/maps). None when nothing fits (the filter stays off)."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, Uc
+
+    from viridian.machine import engine as E
+
+    fn = _address(lib.vn_site) or 0
+    uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+    base: int = uc._uch.value
+    before = ctypes.string_at(base, scan)
+    h1 = E.hook_add_native(uc, UC_HOOK_CODE, fn, 0, 0x1234, 0x1237)
+    after = ctypes.string_at(base, scan)
+
+    maps = _readable_ranges()
+
+    def near(p: int) -> bool:
+        return any(lo <= p and p + 16 <= hi for lo, hi in maps)
+
+    def word(at: int) -> int:
+        return ctypes.c_uint64.from_address(at).value
+
+    if not (word(h1 + HOOK_BEGIN_OFFSET) == 0x1234 and word(h1 + HOOK_BEGIN_OFFSET + 8) == 0x1237):
+        return None
+    found = []
+    for k in range(0, scan - 16, 8):
+        b0, b1 = struct.unpack_from("<QQ", before, k)
+        a0, a1 = struct.unpack_from("<QQ", after, k)
+        if b0 == b1 == 0 and a0 == a1 != 0 and near(a0) and word(a0 + 8) == h1 and word(a0) == 0:
+            found.append(k)
+    if len(found) != 1:
+        return None
+    k = found[0]
+    h2 = E.hook_add_native(uc, UC_HOOK_CODE, fn, 0, 0x2000, 0x2000)
+    head, tail = word(base + k), word(base + k + 8)
+    if head != struct.unpack_from("<Q", after, k)[0] or not near(tail) or word(tail + 8) != h2 or word(head) != tail:
+        return None
+    return k

@@ -138,6 +138,7 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
     n.defer_map = ctypes.cast(m.code_defer, ctypes.POINTER(ctypes.c_uint64))
     n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
     n.host_ram = ctypes.addressof(m.ram_buffer)  # the hooks' page walk reads guest RAM here
+    n.uc = v.uc._uch.value
     if store_watch.install(lib):
         n.tb_map = ctypes.cast(m.tb_map, ctypes.POINTER(ctypes.c_uint64))
         refresh_ram_ranges(v)

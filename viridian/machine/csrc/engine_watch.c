@@ -8,6 +8,12 @@
  *    (tlb_set_dirty), so the guest's stores there run inline instead of through the engine's slow store
  *    helper; the moment an engine links its first translation into a page, every vCPU's fast entries for
  *    that page get the flag back (tlb_reset_dirty) and the page stays on the watched path from then on.
+ *  - vn_tb_gen_code (tb_gen_code): translation hook filter. The engine walks its whole UC_HOOK_CODE list for
+ *    every instruction it translates (a Linux boot has ~1000 site hooks); while it translates a block of the
+ *    running vCPU, the list is cut to the hooks that can apply to the block's two pages (plus the first one,
+ *    so the list is never empty), and put back before anything else runs: after the translation, or -- when
+ *    the translation faults out with a longjmp -- at the next block start, translation or vn_leave. The
+ *    hooks are the engine's own; only which of them the translator sees changes.
  * The engine handle (or, for TLB fills, the engine that vn_enter says is running) identifies the vCPU.
  */
 #include "vn_state.h"
@@ -95,7 +101,7 @@ void vn_unregister(void *uc) {
 }
 
 void vn_enter(vn_state *s) { running = s; }
-void vn_leave(void) { running = 0; }
+void vn_leave(void) { vn_restore_code_hooks(); running = 0; }
 
 static vn_state *lookup(void *uc) {
     if (uc != last_uc) {
@@ -172,4 +178,66 @@ void vn_protect_code(void *uc, uint64_t ram_addr) {
         }
     }
     real_protect_code(uc, ram_addr);
+}
+
+/* -- translation hook filter ------------------------------------------------------------------------------ */
+typedef void *(*tb_gen_code_fn)(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t flags, uint32_t cflags);
+typedef struct vn_item { struct vn_item *next; void *data; } vn_item;  /* the engine's list_item */
+#define FILTER_MAX 4096
+#define HOOK_BEGIN 3         /* struct hook: begin, end as the 4th and 5th 64-bit words (checked by Python) */
+static tb_gen_code_fn real_tb_gen_code;
+static uint64_t code_list_off;  /* offset of the UC_HOOK_CODE list {head, tail} in the engine; 0 = off */
+static vn_item filtered[FILTER_MAX];
+static vn_item **cut_list, *cut_head, *cut_tail;
+void *vn_code_hooks_cut;
+
+void vn_set_code_filter(uint64_t list_offset, void *real) {
+    code_list_off = list_offset;
+    real_tb_gen_code = (tb_gen_code_fn)real;
+}
+
+void vn_restore_code_hooks(void) {
+    if (cut_list) {
+        cut_list[0] = cut_head;
+        cut_list[1] = cut_tail;
+        cut_list = 0;
+        vn_code_hooks_cut = 0;
+    }
+}
+
+void *vn_tb_gen_code(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t flags, uint32_t cflags) {
+    vn_restore_code_hooks();
+    vn_state *s = running;
+    if (s && code_list_off && s->uc && s->cpu == cpu) {
+        vn_item **list = (vn_item **)((char *)s->uc + code_list_off);
+        vn_item *head = list[0];
+        uint64_t lo = pc & ~0xFFFULL, hi = lo + 0x2000;  /* an x86 block spans at most two pages */
+        int n = 0;
+        for (vn_item *it = head; it && n >= 0; it = it->next) {
+            const uint64_t *h = (const uint64_t *)it->data;
+            uint64_t b = h[HOOK_BEGIN], e = h[HOOK_BEGIN + 1];
+            if (b > e || (b < hi && e >= lo)) {  /* begin > end: every address */
+                if (n == FILTER_MAX)
+                    n = -1;
+                else
+                    filtered[n++].data = it->data;
+            }
+        }
+        if (head && n >= 0) {
+            if (n == 0)
+                filtered[n++].data = head->data;  /* never empty: "any code hook?" keeps its answer */
+            for (int i = 0; i < n; i++)
+                filtered[i].next = i + 1 < n ? &filtered[i + 1] : 0;
+            cut_list = list;
+            cut_head = head;
+            cut_tail = list[1];
+            list[0] = &filtered[0];
+            list[1] = &filtered[n - 1];
+            vn_code_hooks_cut = list;
+            s->filtered_tbs++;
+        }
+    }
+    void *tb = real_tb_gen_code(cpu, pc, cs_base, flags, cflags);
+    vn_restore_code_hooks();
+    return tb;
 }

@@ -182,6 +182,8 @@ static int window_block(void *uc, uint64_t address, vn_state *s);
 
 void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
     vn_state *s = (vn_state *)user;
+    if (__builtin_expect(vn_code_hooks_cut != 0, 0))
+        vn_restore_code_hooks();  /* a translation faulted out with the hook list cut (engine_watch.c) */
     uint64_t first = address & ~0xFFFULL;
     if (s->pend_valid)
         s->last_ran_end = s->pend_end;

@@ -76,5 +76,10 @@ typedef struct {
     uint64_t rearms;         /* pages whose fast TLB entries were withdrawn when they first held code */
     int cr0_reg, cr3_reg, cr4_reg, walk_pad;
     uint64_t engine_reads;   /* guest-virtual reads that needed the engine (paging the walker does not do) */
+    void *uc;                /* this vCPU's engine handle (the translation hook filter reads its code-hook list) */
+    uint64_t filtered_tbs;   /* translations made with the code-hook list cut to the block's two pages */
 } vn_state;
+
+void vn_restore_code_hooks(void); /* engine_watch.c: undo a hook-list cut a translation left behind */
+extern void *vn_code_hooks_cut;
 #endif
