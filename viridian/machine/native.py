@@ -100,6 +100,7 @@ class VnState(ctypes.Structure):
         ("engine_reads", ctypes.c_uint64),
         ("uc", ctypes.c_void_p),
         ("filtered_tbs", ctypes.c_uint64),
+        ("pause_native", ctypes.c_uint64),
     ]
 
 
@@ -146,6 +147,8 @@ def library() -> ctypes.CDLL:
     lib.vn_set_real_tbipf.restype = None
     lib.vn_set_engine_fns.argtypes = [ctypes.c_void_p] * 4
     lib.vn_set_engine_fns.restype = None
+    lib.vn_set_real_svm_check.argtypes = [ctypes.c_void_p]
+    lib.vn_set_real_svm_check.restype = None
     lib.vn_set_code_filter.argtypes = [ctypes.c_uint64, ctypes.c_void_p]
     lib.vn_set_code_filter.restype = None
     lib.vn_enter.argtypes = [ctypes.POINTER(VnState)]

@@ -18,7 +18,10 @@ So three PLT slots of the engine library lead into csrc/engine_watch.c instead:
 - ``tb_gen_code`` -> ``vn_tb_gen_code``: the translator walks the whole code-hook list for every instruction;
   while it translates a block of the running vCPU it sees only the hooks that can apply to the block's pages
   (the list's place in the engine is found by behaviour, :func:`code_hook_list_offset`; if it is not found
-  the wrapper only passes the call on).
+  the wrapper only passes the call on);
+- ``cpu_svm_check_intercept_param`` -> ``vn_svm_check``: the engine's PAUSE helper asks it about an SVM
+  intercept first, which is where the machine counts the PAUSE and applies pause-loop exiting -- no PAUSE
+  needs a code hook.
 
 If a slot cannot be found or does not hold what we expect (another Unicorn build), none is redirected and
 the machine falls back to the native write hook (``vn_write``): same answers, slower.
@@ -38,8 +41,8 @@ log = logging.getLogger("viridian.machine.store_watch")
 
 TBIPF, TLB_SET_PAGE, PROTECT_CODE = (b"tb_invalidate_phys_page_fast_x86_64", b"tlb_set_page_with_attrs_x86_64",
                                      b"tlb_protect_code_x86_64")
-TB_GEN_CODE = b"tb_gen_code_x86_64"
-TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE, TB_GEN_CODE)
+TB_GEN_CODE, SVM_CHECK = b"tb_gen_code_x86_64", b"cpu_svm_check_intercept_param_x86_64"
+TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE, TB_GEN_CODE, SVM_CHECK)
 HELPERS = ("tlb_set_dirty_x86_64", "tlb_reset_dirty_x86_64")  # called by engine_watch.c, not redirected
 ANCHOR = b"uc_version"
 R_X86_64_JUMP_SLOT = 7
@@ -133,8 +136,9 @@ def _install(lib: ctypes.CDLL) -> bool:
         lib.vn_set_real_tbipf(ctypes.c_void_p(real[TBIPF]))
         lib.vn_set_engine_fns(*(ctypes.c_void_p(a) for a in (real[TLB_SET_PAGE], real[PROTECT_CODE], *helpers)))
         lib.vn_set_code_filter(code_hook_list_offset(lib) or 0, ctypes.c_void_p(real[TB_GEN_CODE]))
+        lib.vn_set_real_svm_check(ctypes.c_void_p(real[SVM_CHECK]))
         wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code",
-                    TB_GEN_CODE: "vn_tb_gen_code"}
+                    TB_GEN_CODE: "vn_tb_gen_code", SVM_CHECK: "vn_svm_check"}
         for target, (slot_off, _value) in slots.items():
             ctypes.c_uint64.from_address(base + slot_off).value = _address(getattr(lib, wrappers[target])) or 0
         return True

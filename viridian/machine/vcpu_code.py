@@ -45,7 +45,7 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
             add_site(v, page + off, is_write)
         for off, is_write, gpr in cr8_offsets(data):
             add_cr8_site(v, page + off, is_write, gpr)
-        for off in pause_offsets(data):
+        for off in ([] if v._native.pause_native else pause_offsets(data)):  # else vn_svm_check sees PAUSE
             E.hook_add_native(v.uc, UC_HOOK_CODE, v._pause_fn, ctypes.addressof(v._native),
                               page + off, page + off)
     if is_hypercall_stub(data) and page not in v._stub_hooks:
@@ -141,6 +141,7 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
     n.uc = v.uc._uch.value
     if store_watch.install(lib):
         n.tb_map = ctypes.cast(m.tb_map, ctypes.POINTER(ctypes.c_uint64))
+        n.pause_native = 1
         refresh_ram_ranges(v)
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
             raise UserError("too many vCPU engines in one process for the store watch")

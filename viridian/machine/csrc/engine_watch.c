@@ -14,6 +14,10 @@
  *    so the list is never empty), and put back before anything else runs: after the translation, or -- when
  *    the translation faults out with a longjmp -- at the next block start, translation or vn_leave. The
  *    hooks are the engine's own; only which of them the translator sees changes.
+ *  - vn_svm_check (cpu_svm_check_intercept_param): the engine's helper for PAUSE asks it whether an SVM
+ *    intercept applies (type SVM_EXIT_PAUSE) before it executes the instruction; that call counts the PAUSE
+ *    and applies pause-loop exiting (vn_pause), so no PAUSE needs a code hook -- a hooked PAUSE cost a walk
+ *    of the whole code-hook list every time a vCPU spun (half of a 4-vCPU Linux boot).
  * The engine handle (or, for TLB fills, the engine that vn_enter says is running) identifies the vCPU.
  */
 #include "vn_state.h"
@@ -240,4 +244,18 @@ void *vn_tb_gen_code(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t flags, u
     void *tb = real_tb_gen_code(cpu, pc, cs_base, flags, cflags);
     vn_restore_code_hooks();
     return tb;
+}
+
+/* -- PAUSE without hooks -------------------------------------------------------------------------------- */
+typedef void (*svm_check_fn)(void *env, uint32_t type, uint64_t param, uintptr_t retaddr);
+#define SVM_EXIT_PAUSE 0x77  /* AMD APM vol. 2, Appendix C (the engine's helper_pause passes it) */
+static svm_check_fn real_svm_check;
+
+void vn_set_real_svm_check(void *fn) { real_svm_check = (svm_check_fn)fn; }
+
+void vn_svm_check(void *env, uint32_t type, uint64_t param, uintptr_t retaddr) {
+    vn_state *s = running;
+    if (type == SVM_EXIT_PAUSE && s && s->pause_native && s->uc)
+        vn_pause(s->uc, 0, 0, s);
+    real_svm_check(env, type, param, retaddr);
 }

@@ -135,7 +135,8 @@ __attribute__((noinline)) static int scan_page(void *uc, vn_state *s, uint64_t p
     if (memcmp(buf, stub, sizeof stub) == 0)
         return 1;  /* our hypercall page (viridian/machine/stubs.py) */
     for (int i = 0; i < 4096; i++)
-        if ((buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32)) || (buf[i] == 0xF3 && buf[i + 1] == 0x90))
+        if ((buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32))
+            || (!s->pause_native && buf[i] == 0xF3 && buf[i + 1] == 0x90))
             return 1;
     for (int i = 0; i + 3 < 4096; i++)  /* MOV to/from CR8: REX.R, 0F 20/22, ModRM 11 000 rrr */
         if ((buf[i] & 0xF4) == 0x44 && buf[i + 1] == 0x0F && (buf[i + 2] == 0x20 || buf[i + 2] == 0x22)
@@ -228,7 +229,8 @@ void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
     s->pending_site = is_site(b) ? address : 0;
 }
 
-/* UC_HOOK_CODE at a PAUSE (F3 90): count it and apply pause-loop exiting. */
+/* A PAUSE (F3 90) executes: count it and apply pause-loop exiting. Called from vn_svm_check (engine_watch.c)
+ * or, without the engine watch, as a UC_HOOK_CODE at each PAUSE site. */
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user) {
     vn_state *s = (vn_state *)user;
     (void)address; (void)size;

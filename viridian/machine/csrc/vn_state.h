@@ -78,7 +78,10 @@ typedef struct {
     uint64_t engine_reads;   /* guest-virtual reads that needed the engine (paging the walker does not do) */
     void *uc;                /* this vCPU's engine handle (the translation hook filter reads its code-hook list) */
     uint64_t filtered_tbs;   /* translations made with the code-hook list cut to the block's two pages */
+    uint64_t pause_native;   /* PAUSE reaches vn_pause through the engine's SVM intercept check (no hooks) */
 } vn_state;
+
+void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
 
 void vn_restore_code_hooks(void); /* engine_watch.c: undo a hook-list cut a translation left behind */
 extern void *vn_code_hooks_cut;
