@@ -223,6 +223,17 @@ def test_a_data_page_that_becomes_code_is_watched_again(guests: Path, vcpus: int
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["serial"]
 
 
+def test_the_engine_watch_is_active_on_this_engine_build(guests: Path) -> None:
+    """The engine watch (store_watch.py) is all-or-nothing and falls back silently; on the pinned Unicorn it
+    must be in place: fast stores, the translation hook filter and hook-free PAUSE all did work."""
+    m, s = run_guest(guests / "hello.elf", vcpus=4)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
+    n = [v._native for v in m.vcpus]
+    assert all(x.pause_native for x in n)
+    assert sum(x.fast_fills for x in n) > 0 and sum(x.filtered_tbs for x in n) > 0
+    assert s["pauses_executed"] > 0  # counted through vn_svm_check: no PAUSE has a code hook
+
+
 def test_x2apic_timer_and_eoi_assist(guests: Path) -> None:
     """x2APIC via IA32_APIC_BASE, timer via x2APIC MSRs; every EOI avoided through the VP assist page."""
     _, s = run_guest(guests / "apic_msrs.elf")

@@ -176,14 +176,16 @@ def code_hook_list_offset(lib: ctypes.CDLL, scan: int = 0x3000) -> int | None:
     fn = _address(lib.vn_site) or 0
     uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
     base: int = uc._uch.value
+    maps = _readable_ranges()
+
+    def near(p: int, size: int = 16) -> bool:
+        return any(lo <= p and p + size <= hi for lo, hi in maps)
+
+    if not near(base, scan):
+        return None
     before = ctypes.string_at(base, scan)
     h1 = E.hook_add_native(uc, UC_HOOK_CODE, fn, 0, 0x1234, 0x1237)
     after = ctypes.string_at(base, scan)
-
-    maps = _readable_ranges()
-
-    def near(p: int) -> bool:
-        return any(lo <= p and p + 16 <= hi for lo, hi in maps)
 
     def word(at: int) -> int:
         return ctypes.c_uint64.from_address(at).value
