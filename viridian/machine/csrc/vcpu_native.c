@@ -8,9 +8,10 @@
  *    so the machine can hook the sites first.
  *  - vn_site (UC_HOOK_CODE at one candidate site): records that the MSR instruction is about to run,
  *    so the hook on the following instruction knows it was reached from there.
- * and, further down: vn_pause / vn_stub (code hooks), vn_rdtsc (RDTSC), and the code-coherence
- * store watch vn_tbipf (or its fallback, the write hook vn_write).
- * Engine entry points arrive as function pointers, so this file links against nothing.
+ * and, further down: the guest page walk the hooks read through (guest_pa / read_virt), vn_pause (from
+ * vn_svm_check, or a code hook without the engine watch), vn_stub (code hook), the interrupt-window check
+ * and vn_rdtsc (RDTSC). The engine's redirected functions (store watch, fast stores, translation hook
+ * filter, PAUSE) are in engine_watch.c. Engine entry points arrive as function pointers: nothing is linked.
  */
 #include "vn_state.h"
 
