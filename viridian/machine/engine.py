@@ -41,11 +41,6 @@ EFER = 0xC000_0080
 SPURIOUS_CR2 = MAX_ADDR - 1
 
 
-def new_engine(mode: int) -> Any:
-    """A Uc for guest code in ``mode`` (one place to adjust how the machine's engines are made)."""
-    return Uc(UC_ARCH_X86, mode)
-
-
 def c_function(name: str) -> int:
     """Address of a libunicorn entry point (handed to the native hooks)."""
     value = ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value

@@ -27,7 +27,7 @@ STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW
 
 
 class VnState(ctypes.Structure):
-    """Mirror of ``vn_state`` in vcpu_native.c (keep the field order identical)."""
+    """Mirror of ``vn_state`` in csrc/vn_state.h (keep the field order identical)."""
 
     _fields_ = [
         ("bytes", ctypes.c_uint64),
@@ -40,7 +40,6 @@ class VnState(ctypes.Structure):
         ("last_page", ctypes.c_uint64),
         ("stop", ctypes.c_void_p),
         ("reg_write", ctypes.c_void_p),
-        ("vmem_read", ctypes.c_void_p),
         ("table", ctypes.POINTER(ctypes.c_uint64)),
         ("table_mask", ctypes.c_uint64),
         ("table_used", ctypes.c_uint64),

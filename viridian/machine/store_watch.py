@@ -127,6 +127,8 @@ def _install(lib: ctypes.CDLL) -> bool:
             log.info("store watch: the engine's functions are not where its ELF says; using the write hook")
             return False
         helpers = [_address(getattr(uclib, h)) for h in HELPERS]
+        if None in helpers:
+            return False
         libc = ctypes.CDLL(None, use_errno=True)
         for slot_off, _value in slots.values():
             page = (base + slot_off) & ~0xFFF

@@ -15,6 +15,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
+    UC_ARCH_X86,
     UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -24,6 +25,7 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
+    Uc,
     UcError,
 )
 from unicorn import x86_const as X
@@ -101,7 +103,7 @@ class Vcpu:
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
-        self.uc: Any = E.new_engine(UC_MODE_64)
+        self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
@@ -110,7 +112,7 @@ class Vcpu:
         lib = library()
         n = self._native
         n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
-        n.reg_write, n.vmem_read = E.c_function("uc_reg_write"), E.c_function("uc_vmem_read")
+        n.reg_write = E.c_function("uc_reg_write")
         n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
         n.rcx_reg, n.rax_reg, n.cs_reg = X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_CS
         n.rflags_reg = X.UC_X86_REG_RFLAGS
@@ -383,9 +385,9 @@ class Vcpu:
         """Map exactly ``pages`` read+execute (guest writes fault), everything else of RAM read/write/execute."""
         for page in self.protected - pages:
             self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
-        for page in pages - self.protected:
-            self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         newly = pages - self.protected
+        for page in newly:
+            self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         self.protected = set(pages)
         C.refresh_ram_ranges(self)
         if newly:

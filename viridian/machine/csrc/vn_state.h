@@ -8,7 +8,6 @@
 typedef int (*stop_fn)(void *uc);
 typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
-typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 typedef int (*vmem_translate_fn)(void *uc, uint64_t address, int prot, uint64_t *paddress);
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
@@ -24,7 +23,6 @@ typedef struct {
     uint64_t last_page;     /* one-entry cache of the last page found in the table, +1 */
     stop_fn stop;
     reg_write_fn reg_write;
-    vmem_read_fn vmem_read;
     uint64_t *table;        /* open-addressing set of (page number + 1), 0 = empty */
     uint64_t table_mask;    /* capacity - 1 (power of two) */
     uint64_t table_used;
