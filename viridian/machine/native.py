@@ -19,7 +19,7 @@ from pathlib import Path
 from viridian.errors import UserError
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "vcpu_native.c", CSRC / "engine_watch.c")
+SOURCES = (CSRC / "vcpu_native.c", CSRC / "engine_watch.c", CSRC / "block_entry.c")
 HEADERS = (CSRC / "vn_state.h",)
 TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 
@@ -100,6 +100,10 @@ class VnState(ctypes.Structure):
         ("uc", ctypes.c_void_p),
         ("filtered_tbs", ctypes.c_uint64),
         ("pause_native", ctypes.c_uint64),
+        ("exit_request", ctypes.c_void_p),
+        ("tb_patch", ctypes.c_uint64),
+        ("tb_patched", ctypes.c_uint64),
+        ("tb_patch_failed", ctypes.c_uint64),
     ]
 
 
@@ -150,6 +154,8 @@ def library() -> ctypes.CDLL:
     lib.vn_set_real_svm_check.restype = None
     lib.vn_set_code_filter.argtypes = [ctypes.c_uint64, ctypes.c_void_p]
     lib.vn_set_code_filter.restype = None
+    lib.vn_set_tb_entry.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+    lib.vn_set_tb_entry.restype = None
     lib.vn_enter.argtypes = [ctypes.POINTER(VnState)]
     lib.vn_enter.restype = None
     lib.vn_leave.argtypes = []

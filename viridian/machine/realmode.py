@@ -29,6 +29,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from viridian.machine import vcpu_code as C
 from viridian.machine.engine import EFER
 
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ def bring_up(v: Vcpu, vector: int) -> bool:
         return False
     ctx = uc.context_save()
     v.uc.context_restore(ctx)
+    if v._native.tb_patch:  # known gap (docs/architecture.md): a vCPU started by SIPI counts with the block hook
+        v._native.tb_patch = 0
+        C.hook_blocks(v)
     v.uc.ctl_flush_tb()
     v._efer = int(v.uc.msr_read(EFER))
     v.stats.events["sipi_start"] += 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -143,24 +144,89 @@ def _install(lib: ctypes.CDLL) -> bool:
                     TB_GEN_CODE: "vn_tb_gen_code", SVM_CHECK: "vn_svm_check"}
         for target, (slot_off, _value) in slots.items():
             ctypes.c_uint64.from_address(base + slot_off).value = _address(getattr(lib, wrappers[target])) or 0
+        _install_tb_entry(lib)
         return True
     except (OSError, ValueError, KeyError, AttributeError, IndexError, struct.error) as exc:
         log.info("store watch unavailable (%s); using the write hook", exc)
         return False
 
 
-def _readable_ranges() -> list[tuple[int, int]]:
+def _readable_ranges(perms_prefix: str = "r") -> list[tuple[int, int]]:
     out = []
     try:
         with open("/proc/self/maps", encoding="ascii") as fh:
             for line in fh:
                 span, perms = line.split()[:2]
-                if perms.startswith("r"):
+                if perms.startswith(perms_prefix):
                     lo, hi = span.split("-")
                     out.append((int(lo, 16), int(hi, 16)))
     except OSError:
         return []
     return out
+
+
+# -- block entry (csrc/block_entry.c) ------------------------------------------------------------------------
+CHECK_EXIT = "helper_check_exit_request_x86_64"
+# its first two instructions: mov disp32(%rdi), %r8 (uc->cpu); mov disp32(%r8), %eax (the exit-request word)
+_CHECK_PROLOGUE = (b"\x4c\x8b\x87", b"\x41\x8b\x80")
+TB_ENTRY: tuple[int, int] | None = None  # (offset of the CPU in the engine, of the exit-request word in it)
+TB_ENTRY_ENV = "VIRIDIAN_BLOCK_HOOK"     # set (to anything but 0): count blocks with the block hook instead
+
+
+def _install_tb_entry(lib: ctypes.CDLL) -> None:
+    """Blocks of the vCPUs' engines start in vn_tb_enter (no block hook), if the engine's exit-request check
+    starts as block_entry.c expects and its code buffer is writable."""
+    global TB_ENTRY
+    fn = _address(getattr(uclib, CHECK_EXIT, None))
+    if fn is None:
+        return
+    head = ctypes.string_at(fn, 14)
+    if head[:3] != _CHECK_PROLOGUE[0] or head[7:10] != _CHECK_PROLOGUE[1]:
+        log.info("block entry: %s does not start as expected; using the block hook", CHECK_EXIT)
+        return
+    cpu_off, exit_off = struct.unpack_from("<ii", head, 3)[0], struct.unpack_from("<i", head, 10)[0]
+    if not _code_buffer_writable():
+        log.info("block entry: the engine's code buffer is not writable; using the block hook")
+        return
+    spans = _mappings_of(Path(uclib._name))
+    if not spans:
+        return
+    lib.vn_set_tb_entry(ctypes.c_void_p(fn), min(lo for lo, _ in spans), max(hi for _, hi in spans))
+    TB_ENTRY = (cpu_off, exit_off)
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int]]:
+    """Address ranges the file at ``path`` is mapped at (/proc/self/maps)."""
+    out = []
+    try:
+        real = str(path.resolve())
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].strip() == real:
+                    lo, hi = parts[0].split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return out
+
+
+def _code_buffer_writable() -> bool:
+    """An engine's translation buffer (a new read-write-execute mapping of at least 1 MiB) appears when it
+    first runs code."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+
+    before = set(_readable_ranges("rwx"))
+    uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x90\xf4")
+    uc.emu_start(0x1000, 0x1001)
+    fresh = [r for r in _readable_ranges("rwx") if r not in before and r[1] - r[0] >= 1 << 20]
+    return bool(fresh)
+
+
+def tb_entry_enabled() -> bool:
+    return TB_ENTRY is not None and os.environ.get(TB_ENTRY_ENV, "0") in ("", "0")
 
 
 HOOK_BEGIN_OFFSET = 0x18  # struct hook: begin and end (vn_tb_gen_code's HOOK_BEGIN), checked below

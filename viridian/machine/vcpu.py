@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
-    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -128,8 +127,10 @@ class Vcpu:
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
-        E.hook_add_native(uc, UC_HOOK_BLOCK, function_address(lib, "vn_block"), ctypes.addressof(n), 1, 0)
         C.watch_stores(self, lib)
+        self._block_hooked = False
+        if not n.tb_patch:
+            C.hook_blocks(self)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
         self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
         # RDTSC natively (vn_rdtsc) unless every exit must be seen (--trace) or time is the wall clock (--fast)
@@ -269,6 +270,9 @@ class Vcpu:
                 self.vp.after_run()
             if n.rdtsc_count:
                 self.traps.collect_native_tsc()
+            patch_failed = bool(n.tb_patch_failed)
+            if patch_failed:  # a block could not be patched (csrc/block_entry.c); it did not run
+                C.hook_blocks(self)
             code_written = bool(n.dirty_count)
             if code_written:  # vn_write stopped the engine: every vCPU forgets the code before going on
                 self.m.sync_code(self, slice_end=False)
@@ -306,7 +310,7 @@ class Vcpu:
             if self._map_changed:
                 self._map_changed = False
                 continue
-            if code_written:
+            if code_written or patch_failed:
                 continue
             self._after_natural_stop()
             if self.halted:

@@ -10,7 +10,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_PROT_WRITE
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_PROT_WRITE
 
 from viridian.errors import UserError
 from viridian.machine import engine as E
@@ -146,9 +146,34 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
             raise UserError("too many vCPU engines in one process for the store watch")
         weakref.finalize(v, lib.vn_unregister, v.uc._uch)
+        if store_watch.TB_ENTRY is not None and store_watch.tb_entry_enabled():
+            cpu_off, exit_off = store_watch.TB_ENTRY
+            cpu = ctypes.c_void_p.from_address(v.uc._uch.value + cpu_off).value
+            if cpu:  # blocks start in vn_tb_enter (csrc/block_entry.c): no block hook
+                n.cpu, n.exit_request, n.tb_patch = cpu, cpu + exit_off, 1
     else:
         E.hook_add_native(v.uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
                           m.ram_size - 1)
+
+
+PATCH_FAILURES = {1: "no block", 2: "pc differs", 3: "layout differs", 4: "unexpected entry code",
+                  5: "call target outside the block", 6: "call to something else", 7: "no entry stub in reach"}
+
+
+def hook_blocks(v: Vcpu) -> None:
+    """Count blocks with the native block hook (vn_block): without the engine watch's block entry, or after a
+    translation it could not patch (then every translation is dropped, so none is counted twice)."""
+    n = v._native
+    if n.tb_patch_failed:
+        why = PATCH_FAILURES.get(int(n.tb_patch_failed), str(int(n.tb_patch_failed)))
+        log.warning("vCPU %d: a translation block could not be patched (%s); counting blocks with the block hook",
+                    v.index, why)
+        v.stats.events["tb_patch_failed"] += 1
+        n.tb_patch_failed = 0
+        v.uc.ctl_flush_tb()
+    if not v._block_hooked:
+        v._block_hooked = True
+        E.hook_add_native(v.uc, UC_HOOK_BLOCK, function_address(v._lib, "vn_block"), ctypes.addressof(n), 1, 0)
 
 
 def refresh_ram_ranges(v: Vcpu) -> None:

@@ -14,6 +14,7 @@
  *    so the list is never empty), and put back before anything else runs: after the translation, or -- when
  *    the translation faults out with a longjmp -- at the next block start, translation or vn_leave. The
  *    hooks are the engine's own; only which of them the translator sees changes.
+ *    Each block the running vCPU's engine translates is then patched to start in vn_tb_enter (block_entry.c).
  *  - vn_svm_check (cpu_svm_check_intercept_param): the engine's helper for PAUSE asks it whether an SVM
  *    intercept applies (type SVM_EXIT_PAUSE) before it executes the instruction; that call counts the PAUSE
  *    and applies pause-loop exiting (vn_pause), so no PAUSE needs a code hook -- a hooked PAUSE cost a walk
@@ -243,6 +244,9 @@ void *vn_tb_gen_code(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t flags, u
     }
     void *tb = real_tb_gen_code(cpu, pc, cs_base, flags, cflags);
     vn_restore_code_hooks();
+
+    if (s && s->tb_patch && s->cpu == cpu)
+        vn_patch_block(s, tb, pc);  /* block_entry.c: the block starts in vn_tb_enter */
     return tb;
 }
 

@@ -1,7 +1,8 @@
 /* The vCPU hot path that must not run in Python (docs/architecture.md, "machine").
  *
  * One `vn_state` per vCPU, passed as user_data to two Unicorn hooks:
- *  - vn_block (UC_HOOK_BLOCK, every address): the deterministic clock (executed bytes; stops the
+ *  - vn_block (UC_HOOK_BLOCK, every address -- or, with the engine watch, vn_tb_enter at the start of every
+ *    patched translation block, with no hook): the deterministic clock (executed bytes; stops the
  *    engine when the slice budget is used up) and RDMSR/WRMSR site discovery: the first time a block
  *    starts on (or runs into) a virtual page, the page is searched for 0F 30 / 0F 32; if it holds
  *    candidates the block is abandoned before it runs (RIP rewritten to itself) and the engine stops
@@ -182,8 +183,9 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
 
 static int window_block(void *uc, uint64_t address, vn_state *s);
 
-void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
-    vn_state *s = (vn_state *)user;
+/* A block starts (from vn_block or vn_tb_enter): the clock, the interrupt window, site discovery. */
+static inline __attribute__((always_inline)) void block_enter(void *uc, vn_state *s, uint64_t address,
+                                                              uint32_t size) {
     if (__builtin_expect(vn_code_hooks_cut != 0, 0))
         vn_restore_code_hooks();  /* a translation faulted out with the hook list cut (engine_watch.c) */
     uint64_t first = address & ~0xFFFULL;
@@ -204,6 +206,58 @@ void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
         return;
     }
     block_slow(uc, address, size, s);
+}
+
+void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
+    block_enter(uc, (vn_state *)user, address, size);
+}
+
+/* Every patched translation block starts with a call here instead of the engine's exit-request check
+ * (engine_watch.c, "block entry"), with this vCPU's state in place of the engine handle. The engine's
+ * check comes first -- a block the engine is about to leave neither runs nor counts, as with a block hook
+ * -- then what vn_block does, for the block found from the return address (the call ends VN_TB_BACK bytes
+ * past its TranslationBlock); when that stops the engine, the engine's check runs as a tail call, so it
+ * sees the block's return address and leaves with RIP at the block's start. The state comes tagged with bit 0;
+ * an untagged argument is the engine handle of one of the block's other checks (block_entry.c). */
+void (*vn_real_check_exit)(void *uc, int flag);
+uint64_t vn_tb_back;
+
+/* Only tail calls below (a leaf on the hot path; the engine's check must see the block's return address). */
+__attribute__((noinline)) static void tb_enter_slow(vn_state *s, int flag, uint64_t pc, uint32_t size) {
+    block_enter(s->uc, s, pc, size);
+    if (*s->exit_request < 0)
+        vn_real_check_exit(s->uc, flag);
+}
+
+void vn_tb_enter(void *arg, int flag) {
+    if (__builtin_expect(!((uintptr_t)arg & 1), 0)) {  /* an engine handle: a check inside a block */
+        vn_real_check_exit(arg, flag);
+        return;
+    }
+    vn_state *s = (vn_state *)((uintptr_t)arg - 1);
+    flag = 0;  /* a block start (the far form's rewrite drops the operand's zeroing) */
+    if (__builtin_expect(*s->exit_request < 0, 0)) {
+        vn_real_check_exit(s->uc, flag);
+        return;
+    }
+    const uint8_t *tb = (const uint8_t *)__builtin_return_address(0) - vn_tb_back;
+    uint64_t pc, first, end;
+    uint16_t size;
+    memcpy(&pc, tb + VN_TB_PC, 8);
+    memcpy(&size, tb + VN_TB_SIZE, 2);
+    first = pc & ~0xFFFULL;
+    end = pc + size - 1;
+    /* block_enter's hot path, inline: nothing to restore, no window, same page, budget left */
+    if (__builtin_expect(!vn_code_hooks_cut && !s->window_active && s->pend_valid && s->last_page == first + 1
+                         && (end & ~0xFFFULL) == first && s->bytes + size < s->limit, 1)) {
+        s->last_ran_end = s->pend_end;
+        s->block_start = pc;
+        s->pend_end = end;
+        s->bytes += size;
+        s->blocks++;
+        return;
+    }
+    tb_enter_slow(s, flag, pc, size);
 }
 
 /* An MSR (0F 30 / 0F 32, optionally after one prefix byte) or MOV CR8 (REX.R 0F 20/22 11-000-rrr) here? */

@@ -77,10 +77,24 @@ typedef struct {
     void *uc;                /* this vCPU's engine handle (the translation hook filter reads its code-hook list) */
     uint64_t filtered_tbs;   /* translations made with the code-hook list cut to the block's two pages */
     uint64_t pause_native;   /* PAUSE reaches vn_pause through the engine's SVM intercept check (no hooks) */
+    volatile int32_t *exit_request; /* the engine's exit-request word (negative: leave before the next block) */
+    uint64_t tb_patch;       /* this engine's translations enter vn_tb_enter (no block hook; engine_watch.c) */
+    uint64_t tb_patched;     /* translations patched so */
+    uint64_t tb_patch_failed; /* why a translation could not be patched (VN_PATCH_*): patching is off, the run
+                                 stopped */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
+void vn_tb_enter(void *arg, int flag);  /* vcpu_native.c: every patched block starts here */
 
+/* The engine's TranslationBlock (Unicorn 2.1.4, checked for every block patched): pc, size, host code. */
+enum { VN_TB_PC = 0, VN_TB_SIZE = 20, VN_TB_CODE = 32 };
+enum { VN_PATCH_NO_TB = 1, VN_PATCH_PC, VN_PATCH_LAYOUT, VN_PATCH_BYTES, VN_PATCH_POOL, VN_PATCH_CALLEE,
+       VN_PATCH_REACH };  /* block_entry.c: why a block was not patched */
+extern __attribute__((visibility("hidden"))) uint64_t vn_tb_back;  /* a block's entry call returns this many bytes past its TranslationBlock */
+extern __attribute__((visibility("hidden"))) void (*vn_real_check_exit)(void *uc, int flag);
+
+void vn_patch_block(vn_state *s, void *tb, uint64_t pc);  /* block_entry.c */
 void vn_restore_code_hooks(void); /* engine_watch.c: undo a hook-list cut a translation left behind */
-extern void *vn_code_hooks_cut;
+extern __attribute__((visibility("hidden"))) void *vn_code_hooks_cut;
 #endif

@@ -1,0 +1,77 @@
+"""Block entry without a block hook (csrc/block_entry.c): every translation block of a vCPU starts in
+vn_tb_enter instead of the engine's exit-request check. It must be active on the pinned engine, count exactly
+what the block hook counted, and fall back to the block hook when a block does not look as expected."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from viridian.config.presets import load_config
+from viridian.machine import store_watch
+from viridian.machine.loader import load_image
+from viridian.machine.machine import Machine
+from viridian.machine.native import library
+from viridian.machine.report import stats_json
+
+
+def _run(path: Path, vcpus: int) -> tuple[Machine, dict[str, Any]]:
+    m = Machine(load_config(preset="recommended"), load_image(path), vcpus=vcpus, max_ticks=4_000_000_000)
+    m.run()
+    return m, stats_json(m)
+
+
+def _observable(m: Machine, s: dict[str, Any]) -> dict[str, Any]:
+    """What a run shows: result, exits, serial, and each vCPU's clock and block count."""
+    keep = {k: s[k] for k in ("result", "exits", "apic", "serial", "time")}
+    keep["clocks"] = [(int(v._native.bytes), int(v._native.blocks)) for v in m.vcpus]
+    return keep
+
+
+def test_blocks_enter_natively_on_this_engine_build(guests: Path) -> None:
+    m, s = _run(guests / "hello.elf", 4)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
+    assert store_watch.TB_ENTRY is not None
+    for v in m.vcpus:
+        assert v._native.tb_patch == 1 and v._native.tb_patched > 0
+        assert not v._block_hooked and not v.stats.events.get("tb_patch_failed")
+
+
+@pytest.mark.parametrize("vcpus", [1, 2])
+@pytest.mark.parametrize("guest", ["hello.elf", "apic_timer.elf", "jit.elf", "smc.elf", "exceptions.elf",
+                                   "ipi.elf", "idle.elf", "stimer.elf", "win7.elf", "sipi.elf"])
+def test_block_entry_counts_what_the_block_hook_counts(guests: Path, guest: str, vcpus: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    native = _observable(*_run(guests / guest, vcpus))
+    monkeypatch.setenv(store_watch.TB_ENTRY_ENV, "1")
+    m, s = _run(guests / guest, vcpus)
+    assert all(v._block_hooked for v in m.vcpus)
+    assert _observable(m, s) == native
+
+
+@pytest.fixture
+def broken_layout() -> Iterator[None]:
+    """Make the next block look unexpected (block_entry.c checks where the block's call returns to)."""
+    shift = library().vn_tb_entry_shift
+    shift.argtypes, shift.restype = [ctypes.c_int64], ctypes.c_uint64
+    shift(8)
+    try:
+        yield
+    finally:
+        shift(-8)
+
+
+def test_a_block_that_cannot_be_patched_falls_back_to_the_block_hook(guests: Path, broken_layout: None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    m, s = _run(guests / "hello.elf", 2)
+    assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["result"]
+    assert all(v._block_hooked and v.stats.events["tb_patch_failed"] == 1 for v in m.vcpus)
+    monkeypatch.setenv(store_watch.TB_ENTRY_ENV, "1")
+    ref = _run(guests / "hello.elf", 2)
+    got, want = _observable(m, s), _observable(*ref)
+    assert got["serial"] == want["serial"] and got["result"] == want["result"]
+    assert got["exits"]["by_reason"] == want["exits"]["by_reason"]
