@@ -104,6 +104,14 @@ class VnState(ctypes.Structure):
         ("tb_patch", ctypes.c_uint64),
         ("tb_patched", ctypes.c_uint64),
         ("tb_patch_failed", ctypes.c_uint64),
+        ("io_in_slow", ctypes.c_void_p),
+        ("io_out_slow", ctypes.c_void_p),
+        ("com1_base", ctypes.c_uint64),
+        ("thr_native", ctypes.c_uint64),
+        ("lsr_reads", ctypes.c_uint64),
+        ("io_last", ctypes.c_uint64),
+        ("serial_len", ctypes.c_uint64),
+        ("serial_buf", ctypes.c_uint8 * 4096),
     ]
 
 

@@ -46,16 +46,19 @@ class Serial16550:
         off, value = port - self.base, value & 0xFF
         dlab = self.regs[3] & 0x80
         if off == 0 and not dlab:
-            if len(self.output) < SERIAL_LIMIT:
-                self.output.append(value)
-            else:
-                self.dropped += 1
+            self.transmit(bytes((value,)))
         elif off == 0:
             self.divisor = (self.divisor & 0xFF00) | value
         elif off == 1 and dlab:
             self.divisor = (self.divisor & 0xFF) | value << 8
         elif off in (1, 3, 4, 7):
             self.regs[off] = value
+
+    def transmit(self, data: bytes) -> None:
+        """THR writes (DLAB = 0): bytes of output, kept up to SERIAL_LIMIT."""
+        room = max(0, SERIAL_LIMIT - len(self.output))
+        self.output += data[:room]
+        self.dropped += max(0, len(data) - room)
 
     def text(self) -> str:
         return self.output.decode("utf-8", errors="replace")
@@ -83,6 +86,9 @@ class PortBus:
         """Claim ``ports`` for ``device`` (e.g. the CMOS/RTC at 0x70-0x71 on Linux boots)."""
         for p in ports:
             self._devices[p] = device
+
+    def device(self, port: int) -> PortDevice | None:
+        return self._devices.get(port)
 
     def read(self, port: int, size: int) -> int:
         dev = self._devices.get(port)

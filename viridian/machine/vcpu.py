@@ -35,6 +35,7 @@ from viridian.machine import engine as E
 from viridian.machine import layout as L
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
+from viridian.machine import vcpu_io
 from viridian.machine.boot import BootRegisters
 from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
@@ -142,8 +143,7 @@ class Vcpu:
             self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)))
         uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
-        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._out), None, 1, 0, X.UC_X86_INS_OUT)
+        vcpu_io.install(self, lib, native=self._native_tsc)  # COM1's hot accesses natively, like RDTSC
         uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
@@ -256,6 +256,7 @@ class Vcpu:
             rip = self._rip_flags.read()[0]
             if self._native_tsc:
                 self.traps.arm_native_tsc()
+                vcpu_io.arm(self)
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
             try:
@@ -270,6 +271,7 @@ class Vcpu:
                 self.vp.after_run()
             if n.rdtsc_count:
                 self.traps.collect_native_tsc()
+            vcpu_io.collect(self)
             patch_failed = bool(n.tb_patch_failed)
             if patch_failed:  # a block could not be patched (csrc/block_entry.c); it did not run
                 C.hook_blocks(self)

@@ -12,6 +12,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
+from viridian.machine import vcpu_io
 from viridian.machine.cpuid_base import base_leaf
 from viridian.partition.cpuid import CpuidRegs
 
@@ -174,14 +175,17 @@ class InstructionTraps:
         return 1
 
     def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
+        vcpu_io.collect(self.v)  # what vn_in/vn_out answered so far comes first
         self.v._exit("io")
         self.v.stats.ports[port] += 1
         return self.v.m.ports.read(port, size)
 
     def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
+        vcpu_io.collect(self.v)
         self.v._exit("io")
         self.v.stats.ports[port] += 1
         self.v.m.ports.write(port, size, value)
+        vcpu_io.arm(self.v)  # LCR.DLAB may have changed
 
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:

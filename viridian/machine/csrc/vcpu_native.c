@@ -380,3 +380,30 @@ int vn_rdtsc(void *uc, void *user) {
     s->rdtsc_count++;
     return 1;
 }
+
+/* UC_HOOK_INSN for IN and OUT: the console's two hot accesses are answered here, accounted like exits (the
+ * machine collects the counts and the bytes after the run, and before it handles any port itself, so the
+ * serial log keeps its order): a byte read of COM1's LSR (0x60, THR empty and transmitter empty: the 16550
+ * model transmits instantly, ports.py) and a byte write of THR while LCR.DLAB is 0. Everything else goes to
+ * the machine's handlers. A Linux console prints each character with one of each (~44k per boot). */
+uint32_t vn_in(void *uc, uint32_t port, int size, void *user) {
+    vn_state *s = (vn_state *)user;
+    if (port == s->com1_base + 5 && size == 1 && s->com1_base) {
+        s->bytes += s->exit_ticks;
+        s->io_last = s->bytes;
+        s->lsr_reads++;
+        return 0x60;
+    }
+    return s->io_in_slow(uc, port, size, 0);
+}
+
+void vn_out(void *uc, uint32_t port, int size, uint32_t value, void *user) {
+    vn_state *s = (vn_state *)user;
+    if (port == s->com1_base && size == 1 && s->com1_base && s->thr_native && s->serial_len < VN_SERIAL_BUF) {
+        s->bytes += s->exit_ticks;
+        s->io_last = s->bytes;
+        s->serial_buf[s->serial_len++] = (uint8_t)value;
+        return;
+    }
+    s->io_out_slow(uc, port, size, value, 0);
+}

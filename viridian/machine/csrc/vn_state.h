@@ -9,6 +9,9 @@ typedef int (*stop_fn)(void *uc);
 typedef int (*reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_translate_fn)(void *uc, uint64_t address, int prot, uint64_t *paddress);
+typedef uint32_t (*io_in_fn)(void *uc, uint32_t port, int size, void *user);
+typedef void (*io_out_fn)(void *uc, uint32_t port, int size, uint32_t value, void *user);
+#define VN_SERIAL_BUF 4096
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
 
@@ -82,6 +85,14 @@ typedef struct {
     uint64_t tb_patched;     /* translations patched so */
     uint64_t tb_patch_failed; /* why a translation could not be patched (VN_PATCH_*): patching is off, the run
                                  stopped */
+    io_in_fn io_in_slow;     /* the machine's IN/OUT handlers (Python) for everything vn_in/vn_out do not answer */
+    io_out_fn io_out_slow;
+    uint64_t com1_base;      /* COM1's ports (0 = no native serial) */
+    uint64_t thr_native;     /* COM1's LCR.DLAB is 0: a THR write is a byte of output */
+    uint64_t lsr_reads;      /* LSR reads answered here since the machine last collected them */
+    uint64_t io_last;        /* the clock (bytes) at the last of them */
+    uint64_t serial_len;     /* THR bytes written here since then ... */
+    uint8_t serial_buf[VN_SERIAL_BUF]; /* ... in order */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
