@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mem", type=int, default=256, metavar="MiB", help="guest RAM in MiB (default 256)")
     p.add_argument("--max-ticks", dest="max_ticks", type=int, default=60_000_000_000, metavar="N",
                    help="virtual-time budget in TSC ticks (2 GHz; default 30 s of guest time)")
-    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
+    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice (a single vCPU runs at least 20,000,000 ticks at a time, to the next timer deadline)")
     p.add_argument("--report", action="store_true", help="print the negotiation report")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")

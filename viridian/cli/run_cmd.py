@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
                    metavar="N",
                    help="virtual-time budget in TSC ticks (one tick per byte of guest code run, 1000 per exit; "
                    "2 GHz, default 10 s); the run ends 'timeout'. --max-instructions is the same budget")
-    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice")
+    p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice (a single vCPU runs at least 20,000,000 ticks at a time, to the next timer deadline)")
     p.add_argument("--pcpus", type=int, default=None, help="simulated physical CPUs (default: one per vCPU)")
     p.add_argument("--ple-window", type=int, default=4096, metavar="TICKS",
                    help="pause-loop exiting: exit after a PAUSE loop spun this long (0 = off; default 4096)")

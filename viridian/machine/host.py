@@ -1,7 +1,8 @@
 """The host: P simulated physical CPUs shared by the vCPUs of one or more partitions, in one deterministic loop.
 
 Every quantum, the runnable vCPUs of all partitions (rotating order) get at most ``pcpus`` CPUs for up to
-``quantum`` ticks, shortened so that the nearest timer deadline of any partition is not overshot; a vCPU
+``quantum`` ticks (a lone vCPU: SOLO_QUANTUM), shortened so that the nearest timer deadline of any partition is
+not overshot -- a timer armed during a run ends that run at its deadline (Vcpu.clip_to_deadline); a vCPU
 that halts, idles or yields early hands the rest of its CPU's quantum to the next vCPU waiting. With nothing
 runnable anywhere, host time jumps to the nearest deadline. A partition whose vCPUs are all halted with no
 deadline ends "hung" while the others go on — the 2009 promise that an idle or spinning guest's time goes to
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
 
 MIN_SLICE = 64
+SOLO_QUANTUM = 20_000_000  # ticks (10 ms at 2 GHz): the quantum of a host with a single vCPU
 
 
 class Host:
@@ -80,6 +82,8 @@ class Host:
                 self.T = max(self.T, deadline)
                 continue
             q = min(m.quantum for m in live)
+            if self.vcpu_count == 1:  # nothing to interleave: run to the deadline (timers clip a run, vcpu.py)
+                q = max(q, min(SOLO_QUANTUM, max(MIN_SLICE, live[0].max_ticks - self.T)))
             if deadline is not None and deadline > self.T:
                 q = max(MIN_SLICE, min(q, deadline - self.T))
             k = rr % len(runnable)

@@ -100,6 +100,7 @@ class Vcpu:
         self._pending_exc: tuple[int, int | None, int] | None = None
         self._shadow = False
         self._window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
+        self._run_end = 0  # this run ends once the clock (bytes) reaches it
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
@@ -234,7 +235,7 @@ class Vcpu:
         """Run guest code for at most ``budget`` ticks (a block may overshoot); returns ticks used."""
         n, uc = self._native, self.uc
         start = int(n.bytes)
-        end = start + budget
+        self._run_end = start + budget  # clip_to_deadline may bring it forward
         self.stop_requested = self.yield_pending = False
         if self.sipi_vector is not None:
             vector, self.sipi_vector = self.sipi_vector, None
@@ -244,12 +245,12 @@ class Vcpu:
             (entry, info), self.multiboot_entry = self.multiboot_entry, None
             if not enter_multiboot(self, entry, BOOT_MAGIC, info):
                 return int(n.bytes) - start
-        while not self.m.done and n.bytes < end:
+        while not self.m.done and n.bytes < self._run_end:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
             self.traps.set_window(self.apic.pending_vector() is not None)
-            limit = end
+            limit = self._run_end
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
@@ -428,6 +429,7 @@ class Vcpu:
                 return
             res = self.m.wrmsr(self, index, wvalue)
             self._native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
+            self.clip_to_deadline()
             neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
                            res.vector if isinstance(res, Fault) else None)
             if isinstance(res, Fault):
@@ -448,6 +450,21 @@ class Vcpu:
                 neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit()
+
+    def clip_to_deadline(self) -> None:
+        """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
+        so it fires on time -- the host shortens a quantum only to the deadlines known when it starts."""
+        m = self.m
+        if m.fast or m._running is not self:
+            return
+        d = m.next_deadline()
+        if d is None:
+            return
+        at = m._slice_b0 + max(0, d - m._slice_t0)
+        if at < self._run_end:
+            self._run_end = at
+            n = self._native
+            n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
 
     def _after_exit(self) -> None:
         """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""

@@ -215,6 +215,8 @@ class InstructionTraps:
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
                 # re-evaluate at the next block start (stopping here would re-run the MMIO write)
                 self.v._native.limit = min(int(self.v._native.limit), int(self.v._native.bytes))
+            if reg in (0x320, 0x380, 0x3E0):  # the timer may now expire within this run
+                self.v.clip_to_deadline()
         except Exception as exc:
             self.v.m.finish("error", vcpu=self.v.index, detail=f"host error in APIC write: {exc!r}",
                           traceback=traceback.format_exc())
