@@ -455,12 +455,14 @@ class Vcpu:
         """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
         so it fires on time -- the host shortens a quantum only to the deadlines known when it starts."""
         m = self.m
-        if m.fast or m._running is not self:
+        if m.fast or m._running is not self or m.vcpu_count != 1:  # SMP: not yet (a 2-vCPU boot crawled)
             return
         d = m.next_deadline()
         if d is None:
             return
         at = m._slice_b0 + max(0, d - m._slice_t0)
+        if at <= int(self._native.bytes):
+            return  # already due (another vCPU's, not yet polled): the host handles it after this quantum
         if at < self._run_end:
             self._run_end = at
             n = self._native
