@@ -151,14 +151,17 @@ def _install(lib: ctypes.CDLL) -> bool:
         return False
 
 
-def _readable_ranges(perms_prefix: str = "r") -> list[tuple[int, int]]:
+def _mappings(perms_prefix: str = "r", path: str | None = None) -> list[tuple[int, int]]:
+    """Address ranges in /proc/self/maps whose permissions start with ``perms_prefix`` (and, given ``path``,
+    that map that file)."""
     out = []
     try:
-        with open("/proc/self/maps", encoding="ascii") as fh:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                span, perms = line.split()[:2]
-                if perms.startswith(perms_prefix):
-                    lo, hi = span.split("-")
+                parts = line.split(maxsplit=5)
+                named = len(parts) == 6 and parts[5].strip() == path
+                if parts[1].startswith(perms_prefix) and (path is None or named):
+                    lo, hi = parts[0].split("-")
                     out.append((int(lo, 16), int(hi, 16)))
     except OSError:
         return []
@@ -188,27 +191,11 @@ def _install_tb_entry(lib: ctypes.CDLL) -> None:
     if not _code_buffer_writable():
         log.info("block entry: the engine's code buffer is not writable; using the block hook")
         return
-    spans = _mappings_of(Path(uclib._name))
+    spans = _mappings("", str(Path(uclib._name).resolve()))
     if not spans:
         return
     lib.vn_set_tb_entry(ctypes.c_void_p(fn), min(lo for lo, _ in spans), max(hi for _, hi in spans))
     TB_ENTRY = (cpu_off, exit_off)
-
-
-def _mappings_of(path: Path) -> list[tuple[int, int]]:
-    """Address ranges the file at ``path`` is mapped at (/proc/self/maps)."""
-    out = []
-    try:
-        real = str(path.resolve())
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].strip() == real:
-                    lo, hi = parts[0].split("-")
-                    out.append((int(lo, 16), int(hi, 16)))
-    except OSError:
-        return []
-    return out
 
 
 def _code_buffer_writable() -> bool:
@@ -216,12 +203,12 @@ def _code_buffer_writable() -> bool:
     first runs code."""
     from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 
-    before = set(_readable_ranges("rwx"))
+    before = set(_mappings("rwx"))
     uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x90\xf4")
     uc.emu_start(0x1000, 0x1001)
-    fresh = [r for r in _readable_ranges("rwx") if r not in before and r[1] - r[0] >= 1 << 20]
+    fresh = [r for r in _mappings("rwx") if r not in before and r[1] - r[0] >= 1 << 20]
     return bool(fresh)
 
 
@@ -244,7 +231,7 @@ def code_hook_list_offset(lib: ctypes.CDLL, scan: int = 0x3000) -> int | None:
     fn = _address(lib.vn_site) or 0
     uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
     base: int = uc._uch.value
-    maps = _readable_ranges()
+    maps = _mappings()
 
     def near(p: int, size: int = 16) -> bool:
         return any(lo <= p and p + size <= hi for lo, hi in maps)

@@ -462,7 +462,7 @@ class Vcpu:
             return
         at = m._slice_b0 + max(0, d - m._slice_t0)
         if at <= int(self._native.bytes):
-            return  # already due (another vCPU's, not yet polled): the host handles it after this quantum
+            return  # already due: delivered when this run next stops (inject_pending)
         if at < self._run_end:
             self._run_end = at
             n = self._native
