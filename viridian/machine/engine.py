@@ -285,13 +285,13 @@ class FastRegs:
         self._write(self._uch, self._ids, self._ptrs, len(values))
 
 
-_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
 
 def hook_code_raw(uc: Any, fn: Any, begin: int, end: int) -> tuple[int, object]:
     """A UC_HOOK_CODE calling ``fn(uc, address, size, None)`` through a bare ctypes callback (skips the
     binding's per-call wrapper layers; this is the MSR-exit hot path). Returns (handle, keep-alive)."""
-    cb = _CODE_CB(lambda _h, address, size, _ud: fn(uc, address, size, None))
+    cb = CODE_CB(lambda _h, address, size, _ud: fn(uc, address, size, None))
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), 4, ctypes.cast(cb, ctypes.c_void_p), None,
                                ctypes.c_uint64(begin), ctypes.c_uint64(end))

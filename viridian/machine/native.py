@@ -112,6 +112,12 @@ class VnState(ctypes.Structure):
         ("io_last", ctypes.c_uint64),
         ("serial_len", ctypes.c_uint64),
         ("serial_buf", ctypes.c_uint8 * 4096),
+        ("msr_slow", ctypes.c_void_p),
+        ("pending_len", ctypes.c_uint64),
+        ("ref_native", ctypes.c_uint64),
+        ("ref_scale", ctypes.c_uint64),
+        ("ref_offset", ctypes.c_uint64),
+        ("ref_reads", ctypes.c_uint64),
     ]
 
 

@@ -54,6 +54,7 @@ from viridian.machine.realmode import bring_up, enter_multiboot
 from viridian.machine.stats import VcpuStats
 from viridian.machine.syscall import enter_syscall
 from viridian.machine.vcpu_traps import InstructionTraps
+from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -124,7 +125,10 @@ class Vcpu:
         self._native_ref = ctypes.byref(n)
         self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
         self._site_fn = function_address(lib, "vn_site")
-        self._msr_done_hook = self._guard(self._msr_done)
+        msr_done = self._guard(self._msr_done)  # behind vn_msr_done, which answers TIME_REF_COUNT natively
+        self._msr_slow = E.CODE_CB(lambda _h, address, size, _ud: msr_done(uc, address, size, None))
+        n.msr_slow = ctypes.cast(self._msr_slow, ctypes.c_void_p)
+        self._msr_done_fn = function_address(lib, "vn_msr_done")
         self._cr8_done_hook = self._guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
@@ -270,7 +274,7 @@ class Vcpu:
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
                     self._cr2.write(self.guest_cr2)
                 self.vp.after_run()
-            if n.rdtsc_count:
+            if n.rdtsc_count or n.ref_reads:
                 self.traps.collect_native_tsc()
             vcpu_io.collect(self)
             patch_failed = bool(n.tb_patch_failed)
@@ -448,6 +452,8 @@ class Vcpu:
                 return
             if ("rdmsr", index) not in neg.first:
                 neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
+            if index == HvMsr.TIME_REF_COUNT and self._native_tsc:
+                self._native.ref_native = 1  # offered and on record: vn_msr_done answers the next ones
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit()
 

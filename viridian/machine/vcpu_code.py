@@ -66,7 +66,7 @@ def add_site(v: Vcpu, addr: int, is_write: bool) -> None:
     v.sites[addr] = int(is_write)
     E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v._native), addr, addr)
     for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
-        v._keep.append(E.hook_code_raw(v.uc, v._msr_done_hook, nxt, nxt)[1])
+        E.hook_add_native(v.uc, UC_HOOK_CODE, v._msr_done_fn, ctypes.addressof(v._native), nxt, nxt)
 
 
 def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:

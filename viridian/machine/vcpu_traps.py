@@ -15,6 +15,7 @@ from viridian.machine import engine as E
 from viridian.machine import vcpu_io
 from viridian.machine.cpuid_base import base_leaf
 from viridian.partition.cpuid import CpuidRegs
+from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
@@ -146,12 +147,20 @@ class InstructionTraps:
             n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
         n.tsc_floor = m.clock._tsc & MASK64
         n.tsc_offset = v.apic.tsc_offset & MASK64
+        n.ref_scale = m.partition.time.scale & MASK64  # TIME_REF_COUNT in vn_msr_done (reftime.page_time)
+        n.ref_offset = m.partition.time.offset & MASK64
 
     def collect_native_tsc(self) -> None:
-        """Account the reads vn_rdtsc answered as exits and bring the partition clock up to the last one."""
+        """Account the reads vn_rdtsc and vn_msr_done (TIME_REF_COUNT) answered as exits and bring the
+        partition clock up to the last one."""
         n, m = self.v._native, self.v.m
         k, n.rdtsc_count = int(n.rdtsc_count), 0
-        self.v.stats.by_reason["rdtsc"] += k
+        if k:
+            self.v.stats.by_reason["rdtsc"] += k
+        if n.ref_reads:
+            r, n.ref_reads = int(n.ref_reads), 0
+            self.v.stats.by_reason["msr_read"] += r
+            self.v.stats.msr_reads[HvMsr.TIME_REF_COUNT] += r
         if n.tsc_floor > m.clock._tsc:
             m.clock._tsc = int(n.tsc_floor)
 

@@ -277,11 +277,47 @@ void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
      * page may have nothing mapped after it */
     uint64_t room = 0x1000 - (address & 0xFFF);
     /* read_virt stays within the page (and never asks the engine, see guest_pa) */
+    s->pending_len = 0;
     if (room < 4 || read_virt(uc, s, address, b, 4) != 0) {
         s->pending_site = address;  /* cannot check: keep the hook's word */
         return;
     }
     s->pending_site = is_site(b) ? address : 0;
+    if (b[0] == 0x0F && b[1] == 0x32)
+        s->pending_len = 2;
+    else if (b[1] == 0x0F && b[2] == 0x32 && (b[0] == 0x66 || (b[0] & 0xF0) == 0x40))
+        s->pending_len = 3;  /* RDMSR after an operand-size or REX prefix (both ignored, SDM vol. 2B) */
+}
+
+/* UC_HOOK_CODE on the instruction after each MSR site (the engine executed the RDMSR/WRMSR, reading 0 or
+ * dropping the write -- Unicorn cannot trap them). The one hot read with no state to model, TIME_REF_COUNT
+ * (TLFS §12.4: 100 ns units through the reference-TSC-page formula, as Python's page_time), is answered here
+ * when the machine says it may be (ref_native: offered, first read on record, no --trace/--fast), accounted
+ * like an exit (EXIT_TICKS, the partition clock raised as vn_rdtsc does) and counted for the machine to
+ * collect. Every other arrival from a site goes to the machine's handler (msr_slow); others return. */
+void vn_msr_done(void *uc, uint64_t address, uint32_t size, void *user) {
+    vn_state *s = (vn_state *)user;
+    uint64_t site = s->pending_site, rcx = 0;
+    if (!site || (address - site != 2 && address - site != 3))
+        return;
+    if (s->ref_native && s->pending_len == address - site) {
+        s->reg_read(uc, s->rcx_reg, &rcx);
+        if ((uint32_t)rcx == 0x40000020u) {
+            s->pending_site = 0;
+            s->bytes += s->exit_ticks;
+            uint64_t now = s->bytes + s->tsc_base;
+            if ((int64_t)(now - s->tsc_floor) < 0)
+                now = s->tsc_floor;
+            s->tsc_floor = now;
+            uint64_t ref = (uint64_t)(((unsigned __int128)now * s->ref_scale) >> 64) + s->ref_offset;
+            uint64_t lo = ref & 0xFFFFFFFFULL, hi = ref >> 32;
+            s->reg_write(uc, s->rax_reg, &lo);
+            s->reg_write(uc, s->rdx_reg, &hi);
+            s->ref_reads++;
+            return;
+        }
+    }
+    s->msr_slow(uc, address, size, 0);
 }
 
 /* A PAUSE (F3 90) executes: count it and apply pause-loop exiting. Called from vn_svm_check (engine_watch.c)

@@ -11,6 +11,7 @@ typedef int (*reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*vmem_translate_fn)(void *uc, uint64_t address, int prot, uint64_t *paddress);
 typedef uint32_t (*io_in_fn)(void *uc, uint32_t port, int size, void *user);
 typedef void (*io_out_fn)(void *uc, uint32_t port, int size, uint32_t value, void *user);
+typedef void (*code_fn)(void *uc, uint64_t address, uint32_t size, void *user);
 #define VN_SERIAL_BUF 4096
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
@@ -93,6 +94,12 @@ typedef struct {
     uint64_t io_last;        /* the clock (bytes) at the last of them */
     uint64_t serial_len;     /* THR bytes written here since then ... */
     uint8_t serial_buf[VN_SERIAL_BUF]; /* ... in order */
+    code_fn msr_slow;        /* the machine's MSR handler (Python) behind vn_msr_done */
+    uint64_t pending_len;    /* vn_site: the site is RDMSR of this length (2, or 3 with one prefix); 0 = other */
+    uint64_t ref_native;     /* answer TIME_REF_COUNT reads here (offered, first read on record, no trace) */
+    uint64_t ref_scale;      /* ... as page_time(partition TSC, scale, offset) (viridian/partition/reftime.py) */
+    uint64_t ref_offset;
+    uint64_t ref_reads;      /* reads answered here since the machine last collected them */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
