@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux pyc
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,16 @@ venv: $(STAMP)
 fixtures:
 	$(MAKE) -s -C fixtures
 
-test: $(STAMP) fixtures
+# byte-compiled modules up front: with PYTHONDONTWRITEBYTECODE set, every run would compile them (~0.1 s)
+pyc: $(STAMP)
+	$(BIN)/python -m compileall -q viridian msr
+
+test: $(STAMP) fixtures pyc
 	$(BIN)/ruff check viridian msr tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-demo: $(STAMP) fixtures
+demo: $(STAMP) fixtures pyc
 	@echo "== 1/4 what the recommended offer looks like to a guest (CPUID 0x40000000-0x4000000A)"
 	$(BIN)/viridian cpuid --preset recommended
 	@echo
@@ -35,16 +39,16 @@ demo: $(STAMP) fixtures
 	@echo "== 4/4 before / after: the same workload, side by side"
 	$(BIN)/viridian compare fixtures/build/win7.elf --vcpus 2 --a none --b recommended
 
-bench: $(STAMP) fixtures
+bench: $(STAMP) fixtures pyc
 	$(BIN)/python bench/bench_machine.py
 
 # Debian's cloud kernel (fetched once) on 4 vCPUs to the initramfs program's exit, with the negotiation report
 VCPUS ?= 4
-linux: $(STAMP) fixtures
+linux: $(STAMP) fixtures pyc
 	$(BIN)/viridian boot "$$($(BIN)/viridian fetch-kernel)" --vcpus $(VCPUS) --report \
 		--initrd fixtures/build/initramfs.cpio --append "console=ttyS0 panic=-1 nokaslr viridian.iters=40"
 
-bench-linux: $(STAMP)
+bench-linux: $(STAMP) pyc
 	$(BIN)/python bench/bench_linux.py
 
 fuzz: $(STAMP)

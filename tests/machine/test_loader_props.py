@@ -50,5 +50,14 @@ def test_scanners_find_exactly_the_patterns(page: bytes) -> None:
         if page[i] == 0x0F and page[i + 1] in (0x30, 0x32):
             assert i in sites
     assert all(page[i : i + 2] == b"\xf3\x90" for i in pause_offsets(page))
-    for off, _write, gpr in cr8_offsets(page):
-        assert page[off + 1] == 0x0F and 0 <= gpr < 16
+    expected = [(i, page[i + 2] == 0x22, (page[i + 3] & 7) | (page[i] & 1) << 3)
+                for i in range(min(len(page) - 3, 4096))
+                if page[i] & 0xF4 == 0x44 and page[i + 1] == 0x0F and page[i + 2] in (0x20, 0x22)
+                and page[i + 3] & 0xF8 == 0xC0]  # REX.R, MOV CR, ModRM 11 000 rrr (SDM vol. 2B "MOV CR")
+    assert cr8_offsets(page) == expected
+
+
+@given(st.lists(st.sampled_from([b"\x44", b"\x4c", b"\x47", b"\x0f", b"\x20", b"\x22", b"\xc0", b"\xc7", b"\xc8",
+                                 b"\x40", b"\x90"]), max_size=600))
+def test_cr8_scanner_on_dense_candidates(parts: list[bytes]) -> None:
+    test_scanners_find_exactly_the_patterns.hypothesis.inner_test(b"".join(parts))  # type: ignore[attr-defined]

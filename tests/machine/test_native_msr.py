@@ -90,3 +90,26 @@ def test_not_offered_raises_gp_and_stays_in_python(tmp_path: Path) -> None:
     assert m.vcpus[0]._native.ref_native == 0
     assert s["result"]["status"] != "exit" or s["result"]["code"] != 0  # #GP with no IDT: the run ends
     assert s["exits"]["by_msr"]["0x40000020"]["read"] == 1
+
+
+def test_rdtscp_natively_matches_the_python_path(tmp_path: Path) -> None:
+    """RDTSCP (vn_rdtscp): EDX:EAX = the TSC, ECX = IA32_TSC_AUX[31:0], exits and clocks as in Python."""
+    code = (b"\xb9\x03\x01\x00\xc0"  # mov ecx, IA32_TSC_AUX
+            + b"\xb8\x78\x56\x34\x12\xba\xab\x00\x00\x00\x0f\x30"  # eax = 0x12345678, edx = 0xab; wrmsr
+            + b"\x48\xc7\xc1\xff\xff\xff\xff"  # rcx = -1 (RDTSCP clears its upper half)
+            + b"\x0f\x01\xf9" + _store(0)  # rdtscp
+            + b"\x48\x89\x0c\x25" + (OUT + 16).to_bytes(4, "little")  # mov [OUT + 16], rcx
+            + b"\x0f\x31" + _store(3)  # rdtsc
+            + b"\xb0\x00\xe6\xf4")
+    image = tmp_path / "rdtscp.bin"
+    image.write_bytes(code)
+    native, s = _run(image, 1, traced=False)
+    python, t = _run(image, 1, traced=True)
+    assert s["result"]["status"] == "exit" and s["exits"] == t["exits"] and s["time"] == t["time"]
+    raw_n, raw_p = (bytes(m.ram_buffer[OUT : OUT + 32]) for m in (native, python))
+    assert raw_n == raw_p
+    tsc1 = int.from_bytes(raw_n[0:8], "little")
+    tsc1 = (tsc1 & 0xFFFF_FFFF) | (tsc1 >> 32) << 32
+    assert int.from_bytes(raw_n[16:24], "little") == 0x12345678  # TSC_AUX[31:0] zero-extended into RCX
+    assert int.from_bytes(raw_n[24:32], "little") > tsc1 > 0
+    assert s["exits"]["by_reason"]["rdtsc"] == 2

@@ -17,6 +17,7 @@ input of the x64 convention; 32-bit guests get KVM's ``vmcall; ret`` page instea
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 STUB64: Final = bytes.fromhex("48C7C0FFFFFFFF 0F1F4000 4883F8FF 7503 0F01C1 C3")
@@ -65,8 +66,13 @@ def pause_offsets(page: bytes) -> list[int]:
 def cr8_offsets(page: bytes) -> list[tuple[int, bool, int]]:
     """MOV to/from CR8 sites (REX.R 0F 22/20 ModRM 11 000 rrr): offset, is_write, GPR number 0-15."""
     out = []
-    for i in range(min(len(page), 4100) - 3):
-        b0, b1, b2, b3 = page[i], page[i + 1], page[i + 2], page[i + 3]
-        if b0 & 0xF4 == 0x44 and b1 == 0x0F and b2 in (0x20, 0x22) and b3 & 0xF8 == 0xC0 and i < 4096:
+    for m in _CR8.finditer(page[:4100]):
+        i = m.start()
+        b0, b2, b3 = page[i], page[i + 2], page[i + 3]
+        if i < 4096:
             out.append((i, b2 == 0x22, (b3 & 7) | (8 if b0 & 1 else 0)))
     return out
+
+
+# REX with R set (0100 x1xx), 0F, 20/22, ModRM 11 000 rrr; lookahead so overlapping candidates are all found
+_CR8 = re.compile(rb"(?=[\x44-\x47\x4c-\x4f]\x0f[\x20\x22][\xc0-\xc7])", re.DOTALL)

@@ -138,14 +138,17 @@ class Vcpu:
         if not n.tb_patch:
             C.hook_blocks(self)
         uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
-        self._keep: list[object] = [E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1))]
-        # RDTSC natively (vn_rdtsc) unless every exit must be seen (--trace) or time is the wall clock (--fast)
+        self._keep: list[object] = []
+        # RDTSC(P) natively (vn_rdtsc/vn_rdtscp) unless every exit must be seen (--trace) or time is the wall
+        # clock (--fast)
         self._native_tsc = not machine.fast and machine.tracer is None
-        n.rdx_reg = X.UC_X86_REG_RDX
+        n.rdx_reg, n.msr_reg = X.UC_X86_REG_RDX, X.UC_X86_REG_MSR
         if self._native_tsc:
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSC, function_address(lib, "vn_rdtsc"), ctypes.addressof(n))
+            E.hook_insn_native(uc, X.UC_X86_INS_RDTSCP, function_address(lib, "vn_rdtscp"), ctypes.addressof(n))
         else:
             self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)))
+            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1)))
         uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
         vcpu_io.install(self, lib, native=self._native_tsc)  # COM1's hot accesses natively, like RDTSC

@@ -262,6 +262,6 @@ class InstructionTraps:
             rflags = v.uc.reg_read(X.UC_X86_REG_RFLAGS)
             n.window_shadow = int(v.in_sti_shadow())
             n.window_prev_if = int(bool(rflags & 0x200))
-            n.window_first, n.window_active = 1, 1
+            n.window_first, n.window_active, n.hot = 1, 1, 0  # every block start through window_block
         elif not blocked_interrupt:
             n.window_active = 0

@@ -239,14 +239,19 @@ void *vn_tb_gen_code(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t flags, u
             list[0] = &filtered[0];
             list[1] = &filtered[n - 1];
             vn_code_hooks_cut = list;
+            s->hot = 0;  /* restored at the next block start if the translation faults out */
             s->filtered_tbs++;
         }
     }
     void *tb = real_tb_gen_code(cpu, pc, cs_base, flags, cflags);
     vn_restore_code_hooks();
 
-    if (s && s->tb_patch && s->cpu == cpu)
+    if (s && s->tb_patch && s->cpu == cpu) {
+        uint16_t size;
         vn_patch_block(s, tb, pc);  /* block_entry.c: the block starts in vn_tb_enter */
+        memcpy(&size, (const uint8_t *)tb + VN_TB_SIZE, 2);
+        vn_scan_block(s, pc, size);
+    }
     return tb;
 }
 

@@ -47,7 +47,7 @@ void vn_remove(vn_state *s, uint64_t page) {
         return;
     *p = 0;
     s->table_used--;
-    s->last_page = 0;
+    s->last_page = s->hot = 0;
     uint64_t h = (p - s->table + 1) & s->table_mask;
     while (s->table[h] != 0 && n--) {
         uint64_t k = s->table[h];
@@ -62,7 +62,7 @@ void vn_remove(vn_state *s, uint64_t page) {
 void vn_clear(vn_state *s) {
     memset(s->table, 0, (s->table_mask + 1) * sizeof(uint64_t));
     s->table_used = 0;
-    s->last_page = 0;
+    s->last_page = s->hot = 0;
 }
 
 /* Guest-virtual reads for the hooks, by a page walk over guest RAM (SDM vol. 3 §4.5, 4-level; 1 GiB and
@@ -165,7 +165,7 @@ static int check_page(void *uc, vn_state *s, uint64_t page, uint64_t block) {
 __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uint32_t size, vn_state *s) {
     uint64_t first = address & ~0xFFFULL, last = (address + (size ? size - 1 : 0)) & ~0xFFFULL;
     if (check_page(uc, s, first, address) || (last != first && check_page(uc, s, last, address))) {
-        s->pend_valid = 0;
+        s->pend_valid = s->hot = 0;
         return;
     }
     if (last == first)
@@ -176,12 +176,22 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
         s->limit = ~0ULL;
         if (s->stop_reason == STOP_NONE)
             s->stop_reason = STOP_BUDGET;
-        s->pend_valid = 0;
+        s->pend_valid = s->hot = 0;
         s->stop(uc);
     }
 }
 
 static int window_block(void *uc, uint64_t address, vn_state *s);
+
+/* A block was just translated for a vCPU with block entry (engine_watch.c vn_tb_gen_code): its pages are
+ * searched for sites now, as vn_block does at a block's first run -- a page with candidates stops the engine,
+ * so the block's entry check leaves before it runs and the machine hooks the sites (dropping the page's
+ * translations) first. Every patched block that runs was translated, so vn_tb_enter checks no pages. */
+void vn_scan_block(vn_state *s, uint64_t pc, uint32_t size) {
+    uint64_t first = pc & ~0xFFFULL, last = (pc + (size ? size - 1 : 0)) & ~0xFFFULL;
+    if (!check_page(s->uc, s, first, pc) && last != first)
+        check_page(s->uc, s, last, pc);
+}
 
 /* A block starts (from vn_block or vn_tb_enter): the clock, the interrupt window, site discovery. */
 static inline __attribute__((always_inline)) void block_enter(void *uc, vn_state *s, uint64_t address,
@@ -195,7 +205,7 @@ static inline __attribute__((always_inline)) void block_enter(void *uc, vn_state
     s->pend_end = address + size - 1;
     s->pend_valid = 1;
     if (__builtin_expect(s->window_active != 0, 0) && window_block(uc, address, s)) {
-        s->pend_valid = 0;
+        s->pend_valid = s->hot = 0;
         return;
     }
     /* hot path: same page as the last block, block inside it, budget left */
@@ -203,9 +213,14 @@ static inline __attribute__((always_inline)) void block_enter(void *uc, vn_state
                          && s->bytes + size < s->limit, 1)) {
         s->bytes += size;
         s->blocks++;
-        return;
+    } else {
+        block_slow(uc, address, size, s);
+        if (!s->pend_valid)
+            return;  /* abandoned (block_slow cleared hot) */
     }
-    block_slow(uc, address, size, s);
+    /* the next block may be counted in vn_tb_enter alone: nothing to restore, no window (its pages were
+     * scanned when it was translated, vn_scan_block) */
+    s->hot = !s->window_active && !vn_code_hooks_cut;
 }
 
 void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
@@ -241,15 +256,14 @@ void vn_tb_enter(void *arg, int flag) {
         return;
     }
     const uint8_t *tb = (const uint8_t *)__builtin_return_address(0) - vn_tb_back;
-    uint64_t pc, first, end;
+    uint64_t pc, end;
     uint16_t size;
     memcpy(&pc, tb + VN_TB_PC, 8);
     memcpy(&size, tb + VN_TB_SIZE, 2);
-    first = pc & ~0xFFFULL;
     end = pc + size - 1;
-    /* block_enter's hot path, inline: nothing to restore, no window, same page, budget left */
-    if (__builtin_expect(!vn_code_hooks_cut && !s->window_active && s->pend_valid && s->last_page == first + 1
-                         && (end & ~0xFFFULL) == first && s->bytes + size < s->limit, 1)) {
+    /* block_enter's hot path, inline: the last block counted left hot (nothing to restore, no window; the
+     * pages were scanned at translation), budget left; whatever clears pend_valid clears hot */
+    if (__builtin_expect(s->hot && s->bytes + size < s->limit, 1)) {
         s->last_ran_end = s->pend_end;
         s->block_start = pc;
         s->pend_end = end;
@@ -414,6 +428,18 @@ int vn_rdtsc(void *uc, void *user) {
     s->reg_write(uc, s->rax_reg, &lo);
     s->reg_write(uc, s->rdx_reg, &hi);
     s->rdtsc_count++;
+    return 1;
+}
+
+/* UC_HOOK_INSN for RDTSCP (SDM vol. 2B "RDTSCP"): as vn_rdtsc, and ECX = IA32_TSC_AUX[31:0], which the engine
+ * keeps (the guest writes it natively). Linux's TSC-page clocksource reads the TSC with RDTSCP. */
+int vn_rdtscp(void *uc, void *user) {
+    vn_state *s = (vn_state *)user;
+    struct { uint32_t rid; uint64_t value; } aux = {0xC0000103u, 0};  /* uc_x86_msr */
+    vn_rdtsc(uc, user);
+    s->reg_read(uc, s->msr_reg, &aux);
+    uint64_t ecx = aux.value & 0xFFFFFFFFULL;
+    s->reg_write(uc, s->rcx_reg, &ecx);
     return 1;
 }
 

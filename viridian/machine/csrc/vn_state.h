@@ -20,6 +20,11 @@ typedef struct {
     uint64_t bytes;         /* guest code bytes executed (the clock) */
     uint64_t limit;         /* stop once bytes >= limit */
     uint64_t blocks;        /* blocks executed */
+    uint64_t hot;           /* vn_tb_enter may count the next block inline (no window, nothing to restore) */
+    uint64_t block_start;    /* the block vn_block was last called for (a block-hook stop leaves RIP here) */
+    uint64_t last_ran_end;   /* last byte of the last block that ran (STI ends a block: the shadow test) */
+    uint64_t pend_end, pend_valid;
+    volatile int32_t *exit_request; /* the engine's exit-request word (negative: leave before the next block) */
     uint64_t pending_site;  /* address of the MSR instruction about to execute, 0 = none */
     uint64_t stop_reason;
     uint64_t new_page;      /* page holding new candidate sites (STOP_NEW_SITES) */
@@ -54,9 +59,6 @@ typedef struct {
     uint64_t window_active;  /* block-level interrupt-window check in vn_block (see window_block) */
     uint64_t window_first;   /* the next block start is the first since the window was armed */
     uint64_t window_prev_if; /* RFLAGS.IF at the previous block start */
-    uint64_t block_start;    /* the block vn_block was last called for (a block-hook stop leaves RIP here) */
-    uint64_t last_ran_end;   /* last byte of the last block that ran (STI ends a block: the shadow test) */
-    uint64_t pend_end, pend_valid;
     uint64_t *code_map;      /* shared by every vCPU: bit per physical page some vCPU executed (and scanned) */
     uint64_t code_map_pages; /* guest RAM pages the map covers */
     vmem_translate_fn vmem_translate;
@@ -81,7 +83,6 @@ typedef struct {
     void *uc;                /* this vCPU's engine handle (the translation hook filter reads its code-hook list) */
     uint64_t filtered_tbs;   /* translations made with the code-hook list cut to the block's two pages */
     uint64_t pause_native;   /* PAUSE reaches vn_pause through the engine's SVM intercept check (no hooks) */
-    volatile int32_t *exit_request; /* the engine's exit-request word (negative: leave before the next block) */
     uint64_t tb_patch;       /* this engine's translations enter vn_tb_enter (no block hook; engine_watch.c) */
     uint64_t tb_patched;     /* translations patched so */
     uint64_t tb_patch_failed; /* why a translation could not be patched (VN_PATCH_*): patching is off, the run
@@ -100,6 +101,7 @@ typedef struct {
     uint64_t ref_scale;      /* ... as page_time(partition TSC, scale, offset) (viridian/partition/reftime.py) */
     uint64_t ref_offset;
     uint64_t ref_reads;      /* reads answered here since the machine last collected them */
+    int msr_reg, msr_pad;    /* UC_X86_REG_MSR (vn_rdtscp reads IA32_TSC_AUX through it) */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
@@ -113,6 +115,7 @@ extern __attribute__((visibility("hidden"))) uint64_t vn_tb_back;  /* a block's 
 extern __attribute__((visibility("hidden"))) void (*vn_real_check_exit)(void *uc, int flag);
 
 void vn_patch_block(vn_state *s, void *tb, uint64_t pc);  /* block_entry.c */
+void vn_scan_block(vn_state *s, uint64_t pc, uint32_t size); /* vcpu_native.c: a patched block's pages */
 void vn_restore_code_hooks(void); /* engine_watch.c: undo a hook-list cut a translation left behind */
 extern __attribute__((visibility("hidden"))) void *vn_code_hooks_cut;
 #endif
