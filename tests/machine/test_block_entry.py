@@ -75,3 +75,50 @@ def test_a_block_that_cannot_be_patched_falls_back_to_the_block_hook(guests: Pat
     got, want = _observable(m, s), _observable(*ref)
     assert got["serial"] == want["serial"] and got["result"] == want["result"]
     assert got["exits"]["by_reason"] == want["exits"]["by_reason"]
+
+
+def test_accesses_translate_without_exit_checks_on_this_engine_build(guests: Path) -> None:
+    m, s = _run(guests / "hello.elf", 2)
+    assert store_watch.QUIET_LOADS and store_watch.precise_write_protect() and s["result"]["status"] == "exit"
+    assert all(v._native.quiet_accesses > 0 for v in m.vcpus)
+
+
+@pytest.mark.parametrize("guest", ["hello.elf", "apic_timer.elf", "jit.elf", "smc.elf", "exceptions.elf",
+                                   "ipi.elf", "idle.elf", "stimer.elf", "win7.elf", "hostile_pages.elf"])
+def test_accesses_without_exit_checks_change_nothing_but_block_ends(guests: Path, guest: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing needs the engine to stop right after a guest access (engine_watch.c, vn_gen_ld_i32): the same
+    exits, interrupts and output. Clocks may differ where a block ends: a store into watched code (jit, smc)
+    stops its writer at the store, which then runs again (with the checks: right after it, the rest of the
+    block running again); and the translator ends a block when its op buffer is full, which the checks fill
+    sooner (a block of ~500 load-and-store instructions: hostile_pages runs an overwritten hypercall stub)."""
+    quiet = _observable(*_run(guests / guest, 2))
+    monkeypatch.setenv(store_watch.QUIET_ENV, "1")
+    m, s = _run(guests / guest, 2)
+    assert not any(v._native.quiet_accesses for v in m.vcpus)
+    checked = _observable(m, s)
+    if guest in ("jit.elf", "smc.elf", "hostile_pages.elf"):
+        for o in (quiet, checked):
+            del o["clocks"], o["time"]
+    assert checked == quiet
+
+
+def test_translation_filter_index_finds_what_the_walk_finds(guests: Path) -> None:
+    """engine_watch.c: the translation filter looks hooks up in a sorted index of the engine's code-hook list;
+    for every page the guest ran on (and its neighbours), it finds the same hooks in the same order."""
+    from unicorn import UC_HOOK_CODE
+
+    from viridian.machine import engine as E
+
+    m, _ = _run(guests / "conformance.elf", 1)
+    v = m.vcpus[0]
+    lib = library()
+    # a hook for every address, and a wide one, besides the site hooks
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, 0, 1, 0)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, 0, 0x100000, 0x180000)
+    pages = sorted({va for vas in v.code_vas.values() for va in vas} | {site & ~0xFFF for site in v.sites})
+    assert len(v.sites) > 10 and pages
+    for page in pages:
+        for lo in (page - 0x1000, page, page + 0x1000):
+            assert lib.vn_filter_selftest(ctypes.byref(v._native), ctypes.c_uint64(lo)) == 1, hex(lo)
+    assert v._native.hix_rebuilds > 0 and v._native.hix_n >= len(v.sites)

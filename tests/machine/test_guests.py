@@ -12,6 +12,7 @@ import pytest
 
 from viridian.config.presets import load_config
 from viridian.errors import UserError
+from viridian.machine import store_watch
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.report import stats_json
@@ -168,12 +169,17 @@ def test_timeout_on_a_spinning_guest(tmp_path: Path) -> None:
     assert m.run().status == "timeout"
 
 
-def test_guest_write_to_hypercall_page_is_gp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precise", [True, False])
+def test_guest_write_to_hypercall_page_is_gp(tmp_path: Path, precise: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """TLFS §3.13: the hypercall page is a read+execute overlay; a guest write raises #GP (here with no IDT:
-    #GP -> #DF -> triple fault) and the page keeps our stub."""
+    #GP -> #DF -> triple fault) at the writing instruction -- nothing after it in its block runs -- and the page
+    keeps our stub. Through the write-protect map (vn_tbipf) or, without it, a read+execute mapping."""
+    if not precise:
+        monkeypatch.setattr(store_watch, "precise_write_protect", lambda: False)
     code = bytes.fromhex("b900000040b80100000031d20f30"  # wrmsr GUEST_OS_ID = 1
                          "b901000040b8010020000f30"  # wrmsr HYPERCALL = 0x200000 | enable
-                         "48c7c300002000c60390f4")  # mov byte [0x200000], 0x90; hlt
+                         "48c7c300002000c60390"  # mov byte [0x200000], 0x90
+                         "c60425000030000001f4")  # mov byte [0x300000], 1; hlt
     img = tmp_path / "wp.bin"
     img.write_bytes(code)
     m = Machine(load_config(preset="recommended"), load_image(img))
@@ -181,6 +187,8 @@ def test_guest_write_to_hypercall_page_is_gp(tmp_path: Path) -> None:
     assert res.status == "triple-fault" and "first vector 13" in res.detail
     assert m.total_stats().exceptions[13] == 1
     assert bytes(m.ram[0x200000:0x200004]) == bytes.fromhex("48c7c0ff")
+    assert m.ram[0x300000] == 0
+    assert (int(m.wp_map[0x200000 >> 18]) >> ((0x200000 >> 12) & 63) & 1) == precise
 
 
 def test_trace_has_one_line_per_exit(guests: Path, tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ class Machine:
         self.code_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()
         self.code_defer = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # written since run: rewatch later
         self.tb_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # ever translated: never fast stores
+        self.wp_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # read-only overlays (csrc vn_tbipf)
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
         place_cmdline(self.ram, cmdline)

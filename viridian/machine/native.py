@@ -121,6 +121,16 @@ class VnState(ctypes.Structure):
         ("ref_reads", ctypes.c_uint64),
         ("msr_reg", ctypes.c_int),
         ("msr_pad", ctypes.c_int),
+        ("quiet_accesses", ctypes.c_uint64),
+        ("wp_map", ctypes.POINTER(ctypes.c_uint64)),
+        ("wp_fault", ctypes.c_uint64),
+        ("hix", ctypes.c_void_p),
+        ("hix_n", ctypes.c_uint64),
+        ("hix_cap", ctypes.c_uint64),
+        ("hix_span", ctypes.c_uint64),
+        ("hix_rebuilds", ctypes.c_uint64),
+        ("hix_head", ctypes.c_void_p),
+        ("hix_tail", ctypes.c_void_p),
     ]
 
 

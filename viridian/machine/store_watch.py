@@ -21,7 +21,9 @@ So three PLT slots of the engine library lead into csrc/engine_watch.c instead:
   the wrapper only passes the call on);
 - ``cpu_svm_check_intercept_param`` -> ``vn_svm_check``: the engine's PAUSE helper asks it about an SVM
   intercept first, which is where the machine counts the PAUSE and applies pause-loop exiting -- no PAUSE
-  needs a code hook.
+  needs a code hook;
+- ``tcg_gen_qemu_ld/st_i32``/``_i64`` -> ``vn_gen_ld/st_i32``/``_i64`` (optional): guest loads (and, with
+  block entry, stores) are translated without the exit-request helper call Unicorn puts after every access.
 
 If a slot cannot be found or does not hold what we expect (another Unicorn build), none is redirected and
 the machine falls back to the native write hook (``vn_write``): same answers, slower.
@@ -44,6 +46,9 @@ TBIPF, TLB_SET_PAGE, PROTECT_CODE = (b"tb_invalidate_phys_page_fast_x86_64", b"t
                                      b"tlb_protect_code_x86_64")
 TB_GEN_CODE, SVM_CHECK = b"tb_gen_code_x86_64", b"cpu_svm_check_intercept_param_x86_64"
 TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE, TB_GEN_CODE, SVM_CHECK)
+LD_I32, LD_I64 = b"tcg_gen_qemu_ld_i32_x86_64", b"tcg_gen_qemu_ld_i64_x86_64"
+ST_I32, ST_I64 = b"tcg_gen_qemu_st_i32_x86_64", b"tcg_gen_qemu_st_i64_x86_64"
+OPTIONAL = (LD_I32, LD_I64, ST_I32, ST_I64)  # redirected too when present (accesses without exit checks)
 HELPERS = ("tlb_set_dirty_x86_64", "tlb_reset_dirty_x86_64")  # called by engine_watch.c, not redirected
 ANCHOR = b"uc_version"
 R_X86_64_JUMP_SLOT = 7
@@ -88,9 +93,9 @@ def _slots(path: Path) -> tuple[dict[bytes, tuple[int, int]], int] | None:
     found: dict[bytes, tuple[int, int]] = {}
     for i in range(size // ent):
         r_offset, r_info, _addend = struct.unpack_from("<QQq", data, off + i * ent)
-        if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and names[r_info >> 32] in TARGETS:
+        if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and names[r_info >> 32] in TARGETS + OPTIONAL:
             found[names[r_info >> 32]] = (r_offset, values[r_info >> 32])
-    if len(found) != len(TARGETS):
+    if any(t not in found for t in TARGETS):
         return None
     return found, values[names.index(ANCHOR)]
 
@@ -112,6 +117,7 @@ def _address(obj: Any) -> int | None:
 
 
 def _install(lib: ctypes.CDLL) -> bool:
+    global QUIET_LOADS
     try:
         path = Path(uclib._name)
         found = _slots(path)
@@ -123,7 +129,7 @@ def _install(lib: ctypes.CDLL) -> bool:
         if anchor is None:
             return False
         base = anchor - anchor_value
-        real = {t: _address(getattr(uclib, t.decode())) for t in TARGETS}
+        real = {t: _address(getattr(uclib, t.decode(), None)) for t in slots}
         if any(real[t] != base + value for t, (_slot, value) in slots.items()):
             log.info("store watch: the engine's functions are not where its ELF says; using the write hook")
             return False
@@ -142,8 +148,17 @@ def _install(lib: ctypes.CDLL) -> bool:
         lib.vn_set_real_svm_check(ctypes.c_void_p(real[SVM_CHECK]))
         wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code",
                     TB_GEN_CODE: "vn_tb_gen_code", SVM_CHECK: "vn_svm_check"}
+        offsets = _quiet_loads_offsets()
+        if offsets is not None and all(t in slots for t in OPTIONAL):
+            lib.vn_set_quiet_loads(ctypes.c_void_p(real[LD_I32]), ctypes.c_void_p(real[LD_I64]),
+                                   *(ctypes.c_uint64(o) for o in offsets))
+            lib.vn_set_quiet_stores(ctypes.c_void_p(real[ST_I32]), ctypes.c_void_p(real[ST_I64]))
+            wrappers.update({LD_I32: "vn_gen_ld_i32", LD_I64: "vn_gen_ld_i64", ST_I32: "vn_gen_st_i32",
+                             ST_I64: "vn_gen_st_i64"})
+            QUIET_LOADS = True
         for target, (slot_off, _value) in slots.items():
-            ctypes.c_uint64.from_address(base + slot_off).value = _address(getattr(lib, wrappers[target])) or 0
+            if target in wrappers:
+                ctypes.c_uint64.from_address(base + slot_off).value = _address(getattr(lib, wrappers[target])) or 0
         _install_tb_entry(lib)
         return True
     except (OSError, ValueError, KeyError, AttributeError, IndexError, struct.error) as exc:
@@ -196,6 +211,39 @@ def _install_tb_entry(lib: ctypes.CDLL) -> None:
         return
     lib.vn_set_tb_entry(ctypes.c_void_p(fn), min(lo for lo, _ in spans), max(hi for _, hi in spans))
     TB_ENTRY = (cpu_off, exit_off)
+
+
+# The translator's check_exit_request(tcg_ctx) emits an exit-request helper call after every guest load and
+# store (and after each code hook) unless uc->no_exit_request is set; it starts with
+# mov disp32(%rdi), %rsi (tcg_ctx->uc); cmpb $0, disp32(%rsi) (uc->no_exit_request)
+GEN_CHECK_EXIT = "check_exit_request_x86_64"
+_GEN_CHECK_PROLOGUE = (b"\x48\x8b\xb7", b"\x80\xbe")
+QUIET_ENV = "VIRIDIAN_ACCESS_EXIT_CHECKS"  # set (to anything but 0): guest accesses keep their exit checks
+QUIET_LOADS = False  # the load generators are redirected (engine_watch.c vn_gen_ld_i32/_i64)
+
+
+def _quiet_loads_offsets() -> tuple[int, int] | None:
+    """(offset of the engine in the TCG context, of no_exit_request in the engine), read from the first two
+    instructions of check_exit_request; None if it does not start as expected."""
+    fn = _address(getattr(uclib, GEN_CHECK_EXIT, None))
+    if fn is None:
+        return None
+    head = ctypes.string_at(fn, 14)
+    if head[:3] != _GEN_CHECK_PROLOGUE[0] or head[7:9] != _GEN_CHECK_PROLOGUE[1] or head[13] != 0:
+        log.info("translation: %s does not start as expected; loads keep their exit checks", GEN_CHECK_EXIT)
+        return None
+    return struct.unpack_from("<i", head, 3)[0], struct.unpack_from("<i", head, 9)[0]
+
+
+def quiet_loads_enabled() -> bool:
+    return QUIET_LOADS and os.environ.get(QUIET_ENV, "0") in ("", "0")
+
+
+def precise_write_protect() -> bool:
+    """Stores into read-only overlays stop at the storing instruction from vn_tbipf (it leaves the engine
+    through the exit-request check, so block entry's installation must have found it): the pages then stay
+    writable regions, and stores need no exit checks."""
+    return bool(_installed) and TB_ENTRY is not None
 
 
 def _code_buffer_writable() -> bool:

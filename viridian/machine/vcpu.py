@@ -33,9 +33,9 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from msr.faults import Fault
 from viridian.machine import engine as E
 from viridian.machine import layout as L
+from viridian.machine import store_watch, vcpu_io
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
-from viridian.machine import vcpu_io
 from viridian.machine.boot import BootRegisters
 from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
@@ -274,6 +274,8 @@ class Vcpu:
                     self._engine_error(exc)
             finally:
                 self._engine_leave()
+                if n.wp_fault:  # vn_tbipf stopped a store into a read-only overlay (set_protected)
+                    self._wp_fault, n.wp_fault = int(n.wp_fault) - 1, 0
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
                     self._cr2.write(self.guest_cr2)
                 self.vp.after_run()
@@ -396,7 +398,21 @@ class Vcpu:
         return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
 
     def set_protected(self, pages: set[int]) -> None:
-        """Map exactly ``pages`` read+execute (guest writes fault), everything else of RAM read/write/execute."""
+        """Make exactly ``pages`` read-only to the guest (its stores #GP, TLFS §3.13), the rest of RAM writable:
+        through the machine's write-protect map (csrc vn_tbipf, precise, the pages stay one RAM block) or, where
+        that is not available, by mapping them read+execute."""
+        if store_watch.precise_write_protect() and self._native.wp_map:
+            newly = pages - self.protected
+            for page in self.protected - pages:
+                if page < self.m.ram_size:
+                    self.m.wp_map[page >> 18] &= ~(1 << ((page >> 12) & 63))
+            for page in pages:
+                if page < self.m.ram_size:
+                    self.m.wp_map[page >> 18] |= 1 << ((page >> 12) & 63)
+            self.protected = set(pages)
+            if newly:
+                self.flush_tlb()  # a fast (unwatched) TLB entry must not outlive write access
+            return
         for page in self.protected - pages:
             self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
         newly = pages - self.protected

@@ -146,6 +146,10 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
             raise UserError("too many vCPU engines in one process for the store watch")
         weakref.finalize(v, lib.vn_unregister, v.uc._uch)
+        quiet = store_watch.quiet_loads_enabled()
+        lib.vn_enable_quiet_loads(int(quiet))
+        lib.vn_enable_quiet_stores(int(quiet and store_watch.precise_write_protect()))
+        n.wp_map = ctypes.cast(m.wp_map, ctypes.POINTER(ctypes.c_uint64))
         if store_watch.TB_ENTRY is not None and store_watch.tb_entry_enabled():
             cpu_off, exit_off = store_watch.TB_ENTRY
             cpu = ctypes.c_void_p.from_address(v.uc._uch.value + cpu_off).value

@@ -102,6 +102,13 @@ typedef struct {
     uint64_t ref_offset;
     uint64_t ref_reads;      /* reads answered here since the machine last collected them */
     int msr_reg, msr_pad;    /* UC_X86_REG_MSR (vn_rdtscp reads IA32_TSC_AUX through it) */
+    uint64_t quiet_accesses; /* guest loads and stores translated without an exit check after them */
+    uint64_t *wp_map;        /* shared: bit per guest-physical page guest stores must not change (read-only
+                                overlays: TLFS §3.13 hypercall page...); stores there #GP precisely (vn_tbipf) */
+    uint64_t wp_fault;       /* the guest-physical address + 1 of such a store (the run stopped at it) */
+    void *hix;               /* engine_watch.c: this engine's code hooks sorted by address (the filter's index) */
+    uint64_t hix_n, hix_cap, hix_span, hix_rebuilds;
+    void *hix_head, *hix_tail; /* ... built for the hook list with this head and tail */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
