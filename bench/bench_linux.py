@@ -15,6 +15,7 @@ from viridian.cli.fetch_kernel_cmd import fetch_kernel
 from viridian.errors import UserError
 
 PANIC = "VFS: Unable to mount root fs"
+REPEAT = 3
 
 
 def viridian_boot(kernel: Path) -> tuple[float, str]:
@@ -43,14 +44,22 @@ def main() -> int:
     if shutil.which("qemu-system-x86_64") is None:
         print("bench-linux: skipped: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
         return 0
-    qt, qout = qemu_boot(kernel)
-    vt, vout = viridian_boot(kernel)
-    for name, out in (("qemu", qout), ("viridian", vout)):
-        if PANIC not in out:
-            print(f"bench-linux: {name} did not reach the root-mount panic")
-            return 1
-    print(f"bench-linux: {kernel.name} to '{PANIC}' (1 vCPU)")
-    print(f"  viridian {vt:8.1f} s    QEMU TCG {qt:6.1f} s    ratio {vt / qt:5.1f}x slower")
+    qts, vts = [], []
+    for i in range(REPEAT):  # interleaved, best of REPEAT: this host is shared and noisy
+        print(f"bench-linux: run {i + 1}/{REPEAT} ...", file=sys.stderr, flush=True)
+        qt, qout = qemu_boot(kernel)
+        vt, vout = viridian_boot(kernel)
+        for name, out in (("qemu", qout), ("viridian", vout)):
+            if PANIC not in out:
+                print(f"bench-linux: {name} did not reach the root-mount panic")
+                return 1
+        qts.append(qt)
+        vts.append(vt)
+    qt, vt = min(qts), min(vts)
+    print(f"bench-linux: {kernel.name} to '{PANIC}' (1 vCPU), wall time, best of {REPEAT}")
+    print(f"  viridian {vt:6.2f} s (runs {' '.join(f'{x:.2f}' for x in vts)})")
+    print(f"  QEMU TCG {qt:6.2f} s (runs {' '.join(f'{x:.2f}' for x in qts)})")
+    print(f"  ratio    {vt / qt:6.2f}x QEMU's time (target <= 1.0)")
     return 0
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -54,7 +55,7 @@ ANCHOR = b"uc_version"
 R_X86_64_JUMP_SLOT = 7
 
 
-def _sections(data: bytes) -> dict[bytes, tuple[int, int, int, int]]:
+def _sections(data: Any) -> dict[bytes, tuple[int, int, int, int]]:
     """name -> (offset, size, link, entsize) of each section of an ELF64 little-endian file."""
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
@@ -62,42 +63,58 @@ def _sections(data: bytes) -> dict[bytes, tuple[int, int, int, int]]:
     names_off = heads[shstrndx][4]
     out = {}
     for name, _t, _f, _a, off, size, link, _i, _al, ent in heads:
-        end = data.index(b"\0", names_off + name)
-        out[data[names_off + name:end]] = (off, size, link, ent)
+        end = data.find(b"\0", names_off + name)
+        out[bytes(data[names_off + name:end])] = (off, size, link, ent)
     return out
 
 
-def _symbols(data: bytes, sec: dict[bytes, tuple[int, int, int, int]]) -> tuple[list[bytes], list[int]]:
-    off, size, _link, ent = sec[b".dynsym"]
-    str_off = sec[b".dynstr"][0]
-    names, values = [], []
-    for i in range(size // ent):
-        name, _info, _other, _shndx, value, _size = struct.unpack_from("<IBBHQQ", data, off + i * ent)
-        end = data.index(b"\0", str_off + name)
-        names.append(data[str_off + name:end])
-        values.append(value)
-    return names, values
+class _Symbols:
+    """The dynamic symbols of an ELF64 file, read on demand (a full table is ~30,000 names)."""
+
+    def __init__(self, data: Any, sec: dict[bytes, tuple[int, int, int, int]]) -> None:
+        self.data, (self.off, size, _link, self.ent) = data, sec[b".dynsym"]
+        self.count, self.str_off = size // self.ent, sec[b".dynstr"][0]
+
+    def name(self, i: int) -> bytes:
+        at = self.str_off + struct.unpack_from("<I", self.data, self.off + i * self.ent)[0]
+        return bytes(self.data[at:self.data.find(b"\0", at)])
+
+    def value(self, i: int) -> int:
+        return int(struct.unpack_from("<Q", self.data, self.off + i * self.ent + 8)[0])
+
+    def index(self, name: bytes, strtab_size: int) -> int:
+        """The symbol called ``name``: where its string (or a string ending in it) lies in the string table,
+        then the entry naming one of those places."""
+        places, at = set(), self.str_off
+        while (at := self.data.find(name + b"\0", at, self.str_off + strtab_size)) >= 0:
+            places.add(at - self.str_off)
+            at += 1
+        table = self.data[self.off:self.off + self.count * self.ent]
+        for i, (st_name,) in enumerate(struct.iter_unpack(f"<I{self.ent - 4}x", table)):
+            if st_name in places and self.name(i) == name:
+                return i
+        raise KeyError(name)
 
 
 def _slots(path: Path) -> tuple[dict[bytes, tuple[int, int]], int] | None:
     """({target: (GOT slot, target's value)}, ANCHOR's value) from the engine library's ELF, relative to its
-    load base; None unless every target has a slot."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return None
-    sec = _sections(data)
-    if b".rela.plt" not in sec or b".dynsym" not in sec:
-        return None
-    names, values = _symbols(data, sec)
-    off, size, _link, ent = sec[b".rela.plt"]
-    found: dict[bytes, tuple[int, int]] = {}
-    for i in range(size // ent):
-        r_offset, r_info, _addend = struct.unpack_from("<QQq", data, off + i * ent)
-        if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and names[r_info >> 32] in TARGETS + OPTIONAL:
-            found[names[r_info >> 32]] = (r_offset, values[r_info >> 32])
-    if any(t not in found for t in TARGETS):
-        return None
-    return found, values[names.index(ANCHOR)]
+    load base; None unless every target has a slot. The file is mapped, not read (it is ~25 MB)."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            return None
+        sec = _sections(data)
+        if b".rela.plt" not in sec or b".dynsym" not in sec:
+            return None
+        syms = _Symbols(data, sec)
+        off, size, _link, ent = sec[b".rela.plt"]
+        found: dict[bytes, tuple[int, int]] = {}
+        for i in range(size // ent):
+            r_offset, r_info, _addend = struct.unpack_from("<QQq", data, off + i * ent)
+            if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and (name := syms.name(r_info >> 32)) in TARGETS + OPTIONAL:
+                found[name] = (r_offset, syms.value(r_info >> 32))
+        if any(t not in found for t in TARGETS):
+            return None
+        return found, syms.value(syms.index(ANCHOR, sec[b".dynstr"][1]))
 
 
 _installed: bool | None = None
