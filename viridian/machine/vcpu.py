@@ -137,7 +137,8 @@ class Vcpu:
         self._block_hooked = False
         if not n.tb_patch:
             C.hook_blocks(self)
-        uc.hook_add(UC_HOOK_INSN, self._guard(self.traps._cpuid, 1), None, 1, 0, X.UC_X86_INS_CPUID)
+        self._cpuid_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RBX, X.UC_X86_REG_RDX))
+        self._cpuid_hook = E.hook_insn_skip(uc, X.UC_X86_INS_CPUID, self._guard(self.traps._cpuid, 1))
         self._keep: list[object] = []
         # RDTSC(P) natively (vn_rdtsc/vn_rdtscp) unless every exit must be seen (--trace) or time is the wall
         # clock (--fast)

@@ -111,10 +111,12 @@ class InstructionTraps:
 
     # -- other traps ------------------------------------------------------------------------------------------
     def _cpuid(self, uc: Any, _ud: Any) -> int:
-        leaf, sub = uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
+        """SDM vol. 2A "CPUID": EAX/EBX/ECX/EDX = the leaf (upper halves cleared); raw batch calls, 1 = the
+        engine does not execute it."""
+        regs = self.v._cpuid_regs
+        leaf, sub = regs.read()[:2]
         r = self.cpuid_leaf(leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF)
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, r.eax), (X.UC_X86_REG_RBX, r.ebx), (X.UC_X86_REG_RCX, r.ecx),
-                            (X.UC_X86_REG_RDX, r.edx)])
+        regs.write(r.eax, r.ecx, r.ebx, r.edx)
         return 1
 
     def cpuid_leaf(self, leaf: int, sub: int) -> CpuidRegs:
