@@ -113,3 +113,27 @@ def test_rdtscp_natively_matches_the_python_path(tmp_path: Path) -> None:
     assert int.from_bytes(raw_n[16:24], "little") == 0x12345678  # TSC_AUX[31:0] zero-extended into RCX
     assert int.from_bytes(raw_n[24:32], "little") > tsc1 > 0
     assert s["exits"]["by_reason"]["rdtsc"] == 2
+
+
+def _rdmsr(index: int, slot: int) -> bytes:
+    return b"\xb9" + index.to_bytes(4, "little") + b"\x0f\x32" + _store(slot)
+
+
+def test_mperf_aperf_natively_match_the_python_path(tmp_path: Path) -> None:
+    """IA32_MPERF/APERF (SDM vol. 4; msr/arch.py: the partition TSC plus an offset a write sets) answered by
+    vn_msr_done after the first read of each: the same values and exits as the Python path, across a write."""
+    code = (_rdmsr(0xE7, 0) + _rdmsr(0xE8, 1) + _rdmsr(0xE7, 2) + _rdmsr(0xE8, 3)
+            + b"\xb9\xe7\x00\x00\x00\xb8\x00\x10\x00\x00\x31\xd2\x0f\x30"  # wrmsr MPERF = 0x1000
+            + _rdmsr(0xE7, 4) + _rdmsr(0xE8, 5) + _rdmsr(0xE7, 6)
+            + b"\xb0\x00\xe6\xf4")
+    image = tmp_path / "mperf.bin"
+    image.write_bytes(code)
+    native, s = _run(image, 1, traced=False)
+    python, t = _run(image, 1, traced=True)
+    assert s["result"]["status"] == "exit" and s["exits"] == t["exits"] and s["time"] == t["time"]
+    raw_n, raw_p = (bytes(m.ram_buffer[OUT : OUT + 56]) for m in (native, python))
+    assert raw_n == raw_p
+    v = [int.from_bytes(raw_n[i : i + 8], "little") for i in range(0, 56, 8)]
+    assert v[0] < v[1] < v[2] < v[3] and 0x1000 < v[4] < v[6] < v[5]  # MPERF restarted near 0x1000
+    assert s["exits"]["by_msr"]["0x000000e7"] == {"read": 4, "write": 1}
+    assert native.vcpus[0]._native.ref_native == 2  # MPERF, APERF

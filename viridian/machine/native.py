@@ -26,6 +26,16 @@ TABLE_PAGES = 1 << 16  # capacity of the scanned-page set per vCPU (75 % usable)
 STOP_NONE, STOP_BUDGET, STOP_NEW_SITES, STOP_TABLE_FULL, STOP_PAUSE, STOP_WINDOW = range(6)
 
 
+MSR_REFERENCE, MSR_TSC_OFFSET = 1, 2  # NativeMsr.kind (vn_state.h)
+
+
+class NativeMsr(ctypes.Structure):
+    """One RDMSR answered in C (vn_msr_done): index, kind, offset, reads since collected."""
+
+    _fields_ = [("index", ctypes.c_uint64), ("kind", ctypes.c_uint64), ("offset", ctypes.c_uint64),
+                ("reads", ctypes.c_uint64)]
+
+
 class VnState(ctypes.Structure):
     """Mirror of ``vn_state`` in csrc/vn_state.h (keep the field order identical)."""
 
@@ -124,6 +134,7 @@ class VnState(ctypes.Structure):
         ("quiet_accesses", ctypes.c_uint64),
         ("wp_map", ctypes.POINTER(ctypes.c_uint64)),
         ("wp_fault", ctypes.c_uint64),
+        ("native_msrs", NativeMsr * 4),
         ("hix", ctypes.c_void_p),
         ("hix_n", ctypes.c_uint64),
         ("hix_cap", ctypes.c_uint64),

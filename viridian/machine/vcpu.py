@@ -53,8 +53,7 @@ from viridian.machine.ports import ExitRequested
 from viridian.machine.realmode import bring_up, enter_multiboot
 from viridian.machine.stats import VcpuStats
 from viridian.machine.syscall import enter_syscall
-from viridian.machine.vcpu_traps import InstructionTraps
-from viridian.tlfs.msrs import HvMsr
+from viridian.machine.vcpu_traps import NATIVE_READS, InstructionTraps
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -453,6 +452,8 @@ class Vcpu:
                 return
             res = self.m.wrmsr(self, index, wvalue)
             self._native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
+            if self._native.ref_native:
+                self.traps.refresh_native_msrs()  # e.g. an MPERF write moves its offset
             self.clip_to_deadline()
             neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
                            res.vector if isinstance(res, Fault) else None)
@@ -472,8 +473,8 @@ class Vcpu:
                 return
             if ("rdmsr", index) not in neg.first:
                 neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
-            if index == HvMsr.TIME_REF_COUNT and self._native_tsc:
-                self._native.ref_native = 1  # offered and on record: vn_msr_done answers the next ones
+            if self._native_tsc and index in NATIVE_READS:
+                self.traps.enable_native_msr(index)  # offered and on record: vn_msr_done answers the next ones
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit()
 

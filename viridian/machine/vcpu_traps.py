@@ -14,6 +14,7 @@ from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
 from viridian.machine import vcpu_io
 from viridian.machine.cpuid_base import base_leaf
+from viridian.machine.native import MSR_REFERENCE, MSR_TSC_OFFSET
 from viridian.partition.cpuid import CpuidRegs
 from viridian.tlfs.msrs import HvMsr
 
@@ -41,6 +42,8 @@ class MsrReg:
 
 
 MASK64 = (1 << 64) - 1
+# RDMSRs vn_msr_done answers once the model has answered one (TLFS §12.4; SDM vol. 4 IA32_MPERF/APERF)
+NATIVE_READS = {int(HvMsr.TIME_REF_COUNT): MSR_REFERENCE, 0xE7: MSR_TSC_OFFSET, 0xE8: MSR_TSC_OFFSET}
 
 
 class InstructionTraps:
@@ -149,8 +152,29 @@ class InstructionTraps:
             n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
         n.tsc_floor = m.clock._tsc & MASK64
         n.tsc_offset = v.apic.tsc_offset & MASK64
-        n.ref_scale = m.partition.time.scale & MASK64  # TIME_REF_COUNT in vn_msr_done (reftime.page_time)
+        self.refresh_native_msrs()
+
+    def enable_native_msr(self, index: int) -> None:
+        """Let vn_msr_done answer RDMSR ``index`` (one of NATIVE_READS) from now on."""
+        n = self.v._native
+        used = int(n.ref_native)
+        if used >= len(n.native_msrs) or any(n.native_msrs[i].index == index for i in range(used)):
+            return
+        e = n.native_msrs[used]
+        e.index, e.kind, e.reads = index, NATIVE_READS[index], 0
+        n.ref_native = used + 1
+        self.refresh_native_msrs()
+
+    def refresh_native_msrs(self) -> None:
+        """The model's current constants behind the native answers (before each run, after MSR writes)."""
+        n, m = self.v._native, self.v.m
+        n.ref_scale = m.partition.time.scale & MASK64  # TIME_REF_COUNT (reftime.page_time)
         n.ref_offset = m.partition.time.offset & MASK64
+        arch = m.arch[self.v.index]
+        for i in range(int(n.ref_native)):
+            e = n.native_msrs[i]
+            if e.index in (0xE7, 0xE8):  # msr/arch.py: partition TSC + the MSR's offset
+                e.offset = (arch.mperf_offset if e.index == 0xE7 else arch.aperf_offset) & MASK64
 
     def collect_native_tsc(self) -> None:
         """Account the reads vn_rdtsc and vn_msr_done (TIME_REF_COUNT) answered as exits and bring the
@@ -162,7 +186,11 @@ class InstructionTraps:
         if n.ref_reads:
             r, n.ref_reads = int(n.ref_reads), 0
             self.v.stats.by_reason["msr_read"] += r
-            self.v.stats.msr_reads[HvMsr.TIME_REF_COUNT] += r
+            for i in range(int(n.ref_native)):
+                e = n.native_msrs[i]
+                if e.reads:
+                    self.v.stats.msr_reads[int(e.index)] += int(e.reads)
+                    e.reads = 0
         if n.tsc_floor > m.clock._tsc:
             m.clock._tsc = int(n.tsc_floor)
 
@@ -223,6 +251,8 @@ class InstructionTraps:
             if self.v.apic.x2apic or offset & 0xF:
                 return
             self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
+            if self.v._native.ref_native:
+                self.refresh_native_msrs()  # a self-INIT resets the MPERF/APERF offsets
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
                 # re-evaluate at the next block start (stopping here would re-run the MMIO write)
                 self.v._native.limit = min(int(self.v._native.limit), int(self.v._native.bytes))

@@ -304,11 +304,13 @@ void vn_site(void *uc, uint64_t address, uint32_t size, void *user) {
 }
 
 /* UC_HOOK_CODE on the instruction after each MSR site (the engine executed the RDMSR/WRMSR, reading 0 or
- * dropping the write -- Unicorn cannot trap them). The one hot read with no state to model, TIME_REF_COUNT
- * (TLFS §12.4: 100 ns units through the reference-TSC-page formula, as Python's page_time), is answered here
- * when the machine says it may be (ref_native: offered, first read on record, no --trace/--fast), accounted
- * like an exit (EXIT_TICKS, the partition clock raised as vn_rdtsc does) and counted for the machine to
- * collect. Every other arrival from a site goes to the machine's handler (msr_slow); others return. */
+ * dropping the write -- Unicorn cannot trap them). The hot reads with no state to model are answered here
+ * once the machine has entered them in native_msrs (offered -- the model answered the first read -- on record,
+ * no --trace/--fast): TIME_REF_COUNT (TLFS §12.4: 100 ns units through the reference-TSC-page formula, as
+ * Python's page_time) and IA32_MPERF/APERF (SDM vol. 4: the partition TSC plus the MSR's offset, as
+ * msr/arch.py). Each is accounted like an exit (EXIT_TICKS, the partition clock raised as vn_rdtsc does) and
+ * counted for the machine to collect. Every other arrival from a site goes to the machine's handler
+ * (msr_slow); others return. */
 void vn_msr_done(void *uc, uint64_t address, uint32_t size, void *user) {
     vn_state *s = (vn_state *)user;
     uint64_t site = s->pending_site, rcx = 0;
@@ -316,17 +318,23 @@ void vn_msr_done(void *uc, uint64_t address, uint32_t size, void *user) {
         return;
     if (s->ref_native && s->pending_len == address - site) {
         s->reg_read(uc, s->rcx_reg, &rcx);
-        if ((uint32_t)rcx == 0x40000020u) {
+        for (uint64_t i = 0; i < s->ref_native && i < VN_NATIVE_MSRS; i++) {
+            if (s->native_msrs[i].index != (uint32_t)rcx)
+                continue;
             s->pending_site = 0;
             s->bytes += s->exit_ticks;
-            uint64_t now = s->bytes + s->tsc_base;
+            uint64_t now = s->bytes + s->tsc_base, value;
             if ((int64_t)(now - s->tsc_floor) < 0)
                 now = s->tsc_floor;
             s->tsc_floor = now;
-            uint64_t ref = (uint64_t)(((unsigned __int128)now * s->ref_scale) >> 64) + s->ref_offset;
-            uint64_t lo = ref & 0xFFFFFFFFULL, hi = ref >> 32;
+            if (s->native_msrs[i].kind == VN_MSR_REFERENCE)
+                value = (uint64_t)(((unsigned __int128)now * s->ref_scale) >> 64) + s->ref_offset;
+            else
+                value = now + s->native_msrs[i].offset;
+            uint64_t lo = value & 0xFFFFFFFFULL, hi = value >> 32;
             s->reg_write(uc, s->rax_reg, &lo);
             s->reg_write(uc, s->rdx_reg, &hi);
+            s->native_msrs[i].reads++;
             s->ref_reads++;
             return;
         }

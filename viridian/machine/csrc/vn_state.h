@@ -13,6 +13,8 @@ typedef uint32_t (*io_in_fn)(void *uc, uint32_t port, int size, void *user);
 typedef void (*io_out_fn)(void *uc, uint32_t port, int size, uint32_t value, void *user);
 typedef void (*code_fn)(void *uc, uint64_t address, uint32_t size, void *user);
 #define VN_SERIAL_BUF 4096
+#define VN_NATIVE_MSRS 4
+enum { VN_MSR_REFERENCE = 1, VN_MSR_TSC_OFFSET = 2 };  /* native_msrs[].kind */
 
 enum { STOP_NONE = 0, STOP_BUDGET = 1, STOP_NEW_SITES = 2, STOP_TABLE_FULL = 3, STOP_PAUSE = 4, STOP_WINDOW = 5 };
 
@@ -97,15 +99,16 @@ typedef struct {
     uint8_t serial_buf[VN_SERIAL_BUF]; /* ... in order */
     code_fn msr_slow;        /* the machine's MSR handler (Python) behind vn_msr_done */
     uint64_t pending_len;    /* vn_site: the site is RDMSR of this length (2, or 3 with one prefix); 0 = other */
-    uint64_t ref_native;     /* answer TIME_REF_COUNT reads here (offered, first read on record, no trace) */
-    uint64_t ref_scale;      /* ... as page_time(partition TSC, scale, offset) (viridian/partition/reftime.py) */
+    uint64_t ref_native;     /* how many native_msrs are in use (each: offered, first read on record, no trace) */
+    uint64_t ref_scale;      /* VN_MSR_REFERENCE: page_time(partition TSC, scale, offset) (partition/reftime.py) */
     uint64_t ref_offset;
-    uint64_t ref_reads;      /* reads answered here since the machine last collected them */
+    uint64_t ref_reads;      /* reads answered here (all MSRs) since the machine last collected them */
     int msr_reg, msr_pad;    /* UC_X86_REG_MSR (vn_rdtscp reads IA32_TSC_AUX through it) */
     uint64_t quiet_accesses; /* guest loads and stores translated without an exit check after them */
     uint64_t *wp_map;        /* shared: bit per guest-physical page guest stores must not change (read-only
                                 overlays: TLFS §3.13 hypercall page...); stores there #GP precisely (vn_tbipf) */
     uint64_t wp_fault;       /* the guest-physical address + 1 of such a store (the run stopped at it) */
+    struct { uint64_t index, kind, offset, reads; } native_msrs[VN_NATIVE_MSRS]; /* RDMSRs vn_msr_done answers */
     void *hix;               /* engine_watch.c: this engine's code hooks sorted by address (the filter's index) */
     uint64_t hix_n, hix_cap, hix_span, hix_rebuilds;
     void *hix_head, *hix_tail; /* ... built for the hook list with this head and tail */
