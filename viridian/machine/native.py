@@ -151,6 +151,19 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+LAYOUT_FIELDS = ("bytes", "exit_request", "table", "new_code", "ram_ranges", "tb_map", "serial_buf", "msr_slow",
+                 "native_msrs", "hix_tail")  # vcpu_native.c vn_layout(1...), in this order
+
+
+def check_layout(lib: ctypes.CDLL) -> None:
+    """VnState must mirror vn_state exactly (the hooks and Python share the memory)."""
+    lib.vn_layout.argtypes, lib.vn_layout.restype = [ctypes.c_int], ctypes.c_int64
+    want = [ctypes.sizeof(VnState)] + [getattr(getattr(VnState, f, None), "offset", -1) for f in LAYOUT_FIELDS]
+    got = [lib.vn_layout(i) for i in range(len(want))]
+    if got != want or lib.vn_layout(len(want)) != -1:
+        raise RuntimeError(f"native.VnState does not mirror csrc/vn_state.h (size and offsets {want} != {got})")
+
+
 @cache
 def library() -> ctypes.CDLL:
     """The compiled hot-path library (built on first use)."""
@@ -170,6 +183,7 @@ def library() -> ctypes.CDLL:
                 raise UserError(f"building the vCPU hot path with {cc} failed:\n{proc.stderr.strip()}")
             os.replace(out, target)
     lib = ctypes.CDLL(str(target))
+    check_layout(lib)
     lib.vn_remove.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]
     lib.vn_remove.restype = None
     for name in ("vn_contains", "vn_insert"):

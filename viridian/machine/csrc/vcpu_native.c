@@ -15,6 +15,7 @@
  * filter, PAUSE) are in engine_watch.c. Engine entry points arrive as function pointers: nothing is linked.
  */
 #include "vn_state.h"
+#include <stddef.h>
 
 static uint64_t *slot(vn_state *s, uint64_t key) {
     uint64_t h = (key * 0x9E3779B97F4A7C15ULL) & s->table_mask;
@@ -476,4 +477,15 @@ void vn_out(void *uc, uint32_t port, int size, uint32_t value, void *user) {
         return;
     }
     s->io_out_slow(uc, port, size, value, 0);
+}
+
+/* native.py checks its mirror of vn_state against these when it loads the library: the size, then the offsets
+ * of fields spread over the structure (-1 past the last). */
+int64_t vn_layout(int which) {
+    static const uint64_t at[] = {sizeof(vn_state), offsetof(vn_state, bytes), offsetof(vn_state, exit_request),
+                                  offsetof(vn_state, table), offsetof(vn_state, new_code),
+                                  offsetof(vn_state, ram_ranges), offsetof(vn_state, tb_map),
+                                  offsetof(vn_state, serial_buf), offsetof(vn_state, msr_slow),
+                                  offsetof(vn_state, native_msrs), offsetof(vn_state, hix_tail)};
+    return which >= 0 && which < (int)(sizeof at / sizeof at[0]) ? (int64_t)at[which] : -1;
 }
