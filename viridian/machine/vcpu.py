@@ -124,7 +124,7 @@ class Vcpu:
         self._native_ref = ctypes.byref(n)
         self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
         self._site_fn = function_address(lib, "vn_site")
-        msr_done = self._guard(self._msr_done)  # behind vn_msr_done, which answers TIME_REF_COUNT natively
+        msr_done = self._guard(self._msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
         self._msr_slow = E.CODE_CB(lambda _h, address, size, _ud: msr_done(uc, address, size, None))
         n.msr_slow = ctypes.cast(self._msr_slow, ctypes.c_void_p)
         self._msr_done_fn = function_address(lib, "vn_msr_done")
@@ -279,7 +279,7 @@ class Vcpu:
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
                     self._cr2.write(self.guest_cr2)
                 self.vp.after_run()
-            if n.rdtsc_count or n.ref_reads:
+            if n.rdtsc_count or n.native_reads:
                 self.traps.collect_native_tsc()
             vcpu_io.collect(self)
             patch_failed = bool(n.tb_patch_failed)
@@ -452,7 +452,7 @@ class Vcpu:
                 return
             res = self.m.wrmsr(self, index, wvalue)
             self._native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
-            if self._native.ref_native:
+            if self._native.native_msr_count:
                 self.traps.refresh_native_msrs()  # e.g. an MPERF write moves its offset
             self.clip_to_deadline()
             neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,

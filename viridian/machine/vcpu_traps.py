@@ -157,12 +157,12 @@ class InstructionTraps:
     def enable_native_msr(self, index: int) -> None:
         """Let vn_msr_done answer RDMSR ``index`` (one of NATIVE_READS) from now on."""
         n = self.v._native
-        used = int(n.ref_native)
+        used = int(n.native_msr_count)
         if used >= len(n.native_msrs) or any(n.native_msrs[i].index == index for i in range(used)):
             return
         e = n.native_msrs[used]
         e.index, e.kind, e.reads = index, NATIVE_READS[index], 0
-        n.ref_native = used + 1
+        n.native_msr_count = used + 1
         self.refresh_native_msrs()
 
     def refresh_native_msrs(self) -> None:
@@ -171,22 +171,22 @@ class InstructionTraps:
         n.ref_scale = m.partition.time.scale & MASK64  # TIME_REF_COUNT (reftime.page_time)
         n.ref_offset = m.partition.time.offset & MASK64
         arch = m.arch[self.v.index]
-        for i in range(int(n.ref_native)):
+        for i in range(int(n.native_msr_count)):
             e = n.native_msrs[i]
             if e.index in (0xE7, 0xE8):  # msr/arch.py: partition TSC + the MSR's offset
                 e.offset = (arch.mperf_offset if e.index == 0xE7 else arch.aperf_offset) & MASK64
 
     def collect_native_tsc(self) -> None:
-        """Account the reads vn_rdtsc and vn_msr_done (TIME_REF_COUNT) answered as exits and bring the
+        """Account the reads vn_rdtsc(p) and vn_msr_done (NATIVE_READS) answered as exits and bring the
         partition clock up to the last one."""
         n, m = self.v._native, self.v.m
         k, n.rdtsc_count = int(n.rdtsc_count), 0
         if k:
             self.v.stats.by_reason["rdtsc"] += k
-        if n.ref_reads:
-            r, n.ref_reads = int(n.ref_reads), 0
+        if n.native_reads:
+            r, n.native_reads = int(n.native_reads), 0
             self.v.stats.by_reason["msr_read"] += r
-            for i in range(int(n.ref_native)):
+            for i in range(int(n.native_msr_count)):
                 e = n.native_msrs[i]
                 if e.reads:
                     self.v.stats.msr_reads[int(e.index)] += int(e.reads)
@@ -251,7 +251,7 @@ class InstructionTraps:
             if self.v.apic.x2apic or offset & 0xF:
                 return
             self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
-            if self.v._native.ref_native:
+            if self.v._native.native_msr_count:
                 self.refresh_native_msrs()  # a self-INIT resets the MPERF/APERF offsets
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
                 # re-evaluate at the next block start (stopping here would re-run the MMIO write)

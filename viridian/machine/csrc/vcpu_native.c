@@ -317,9 +317,9 @@ void vn_msr_done(void *uc, uint64_t address, uint32_t size, void *user) {
     uint64_t site = s->pending_site, rcx = 0;
     if (!site || (address - site != 2 && address - site != 3))
         return;
-    if (s->ref_native && s->pending_len == address - site) {
+    if (s->native_msr_count && s->pending_len == address - site) {
         s->reg_read(uc, s->rcx_reg, &rcx);
-        for (uint64_t i = 0; i < s->ref_native && i < VN_NATIVE_MSRS; i++) {
+        for (uint64_t i = 0; i < s->native_msr_count && i < VN_NATIVE_MSRS; i++) {
             if (s->native_msrs[i].index != (uint32_t)rcx)
                 continue;
             s->pending_site = 0;
@@ -336,7 +336,7 @@ void vn_msr_done(void *uc, uint64_t address, uint32_t size, void *user) {
             s->reg_write(uc, s->rax_reg, &lo);
             s->reg_write(uc, s->rdx_reg, &hi);
             s->native_msrs[i].reads++;
-            s->ref_reads++;
+            s->native_reads++;
             return;
         }
     }

@@ -99,10 +99,10 @@ typedef struct {
     uint8_t serial_buf[VN_SERIAL_BUF]; /* ... in order */
     code_fn msr_slow;        /* the machine's MSR handler (Python) behind vn_msr_done */
     uint64_t pending_len;    /* vn_site: the site is RDMSR of this length (2, or 3 with one prefix); 0 = other */
-    uint64_t ref_native;     /* how many native_msrs are in use (each: offered, first read on record, no trace) */
+    uint64_t native_msr_count; /* native_msrs in use (each: offered, first read on record, no trace) */
     uint64_t ref_scale;      /* VN_MSR_REFERENCE: page_time(partition TSC, scale, offset) (partition/reftime.py) */
     uint64_t ref_offset;
-    uint64_t ref_reads;      /* reads answered here (all MSRs) since the machine last collected them */
+    uint64_t native_reads;   /* reads answered here (all of them) since the machine last collected them */
     int msr_reg, msr_pad;    /* UC_X86_REG_MSR (vn_rdtscp reads IA32_TSC_AUX through it) */
     uint64_t quiet_accesses; /* guest loads and stores translated without an exit check after them */
     uint64_t *wp_map;        /* shared: bit per guest-physical page guest stores must not change (read-only
