@@ -92,6 +92,19 @@ def test_not_offered_raises_gp_and_stays_in_python(tmp_path: Path) -> None:
     assert s["exits"]["by_msr"]["0x40000020"]["read"] == 1
 
 
+def _both_ways(tmp_path: Path, name: str, code: bytes, words: int) -> tuple[Machine, dict[str, Any], list[int]]:
+    """Run a flat guest natively and traced (Python path): the same result, exits, clock and stored words;
+    returns the native machine, its stats and the ``words`` 64-bit words the guest stored at OUT."""
+    image = tmp_path / name
+    image.write_bytes(code)
+    native, s = _run(image, 1, traced=False)
+    python, t = _run(image, 1, traced=True)
+    assert s["result"]["status"] == "exit" and s["exits"] == t["exits"] and s["time"] == t["time"]
+    raw_n, raw_p = (bytes(m.ram_buffer[OUT : OUT + 8 * words]) for m in (native, python))
+    assert raw_n == raw_p
+    return native, s, [int.from_bytes(raw_n[i : i + 8], "little") for i in range(0, 8 * words, 8)]
+
+
 def test_rdtscp_natively_matches_the_python_path(tmp_path: Path) -> None:
     """RDTSCP (vn_rdtscp): EDX:EAX = the TSC, ECX = IA32_TSC_AUX[31:0], exits and clocks as in Python."""
     code = (b"\xb9\x03\x01\x00\xc0"  # mov ecx, IA32_TSC_AUX
@@ -101,17 +114,9 @@ def test_rdtscp_natively_matches_the_python_path(tmp_path: Path) -> None:
             + b"\x48\x89\x0c\x25" + (OUT + 16).to_bytes(4, "little")  # mov [OUT + 16], rcx
             + b"\x0f\x31" + _store(3)  # rdtsc
             + b"\xb0\x00\xe6\xf4")
-    image = tmp_path / "rdtscp.bin"
-    image.write_bytes(code)
-    native, s = _run(image, 1, traced=False)
-    python, t = _run(image, 1, traced=True)
-    assert s["result"]["status"] == "exit" and s["exits"] == t["exits"] and s["time"] == t["time"]
-    raw_n, raw_p = (bytes(m.ram_buffer[OUT : OUT + 32]) for m in (native, python))
-    assert raw_n == raw_p
-    tsc1 = int.from_bytes(raw_n[0:8], "little")
-    tsc1 = (tsc1 & 0xFFFF_FFFF) | (tsc1 >> 32) << 32
-    assert int.from_bytes(raw_n[16:24], "little") == 0x12345678  # TSC_AUX[31:0] zero-extended into RCX
-    assert int.from_bytes(raw_n[24:32], "little") > tsc1 > 0
+    _, s, v = _both_ways(tmp_path, "rdtscp.bin", code, 4)  # EDX:EAX of RDTSCP, -, RCX, EDX:EAX of RDTSC
+    assert v[2] == 0x12345678  # TSC_AUX[31:0] zero-extended into RCX
+    assert v[3] > v[0] > 0
     assert s["exits"]["by_reason"]["rdtsc"] == 2
 
 
@@ -126,14 +131,7 @@ def test_mperf_aperf_natively_match_the_python_path(tmp_path: Path) -> None:
             + b"\xb9\xe7\x00\x00\x00\xb8\x00\x10\x00\x00\x31\xd2\x0f\x30"  # wrmsr MPERF = 0x1000
             + _rdmsr(0xE7, 4) + _rdmsr(0xE8, 5) + _rdmsr(0xE7, 6)
             + b"\xb0\x00\xe6\xf4")
-    image = tmp_path / "mperf.bin"
-    image.write_bytes(code)
-    native, s = _run(image, 1, traced=False)
-    python, t = _run(image, 1, traced=True)
-    assert s["result"]["status"] == "exit" and s["exits"] == t["exits"] and s["time"] == t["time"]
-    raw_n, raw_p = (bytes(m.ram_buffer[OUT : OUT + 56]) for m in (native, python))
-    assert raw_n == raw_p
-    v = [int.from_bytes(raw_n[i : i + 8], "little") for i in range(0, 56, 8)]
+    native, s, v = _both_ways(tmp_path, "mperf.bin", code, 7)
     assert v[0] < v[1] < v[2] < v[3] and 0x1000 < v[4] < v[6] < v[5]  # MPERF restarted near 0x1000
     assert s["exits"]["by_msr"]["0x000000e7"] == {"read": 4, "write": 1}
     assert native.vcpus[0]._native.native_msr_count == 2  # MPERF, APERF

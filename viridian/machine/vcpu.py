@@ -22,7 +22,6 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_PROT,
     UC_MODE_64,
     UC_PROT_ALL,
-    UC_PROT_EXEC,
     UC_PROT_READ,
     Uc,
     UcError,
@@ -33,9 +32,9 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from msr.faults import Fault
 from viridian.machine import engine as E
 from viridian.machine import layout as L
-from viridian.machine import store_watch, vcpu_io
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
+from viridian.machine import vcpu_io
 from viridian.machine.boot import BootRegisters
 from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
@@ -398,32 +397,8 @@ class Vcpu:
         return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
 
     def set_protected(self, pages: set[int]) -> None:
-        """Make exactly ``pages`` read-only to the guest (its stores #GP, TLFS §3.13), the rest of RAM writable:
-        through the machine's write-protect map (csrc vn_tbipf, precise, the pages stay one RAM block) or, where
-        that is not available, by mapping them read+execute."""
-        if store_watch.precise_write_protect() and self._native.wp_map:
-            newly = pages - self.protected
-            for page in self.protected - pages:
-                if page < self.m.ram_size:
-                    self.m.wp_map[page >> 18] &= ~(1 << ((page >> 12) & 63))
-            for page in pages:
-                if page < self.m.ram_size:
-                    self.m.wp_map[page >> 18] |= 1 << ((page >> 12) & 63)
-            self.protected = set(pages)
-            if newly:
-                self.flush_tlb()  # a fast (unwatched) TLB entry must not outlive write access
-            return
-        for page in self.protected - pages:
-            self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
-        newly = pages - self.protected
-        for page in newly:
-            self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
-        self.protected = set(pages)
-        C.refresh_ram_ranges(self)
-        if newly:
-            self.flush_tlb()  # a store-fast TLB entry (engine_watch.c) must not outlive write access
-        if self.m._running is self:  # measured: mem_protect inside a hook makes emu_start return there
-            self._map_changed = True
+        """Make exactly ``pages`` read-only to the guest (its stores #GP, TLFS §3.13), the rest of RAM writable."""
+        C.set_protected(self, pages)
 
     def _syscall_hook(self, uc: Any, _ud: Any) -> None:
         self._syscall = True

@@ -10,7 +10,15 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_PROT_WRITE
+from unicorn import (
+    UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_WRITE,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+)
 
 from viridian.errors import UserError
 from viridian.machine import engine as E
@@ -178,6 +186,32 @@ def hook_blocks(v: Vcpu) -> None:
     if not v._block_hooked:
         v._block_hooked = True
         E.hook_add_native(v.uc, UC_HOOK_BLOCK, function_address(v._lib, "vn_block"), ctypes.addressof(n), 1, 0)
+
+
+def set_protected(v: Vcpu, pages: set[int]) -> None:
+    """Make exactly ``pages`` read-only to the guest (TLFS §3.13), the rest of RAM writable: through the machine's
+    write-protect map (csrc vn_tbipf stops a store there at the storing instruction; the pages stay one RAM
+    block) or, where that is not available, by mapping them read+execute (Unicorn's write-protect hook)."""
+    newly = pages - v.protected
+    if store_watch.precise_write_protect() and v._native.wp_map:
+        wp = v.m.wp_map
+        for page in v.protected - pages:
+            if page < v.m.ram_size:
+                wp[page >> 18] &= ~(1 << ((page >> 12) & 63))
+        for page in pages:
+            if page < v.m.ram_size:
+                wp[page >> 18] |= 1 << ((page >> 12) & 63)
+    else:
+        for page in v.protected - pages:
+            v.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
+        for page in newly:
+            v.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        refresh_ram_ranges(v)
+        if v.m._running is v:  # measured: mem_protect inside a hook makes emu_start return there
+            v._map_changed = True
+    v.protected = set(pages)
+    if newly:
+        v.flush_tlb()  # a fast (unwatched) TLB entry must not outlive write access
 
 
 def refresh_ram_ranges(v: Vcpu) -> None:
