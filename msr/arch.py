@@ -17,7 +17,7 @@ Citations: "SDM4" = Intel SDM vol. 4 Table 2-2 (architectural MSRs); "SDM3" = In
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from msr.apic import LocalApicPort
 from msr.faults import GuestFault, gp
@@ -34,9 +34,13 @@ MISC_AUTO_THERMAL: Final = 1 << 3
 MISC_PERFMON_AVAILABLE: Final = 1 << 7  # RO, 0: no architectural PMU is offered
 MISC_BTS_UNAVAILABLE: Final = 1 << 11  # RO
 MISC_PEBS_UNAVAILABLE: Final = 1 << 12  # RO
+MISC_EIST: Final = 1 << 16  # Enhanced Intel SpeedStep enable (stored; no P-states are modelled)
+MISC_MONITOR: Final = 1 << 18  # ENABLE MONITOR FSM (stored; MONITOR/MWAIT are not offered in CPUID)
 MISC_LIMIT_CPUID: Final = 1 << 22
 MISC_XTPR_DISABLE: Final = 1 << 23
-MISC_RW: Final = MISC_FAST_STRINGS | MISC_AUTO_THERMAL | MISC_LIMIT_CPUID | MISC_XTPR_DISABLE
+MISC_XD_DISABLE: Final = 1 << 34  # stored, like KVM (NX stays offered)
+MISC_RW: Final = (MISC_FAST_STRINGS | MISC_AUTO_THERMAL | MISC_EIST | MISC_MONITOR | MISC_LIMIT_CPUID
+                  | MISC_XTPR_DISABLE | MISC_XD_DISABLE)
 MISC_RO: Final = MISC_PERFMON_AVAILABLE | MISC_BTS_UNAVAILABLE | MISC_PEBS_UNAVAILABLE
 MISC_ENABLE_DEFAULT: Final = MISC_FAST_STRINGS | MISC_BTS_UNAVAILABLE | MISC_PEBS_UNAVAILABLE
 
@@ -125,6 +129,49 @@ class ArchMsrState:
                      "mtrr_fixed", "pat", "mcg_status", "mperf_offset", "aperf_offset"):
             setattr(self, name, getattr(fresh, name))
         self.apic.reset()
+
+    # -- snapshots: plain data out, every field type- and range-checked in (ValueError otherwise) ----------
+    def save_state(self) -> dict[str, Any]:
+        return {"apic_base_address": self.apic_base_address, "bsp": self.bsp, "tsc_adjust": self.tsc_adjust,
+                "misc_enable": self.misc_enable, "microcode_rev": self.microcode_rev,
+                "mtrr_def_type": self.mtrr_def_type, "mtrr_var": list(self.mtrr_var),
+                "mtrr_fixed": [self.mtrr_fixed[i] for i in MTRR_FIXED], "pat": self.pat,
+                "mcg_status": self.mcg_status, "mperf_offset": self.mperf_offset, "aperf_offset": self.aperf_offset}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """APIC base page-aligned below MAXPHYADDR (SDM3 §11.4.4), PAT and MTRR types valid (§13.11-12)."""
+        where = f"arch[{self.vp_index}]"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: expected an object")
+
+        def u64(key: str, v: Any = None) -> int:
+            v = state.get(key) if v is None else v
+            if type(v) is not int or not 0 <= v <= MASK64:
+                raise ValueError(f"{where}.{key}: expected a 64-bit unsigned integer")
+            return v
+
+        def u64s(key: str, n: int) -> list[int]:
+            v = state.get(key)
+            if type(v) is not list or len(v) != n:
+                raise ValueError(f"{where}.{key}: expected {n} integers")
+            return [u64(key, x) for x in v]
+
+        base, pat, def_type = u64("apic_base_address"), u64("pat"), u64("mtrr_def_type")
+        if base & ~self.phys_mask:
+            raise ValueError(f"{where}.apic_base_address: {base:#x} is not a page below MAXPHYADDR")
+        if any((pat >> (8 * i)) & 0xFF not in PAT_TYPES for i in range(8)):
+            raise ValueError(f"{where}.pat: invalid memory type in {pat:#x}")
+        if def_type & 0xFF not in MTRR_TYPES or def_type & ~0xCFF:
+            raise ValueError(f"{where}.mtrr_def_type: invalid value {def_type:#x}")
+        if type(state.get("bsp")) is not bool:
+            raise ValueError(f"{where}.bsp: expected true/false")
+        var, fixed = u64s("mtrr_var", 2 * MTRR_VAR_COUNT), u64s("mtrr_fixed", len(MTRR_FIXED))
+        values = [u64(k) for k in ("tsc_adjust", "misc_enable", "microcode_rev", "mcg_status", "mperf_offset",
+                                   "aperf_offset")]
+        self.apic_base_address, self.bsp, self.pat, self.mtrr_def_type = base, state["bsp"], pat, def_type
+        self.mtrr_var, self.mtrr_fixed = var, dict(zip(MTRR_FIXED, fixed, strict=True))
+        (self.tsc_adjust, self.misc_enable, self.microcode_rev, self.mcg_status, self.mperf_offset,
+         self.aperf_offset) = values
 
     @property
     def phys_mask(self) -> int:

@@ -84,6 +84,26 @@ def test_misc_enable() -> None:
     assert wr(s, MISC_ENABLE, 1 << 2) == "#GP"  # reserved (no TCC/FPU fopcode bits modelled)
 
 
+@pytest.mark.parametrize("bit", [0, 3, 16, 18, 22, 23, 34])
+def test_misc_enable_writable_bits(bit: int) -> None:
+    """SDM4 Table 2-2: fast strings, auto thermal, EIST, MONITOR FSM, limit CPUID, xTPR, XD disable are R/W
+    (kvm-unit-tests x86/msr.c writes 0x400c50809 and reads it back, ignoring read-only bits 7, 11, 12)."""
+    s = state()
+    assert wr(s, MISC_ENABLE, 1 << bit) is None
+    assert rd(s, MISC_ENABLE) & ~0x1880 == 1 << bit
+
+
+def test_misc_enable_kvm_unit_tests_value() -> None:
+    s = state()
+    assert wr(s, MISC_ENABLE, 0x400C50809) is None
+    assert rd(s, MISC_ENABLE) & ~0x1880 == 0x400C50809 & ~0x1880
+
+
+@pytest.mark.parametrize("bit", [1, 2, 4, 5, 6, 8, 9, 10, 13, 14, 15, 17, 19, 20, 21, 24, 33, 35, 63])
+def test_misc_enable_reserved_bits(bit: int) -> None:
+    assert wr(state(), MISC_ENABLE, 1 << bit) == "#GP"
+
+
 def test_pat_and_mtrrs() -> None:
     s = state()
     assert rd(s, PAT) == PAT_DEFAULT == 0x0007040600070406
