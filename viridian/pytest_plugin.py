@@ -22,8 +22,6 @@ from typing import Any
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
 
 @dataclass
 class GuestRun:
@@ -62,15 +60,17 @@ def viridian_offer() -> str:
 
 
 def _image(image: str | Path) -> Path:
+    """A path, or the name of a shipped guest ("win7", "lab", ...: ``viridian guests``)."""
+    from viridian.errors import UserError
+    from viridian.guests import guest_path
+
     p = Path(image)
     if p.exists():
         return p
-    built = FIXTURES / "build" / f"{image}.elf"
-    if not built.exists() and (FIXTURES / "Makefile").exists():
-        subprocess.run(["make", "-s", "-C", str(FIXTURES)], check=True)
-    if not built.exists():
-        raise FileNotFoundError(f"no guest image {image!r} (neither a path nor fixtures/build/{image}.elf)")
-    return built
+    try:
+        return guest_path(str(image))
+    except UserError as exc:
+        raise FileNotFoundError(f"no guest image {image!r}: neither a path nor a shipped guest ({exc})") from None
 
 
 @pytest.fixture
@@ -93,10 +93,13 @@ def viridian_run() -> Callable[..., GuestRun]:
 @pytest.fixture
 def viridian_asm(tmp_path: Path) -> Callable[..., Path]:
     def build(source: str, name: str = "guest") -> Path:
+        from viridian.guests import runtime_dir
+
         src, out = tmp_path / f"{name}.S", tmp_path / f"{name}.elf"
         src.write_text(source, encoding="utf-8")
-        cmd = ["gcc", "-m64", "-ffreestanding", "-fno-pic", "-nostdinc", f"-I{FIXTURES / 'guests' / 'include'}",
-               "-nostdlib", "-static", "-no-pie", f"-Wl,-T,{FIXTURES / 'guests' / 'guest.ld'}",
+        rt = runtime_dir()
+        cmd = ["gcc", "-m64", "-ffreestanding", "-fno-pic", "-nostdinc", f"-I{rt / 'include'}",
+               "-nostdlib", "-static", "-no-pie", f"-Wl,-T,{rt / 'guest.ld'}",
                "-Wl,--build-id=none", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack", str(src), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -11,7 +11,7 @@ from viridian.errors import UserError
 
 # Each subcommand module exposes register(subparsers) -> None, setting ``func`` on its parser.
 _SUBCOMMANDS: list[str] = ["cpuid", "guest_os_id", "run", "compare", "measure", "conformance", "fuzz", "resume",
-                           "fetch_kernel", "boot"]
+                           "fetch_kernel", "boot", "guests"]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

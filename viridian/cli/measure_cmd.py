@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"no experiment {n!r}; choose from {', '.join(EXPERIMENTS)} or all")
     if args.plot and len(names) > 1:
         raise UserError("--plot draws one experiment; use --report DIR for all of them")
+    if args.plot or args.report:  # before the sweep: a missing [plot] extra is one line, not a late failure
+        from viridian.lab.plot import require_matplotlib
+
+        require_matplotlib()
     lab_image()
     configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
     vcpus = _ints(args.vcpus, "--vcpus") if args.vcpus else None

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from viridian.config.enlightenments import Enlightenments
 from viridian.conformance.tap import parse
-from viridian.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITE = ROOT / "fixtures" / "build" / "conformance.elf"
 MATRIX_PRESETS = ("none", "xen-3.4", "recommended", "all")
 MATRIX_VCPUS = (1, 2, 4, 65)
 MAX_TICKS = 40_000_000_000
@@ -20,16 +16,13 @@ MSG_CONN, EVENT_CONN, CONN_SINT = 0x4242, 0x4243, 3  # the suite's msg_conn= / e
 
 
 def suite_image(path: str | None = None) -> Path:
-    """The suite image, built with ``make -C fixtures`` when missing (gcc + binutils)."""
+    """The suite image: the shipped conformance.elf (built with ``make -C fixtures`` when missing in a
+    checkout), or ``path``."""
+    from viridian.guests import guest_path
+
     if path:
         return Path(path)
-    if not SUITE.exists() and (ROOT / "fixtures" / "Makefile").exists():
-        proc = subprocess.run(["make", "-s", "-C", str(ROOT / "fixtures")], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"building the conformance suite failed (make -C fixtures):\n{proc.stderr.strip()}")
-    if not SUITE.exists():
-        raise UserError(f"{SUITE} is missing: build it with 'make -C fixtures' (gcc + binutils)")
-    return SUITE
+    return guest_path("conformance")
 
 
 def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdline: str = "",

@@ -40,12 +40,17 @@ class Experiment:
     guest: Callable[[Params, int], str]  # the experiment's own command-line part
     ops: Callable[[Params, int], int]  # operations in one run
     figures: Callable[[Stats, Stats], dict[str, float]]  # (run with n, run with n=0) -> figures
-    primary: str  # the figure the table's reduction column and the plot use
+    primary: str  # the figure the table's reduction column uses (and the chart, unless ``chart`` names another)
     model: Callable[[str, Params, int], dict[str, float]] | None = None  # config, params, vcpus -> figures
     differential: bool = True
     pcpus: Callable[[Params, int], int | None] = field(default=lambda p, v: None)
     background: Callable[[LabConfig, Params], str] | None = None  # idle: command line of the other partition
     summary: str = ""
+    chart: str = ""  # the figure the chart shows (default: primary)
+
+    @property
+    def chart_figure(self) -> str:
+        return self.chart or self.primary
 
     def config(self, name: str) -> LabConfig:
         for c in self.configs:
@@ -250,7 +255,7 @@ register(Experiment(
                        "the idle partition reads HV_X64_MSR_GUEST_IDLE (IF = 0)")),
     params={"n": 2_000_000, "period": 200_000}, vcpus=(1,), min_vcpus=1,
     guest=lambda p, v: f"exp=work n={p['n']}", ops=lambda p, v: 1,
-    figures=_idle_figures, primary="time_ms", differential=False, pcpus=lambda p, v: 1,
+    figures=_idle_figures, primary="time_ms", chart="busy_share_pct", differential=False, pcpus=lambda p, v: 1,
     background=lambda c, p: f"exp=idle period={p['period']} {c.guest}",
     summary="\"Spare processing power to other VMs\": a guest that halts or uses GUEST_IDLE gives its CPU away; "
             "one that polls keeps it.",

@@ -15,7 +15,6 @@ from viridian.config.spec import offer_cli_args, parse_config
 from viridian.errors import UserError
 from viridian.lab.experiments import Experiment, LabConfig, Params
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "build"
 MAX_TICKS = 20_000_000_000
 
 
@@ -32,10 +31,10 @@ class Point:
 
 
 def lab_image(name: str = "lab") -> Path:
-    path = FIXTURES / f"{name}.elf"
-    if not path.exists():
-        raise UserError(f"{path} is missing: build the guests with 'make -C fixtures' (gcc + binutils)")
-    return path
+    """The lab guest shipped with viridian (``viridian guests``)."""
+    from viridian.guests import guest_path
+
+    return guest_path(name)
 
 
 def points(e: Experiment, configs: Sequence[str] | None, vcpus: Sequence[int] | None,
@@ -94,7 +93,7 @@ def command(pt: Point, n: int | None = None) -> str:
     """The ``viridian run`` command line that reproduces one run of the point."""
     e = pt.experiment
     params = pt.params if n is None else pt.params | {"n": n}
-    args = ["viridian", "run", str(Path("fixtures/build/lab.elf")), "--vcpus", str(pt.vcpus)]
+    args = ["viridian", "run", "lab", "--vcpus", str(pt.vcpus)]  # a shipped guest's name: works from anywhere
     args += offer_cli_args(pt.config.offer)
     for key, value in pt.config.machine:
         args += [f"--{key.replace('_', '-')}", str(value)]
@@ -105,7 +104,7 @@ def command(pt: Point, n: int | None = None) -> str:
         args += ["--pcpus", str(pcpus)]
     args += ["--cmdline", pt.cmdline(**({} if n is None else {"n": n}))]
     if e.background is not None:
-        args += ["--with", "fixtures/build/lab.elf:1", "--with-cmdline", e.background(pt.config, params),
+        args += ["--with", "lab:1", "--with-cmdline", e.background(pt.config, params),
                  "--stop-others"]
     return shlex.join([*args, "--json"])
 

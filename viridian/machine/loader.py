@@ -39,8 +39,14 @@ class Image:
 
 
 def load_image(path: str | Path) -> Image:
-    """Read an image; UserError (one line, names the fix) for anything we cannot load."""
+    """Read an image (a path, or the name of a shipped guest such as "win7": ``viridian guests``); UserError
+    (one line, names the fix) for anything we cannot load."""
     p = Path(path)
+    if not p.exists():
+        from viridian.guests import guest_path, is_guest_name
+
+        if is_guest_name(str(path)):
+            p = guest_path(str(path))
     try:
         blob = p.read_bytes()
     except OSError as exc:

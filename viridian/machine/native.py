@@ -1,6 +1,7 @@
 """Build and load the vCPU hot path written in C (csrc/: vcpu_native.c hooks, engine_watch.c, vn_state.h).
 
-The library is compiled once per source version with the system C compiler into the user cache
+A wheel carries the library compiled at build time (``_native/``, setup.py); otherwise it is compiled once
+per source version with the system C compiler (``$CC`` may carry flags) into the user cache
 (``$XDG_CACHE_HOME/viridian`` or ``~/.cache/viridian``; ``VIRIDIAN_CACHE`` overrides) and loaded with
 ctypes. It links against nothing: Unicorn's entry points are handed to it as function pointers.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -164,25 +166,66 @@ def check_layout(lib: ctypes.CDLL) -> None:
         raise RuntimeError(f"native.VnState does not mirror csrc/vn_state.h (size and offsets {want} != {got})")
 
 
-@cache
-def library() -> ctypes.CDLL:
-    """The compiled hot-path library (built on first use)."""
+PREBUILT = Path(__file__).with_name("_native")  # a wheel's copy, compiled when the wheel was built (setup.py)
+
+
+def library_name() -> str:
+    """File name of the library for the current sources (their digest: a stale build is never loaded)."""
     src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
-    digest = hashlib.sha256(src).hexdigest()[:16]
-    target = _cache_dir() / f"vcpu_native-{digest}.so"
-    if not target.exists():
-        cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-        if cc is None:
-            raise UserError("no C compiler found: viridian run needs gcc (or set CC) to build its vCPU hot path")
+    return f"vcpu_native-{hashlib.sha256(src).hexdigest()[:16]}.so"
+
+
+def compile_library(out: Path, cc: str | None = None) -> None:
+    """Compile csrc/ into the shared library ``out``; UserError (one line) when the compiler is missing or fails.
+    ``cc`` (default $CC, else gcc/cc) may carry flags ("gcc -m64")."""
+    cc = cc or os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        raise UserError("no C compiler found: viridian needs gcc (or set CC) to build its vCPU hot path")
+    try:
+        words = shlex.split(cc)
+    except ValueError:
+        words = []
+    if not words:
+        raise UserError(f"CC={cc!r} is not a compiler command")
+    try:
+        proc = subprocess.run([*words, "-O2", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)],
+                              capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise UserError(f"cannot run the C compiler {cc!r} ({exc.strerror}): install gcc or set CC") from None
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), None) or \
+            (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise UserError(f"building the vCPU hot path with {cc!r} failed: {first.strip()}")
+
+
+def _built_library() -> Path:
+    """The library for these sources: the wheel's prebuilt copy, else the user cache (compiled once)."""
+    name = library_name()
+    if (PREBUILT / name).is_file():
+        return PREBUILT / name
+    target = _cache_dir() / name
+    if target.exists():
+        return target
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise UserError(f"building the vCPU hot path with {cc} failed:\n{proc.stderr.strip()}")
+            out = Path(tmp) / name
+            compile_library(out)
             os.replace(out, target)
-    lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise UserError(f"cannot write the vCPU hot-path library to {target.parent} ({exc.strerror}): set "
+                        "VIRIDIAN_CACHE to a writable directory") from None
+    return target
+
+
+@cache
+def library() -> ctypes.CDLL:
+    """The compiled hot-path library (the wheel's, or built on first use)."""
+    target = _built_library()
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise UserError(f"cannot load the vCPU hot-path library {target}: {exc}") from None
     check_layout(lib)
     lib.vn_remove.argtypes = [ctypes.POINTER(VnState), ctypes.c_uint64]
     lib.vn_remove.restype = None
