@@ -15,9 +15,11 @@ import struct
 from functools import cache
 from typing import Any
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError
+from unicorn import UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+
+from viridian.machine.engine_build import new_uc
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def context_bytes(uc: Any) -> tuple[Any, bytearray]:
 
 
 def _scratch(ram: Any) -> Any:
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc = new_uc(UC_MODE_64)
     uc.mem_map_ptr(0, len(ram), UC_PROT_ALL, ctypes.addressof(ram))
     q = lambda a, v: struct.pack_into("<Q", ram, a, v)  # noqa: E731
     q(0x1000, 0x2003), q(0x2000, 0x3003), q(0x3000, 0x83)  # 2 MiB identity page at 0

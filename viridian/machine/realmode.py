@@ -16,7 +16,6 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
-    UC_ARCH_X86,
     UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
@@ -24,13 +23,13 @@ from unicorn import (
     UC_MODE_16,
     UC_MODE_32,
     UC_PROT_ALL,
-    Uc,
     UcError,
 )
 from unicorn import x86_const as X
 
 from viridian.machine import vcpu_code as C
 from viridian.machine.engine import EFER
+from viridian.machine.engine_build import new_uc
 
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
@@ -42,7 +41,7 @@ TICKS_PER_STEP = 4  # trampolines run instruction by instruction: charge ~4 byte
 def bring_up(v: Vcpu, vector: int) -> bool:
     """Run ``v``'s trampoline at ``vector << 12`` until it reaches 64-bit mode; True on success."""
     m = v.m
-    uc: Any = Uc(UC_ARCH_X86, UC_MODE_16)
+    uc: Any = new_uc(UC_MODE_16, f"vCPU {v.index}'s 16-bit start")
     uc.mem_map_ptr(0, m.ram_size, UC_PROT_ALL, ctypes.addressof(m.ram_buffer))
     state: dict[str, Any] = {"steps": 0, "long": False, "fault": None}
 
@@ -93,7 +92,7 @@ def enter_multiboot(v: Vcpu, entry: int, magic: int, info: int) -> bool:
     64-bit mode, then move the context into the vCPU's 64-bit instance. The 32-bit code gets RAM, port I/O
     and CPUID (no APIC MMIO, no synthetic MSRs: those work once in long mode). True on success."""
     m = v.m
-    uc: Any = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc: Any = new_uc(UC_MODE_32, f"vCPU {v.index}'s 32-bit start")
     uc.mem_map_ptr(0, m.ram_size, UC_PROT_ALL, ctypes.addressof(m.ram_buffer))
     state: dict[str, Any] = {"blocks": 0, "bytes": 0, "long": False, "fault": None}
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -118,6 +117,13 @@ def _slots(path: Path) -> tuple[dict[bytes, tuple[int, int]], int] | None:
 
 
 _installed: bool | None = None
+CODE_FILTER: tuple[int, int] | None = None  # (the code-hook list's offset, 0 = not found; the real tb_gen_code)
+
+
+def use_code_filter(lib: ctypes.CDLL, on: bool) -> None:
+    """Turn the translation filter on or off (process-wide; engine_build's ``code_filter``)."""
+    if CODE_FILTER is not None:
+        lib.vn_set_code_filter(CODE_FILTER[0] if on else 0, ctypes.c_void_p(CODE_FILTER[1]))
 
 
 def install(lib: ctypes.CDLL) -> bool:
@@ -161,7 +167,9 @@ def _install(lib: ctypes.CDLL) -> bool:
                 return False
         lib.vn_set_real_tbipf(ctypes.c_void_p(real[TBIPF]))
         lib.vn_set_engine_fns(*(ctypes.c_void_p(a) for a in (real[TLB_SET_PAGE], real[PROTECT_CODE], *helpers)))
-        lib.vn_set_code_filter(code_hook_list_offset(lib) or 0, ctypes.c_void_p(real[TB_GEN_CODE]))
+        global CODE_FILTER
+        CODE_FILTER = (code_hook_list_offset(lib) or 0, real[TB_GEN_CODE] or 0)
+        lib.vn_set_code_filter(CODE_FILTER[0], ctypes.c_void_p(CODE_FILTER[1]))
         lib.vn_set_real_svm_check(ctypes.c_void_p(real[SVM_CHECK]))
         wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code",
                     TB_GEN_CODE: "vn_tb_gen_code", SVM_CHECK: "vn_svm_check"}
@@ -253,7 +261,9 @@ def _quiet_loads_offsets() -> tuple[int, int] | None:
 
 
 def quiet_loads_enabled() -> bool:
-    return QUIET_LOADS and os.environ.get(QUIET_ENV, "0") in ("", "0")
+    from viridian.machine.engine_build import enabled
+
+    return QUIET_LOADS and enabled("quiet_access")
 
 
 def precise_write_protect() -> bool:
@@ -266,10 +276,12 @@ def precise_write_protect() -> bool:
 def _code_buffer_writable() -> bool:
     """An engine's translation buffer (a new read-write-execute mapping of at least 1 MiB) appears when it
     first runs code."""
-    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn import UC_MODE_64
+
+    from viridian.machine.engine_build import new_uc
 
     before = set(_mappings("rwx"))
-    uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc: Any = new_uc(UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x90\xf4")
     uc.emu_start(0x1000, 0x1001)
@@ -278,7 +290,9 @@ def _code_buffer_writable() -> bool:
 
 
 def tb_entry_enabled() -> bool:
-    return TB_ENTRY is not None and os.environ.get(TB_ENTRY_ENV, "0") in ("", "0")
+    from viridian.machine.engine_build import enabled
+
+    return TB_ENTRY is not None and enabled("block_entry")
 
 
 HOOK_BEGIN_OFFSET = 0x18  # struct hook: begin and end (vn_tb_gen_code's HOOK_BEGIN), checked below
@@ -289,12 +303,13 @@ def code_hook_list_offset(lib: ctypes.CDLL, scan: int = 0x3000) -> int | None:
     by behaviour on a scratch engine: the one pair of words that goes from empty to one item holding the hook
     just added, and to a second item when a second hook is added. Pointers are followed only into readable
     mappings (/proc/self/maps). None when nothing fits (the filter stays off)."""
-    from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, Uc
+    from unicorn import UC_HOOK_CODE, UC_MODE_64
 
     from viridian.machine import engine as E
+    from viridian.machine.engine_build import new_uc
 
     fn = _address(lib.vn_site) or 0
-    uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc: Any = new_uc(UC_MODE_64)
     base: int = uc._uch.value
     maps = _mappings()
 

@@ -15,7 +15,6 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
-    UC_ARCH_X86,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -23,7 +22,6 @@ from unicorn import (
     UC_MODE_64,
     UC_PROT_ALL,
     UC_PROT_READ,
-    Uc,
     UcError,
 )
 from unicorn import x86_const as X
@@ -31,11 +29,12 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
 from viridian.machine import engine as E
+from viridian.machine import engine_build, vcpu_io
 from viridian.machine import layout as L
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
-from viridian.machine import vcpu_io
 from viridian.machine.boot import BootRegisters
+from viridian.machine.engine_build import new_uc
 from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.native import (
@@ -103,7 +102,7 @@ class Vcpu:
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
-        self.uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc: Any = new_uc(UC_MODE_64, f"vCPU {index}")
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
@@ -140,7 +139,11 @@ class Vcpu:
         self._keep: list[object] = []
         # RDTSC(P) natively (vn_rdtsc/vn_rdtscp) unless every exit must be seen (--trace) or time is the wall
         # clock (--fast)
-        self._native_tsc = not machine.fast and machine.tracer is None
+        quiet = not machine.fast and machine.tracer is None
+        self._native_tsc = quiet and engine_build.enabled("native_tsc")
+        self._native_msr = quiet and engine_build.enabled("native_msr")  # vn_msr_done answers NATIVE_READS
+        native_io = quiet and engine_build.enabled("native_serial")
+        self._native_any = self._native_tsc or self._native_msr or native_io
         n.rdx_reg, n.msr_reg = X.UC_X86_REG_RDX, X.UC_X86_REG_MSR
         if self._native_tsc:
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSC, function_address(lib, "vn_rdtsc"), ctypes.addressof(n))
@@ -150,7 +153,7 @@ class Vcpu:
             self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1)))
         uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
-        vcpu_io.install(self, lib, native=self._native_tsc)  # COM1's hot accesses natively, like RDTSC
+        vcpu_io.install(self, lib, native=native_io)  # COM1's hot accesses natively, like RDTSC
         uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
@@ -261,7 +264,7 @@ class Vcpu:
             n.stop_reason = 0
             n.limit = limit
             rip = self._rip_flags.read()[0]
-            if self._native_tsc:
+            if self._native_any:
                 self.traps.arm_native_tsc()
                 vcpu_io.arm(self)
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
@@ -448,7 +451,7 @@ class Vcpu:
                 return
             if ("rdmsr", index) not in neg.first:
                 neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
-            if self._native_tsc and index in NATIVE_READS:
+            if self._native_msr and index in NATIVE_READS:
                 self.traps.enable_native_msr(index)  # offered and on record: vn_msr_done answers the next ones
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self._after_exit()

@@ -22,7 +22,7 @@ from unicorn import (
 
 from viridian.errors import UserError
 from viridian.machine import engine as E
-from viridian.machine import store_watch
+from viridian.machine import engine_build, store_watch
 from viridian.machine.native import function_address
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
@@ -147,7 +147,8 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
     n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
     n.host_ram = ctypes.addressof(m.ram_buffer)  # the hooks' page walk reads guest RAM here
     n.uc = v.uc._uch.value
-    if store_watch.install(lib):
+    if engine_build.enabled("store_watch") and store_watch.install(lib):
+        store_watch.use_code_filter(lib, engine_build.enabled("code_filter"))
         n.tb_map = ctypes.cast(m.tb_map, ctypes.POINTER(ctypes.c_uint64))
         n.pause_native = 1
         refresh_ram_ranges(v)
@@ -163,7 +164,11 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
             cpu = ctypes.c_void_p.from_address(v.uc._uch.value + cpu_off).value
             if cpu:  # blocks start in vn_tb_enter (csrc/block_entry.c): no block hook
                 n.cpu, n.exit_request, n.tb_patch = cpu, cpu + exit_off, 1
-    else:
+    else:  # the engine's own paths (none of engine_watch.c's redirects acts for this engine)
+        if store_watch._installed:  # installed for the process, forced off here (engine_build.disabled)
+            lib.vn_enable_quiet_loads(0)
+            lib.vn_enable_quiet_stores(0)
+            store_watch.use_code_filter(lib, False)
         E.hook_add_native(v.uc, UC_HOOK_MEM_WRITE, function_address(lib, "vn_write"), ctypes.addressof(n), 0,
                           m.ram_size - 1)
 
