@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux pyc
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux linux-matrix pyc
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,14 @@ VCPUS ?= 4
 linux: $(STAMP) fixtures pyc
 	$(BIN)/viridian boot "$$($(BIN)/viridian fetch-kernel)" --vcpus $(VCPUS) --report \
 		--initrd fixtures/build/initramfs.cpio --append "console=ttyS0 panic=-1 nokaslr viridian.iters=40"
+
+# Debian's cloud kernel to its root-mount panic under {none, xen-3.4, recommended, all} x {1,2,3,4,8} vCPUs
+# (OFFERS=a,b VCPUS_LIST=1,2 JOBS=N to narrow it); prints the table, exit 1 unless every cell is green
+OFFERS ?= none,xen-3.4,recommended,all
+VCPUS_LIST ?= 1,2,3,4,8
+JOBS ?= 2
+linux-matrix: $(STAMP) pyc
+	$(BIN)/python -m viridian.lab.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --jobs $(JOBS)
 
 bench-linux: $(STAMP) pyc
 	$(BIN)/python bench/bench_linux.py
