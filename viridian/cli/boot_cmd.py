@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from viridian.cli.inputs import out_file
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.enlightenments import Enlightenments
 from viridian.config.presets import PRESETS, load_config
@@ -43,8 +44,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice (a single vCPU runs at least 20,000,000 ticks at a time, to the next timer deadline)")
     p.add_argument("--report", action="store_true", help="print the negotiation report")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
-    p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
-    p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--stats-json", metavar="FILE", type=out_file,
+                   help="write the exit statistics as JSON ('-' = stdout)")
+    p.add_argument("--trace", metavar="FILE", type=out_file, help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--quiet", action="store_true", help="no console echo, no summary")
     p.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from viridian.cli.inputs import out_file, out_file_named
 from viridian.errors import UserError
 
 
@@ -27,8 +28,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--image", metavar="PATH", help="another suite image (default fixtures/build/conformance.elf)")
     p.add_argument("--matrix", action="store_true",
                    help="run every preset (none, xen-3.4, recommended, all) on 1, 2, 4 and 65 vCPUs")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' = stdout only)")
-    p.add_argument("--junit", metavar="FILE.xml", help="write JUnit XML")
+    p.add_argument("--json", metavar="FILE", type=out_file, help="write the results as JSON ('-' = stdout only)")
+    p.add_argument("--junit", metavar="FILE.xml", type=out_file_named, help="write JUnit XML")
     p.add_argument("--verbose", action="store_true", help="list every test, not only failures")
     p.set_defaults(func=run)
 

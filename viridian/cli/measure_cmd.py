@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from viridian.cli.inputs import out_dir, out_file, out_file_named
 from viridian.errors import UserError
 
 
@@ -24,10 +25,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=V[,V...]",
                    help="set or sweep a parameter, e.g. n=100 or k=1,2,3 (repeatable)")
     p.add_argument("--list", action="store_true", help="list the experiments, configurations and parameters")
-    p.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-' = stdout, no table)")
-    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV ('-' = stdout, no table)")
-    p.add_argument("--plot", metavar="FILE.png", help="write a chart (one experiment)")
-    p.add_argument("--report", metavar="DIR", help="write a Markdown write-up with charts into DIR")
+    p.add_argument("--json", metavar="FILE", type=out_file, help="write the rows as JSON ('-' = stdout, no table)")
+    p.add_argument("--csv", metavar="FILE", type=out_file, help="write the rows as CSV ('-' = stdout, no table)")
+    p.add_argument("--plot", metavar="FILE.png", type=out_file_named, help="write a chart (one experiment)")
+    p.add_argument("--report", metavar="DIR", type=out_dir, help="write a Markdown write-up with charts into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from viridian.cli.inputs import out_file, out_file_named
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
 from viridian.errors import UserError
@@ -52,20 +53,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", action="store_true",
                    help="print the negotiation report: what the guest asked for, used and fell back from")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
-    p.add_argument("--stats-json", metavar="FILE", help="write the exit statistics as JSON ('-' = stdout)")
-    p.add_argument("--trace", metavar="FILE", help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--stats-json", metavar="FILE", type=out_file,
+                   help="write the exit statistics as JSON ('-' = stdout)")
+    p.add_argument("--trace", metavar="FILE", type=out_file, help="write one JSON line per exit ('-' = stderr)")
     p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
                    help="another partition (same offer) sharing the --pcpus simulated CPUs; repeatable")
     p.add_argument("--with-cmdline", default="", metavar="TEXT", help="command line of the --with partitions")
     p.add_argument("--stop-others", action="store_true",
                    help="end the --with partitions when the first one ends (they are background load)")
-    p.add_argument("--record", metavar="FILE", help="write the run's inputs and outcome digests for --replay")
+    p.add_argument("--record", metavar="FILE", type=out_file_named, help="write the run's inputs and outcome digests for --replay")
     p.add_argument("--replay", metavar="FILE",
                    help="re-run a recorded run with its inputs (options from FILE; IMAGE is ignored) and check "
                    "that exits, serial output and final state are bit-identical (exit 1 if not)")
     p.add_argument("--snapshot-at", type=int, metavar="TICKS",
                    help="stop at this virtual time (TSC ticks) and write a snapshot to --snapshot FILE")
-    p.add_argument("--snapshot", metavar="FILE", help="where --snapshot-at writes (viridian resume FILE continues)")
+    p.add_argument("--snapshot", metavar="FILE", type=out_file_named, help="where --snapshot-at writes (viridian resume FILE continues)")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         recorded = read_record(args.replay)
         for key, value in recorded["options"].items():
             setattr(args, key, value)
+    from viridian.machine.record_schema import OPTION_SCHEMA, check_options
+
+    check_options({k: getattr(args, k) for k in OPTION_SCHEMA if hasattr(args, k)}, "the command line")
     if not args.image:
         raise UserError("give a guest IMAGE (or --replay FILE)")
     sources = [args.hv, args.xen, args.libvirt, args.preset]
@@ -165,7 +170,7 @@ def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, othe
     """--record: write the record. --replay: compare; True when the replay differs."""
     from viridian.machine.replay import compare, outcome, write_record
 
-    if args.record:
+    if args.record and machine.result.status != "interrupted":  # a partial run is no record
         images = [args.image, *other_images] + ([args.libvirt] if args.libvirt else [])
         write_record(args.record, {k: getattr(args, k) for k in RECORDED_OPTIONS}, images, machine, data)
     if recorded is None:
@@ -192,9 +197,7 @@ def _title(args: argparse.Namespace, machine: Any) -> str:
 def _other(spec: str) -> tuple[Any, int]:
     """``--with IMAGE[:VCPUS]``."""
     from viridian.machine.loader import load_image
+    from viridian.machine.record_schema import with_spec
 
-    path, count = spec, "1"
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.isdigit():
-        path, count = head, tail
-    return load_image(path), int(count)
+    path, count = with_spec(spec)
+    return load_image(path), count

@@ -30,8 +30,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from viridian.config.enlightenments import Enlightenments
 from viridian.config.libvirt import parse_libvirt
 from viridian.config.qemu import parse_qemu
@@ -101,11 +99,12 @@ def load_config(hv: str | None = None, xen: str | None = None, libvirt_path: str
     if xen is not None:
         return parse_xen(xen)
     if libvirt_path is not None:
-        try:
-            text = Path(libvirt_path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise ConfigError(f"cannot read libvirt file {libvirt_path!r}: {reason}") from None
+        from viridian.cli.inputs import CONFIG_MAX, read_input
+
+        try:  # a regular file of bounded size (issue 17)
+            text = read_input(libvirt_path, "libvirt file", CONFIG_MAX).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read libvirt file {libvirt_path!r}: not UTF-8 text") from None
         return parse_libvirt(text)
     assert preset is not None
     return get_preset(preset)

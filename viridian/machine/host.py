@@ -11,8 +11,11 @@ another partition is this loop.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from typing import TYPE_CHECKING
+
+from viridian.machine import interrupt
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine, RunResult
@@ -42,13 +45,22 @@ class Host:
 
     def run(self) -> list[RunResult]:
         try:
-            self._schedule()
+            with interrupt.guest_running():
+                self._schedule()
         except Exception as exc:  # the host must survive its own bugs too
             for m in self.machines:
                 m.finish("error", detail=f"host error: {exc!r}", traceback=traceback.format_exc())
         results = [m.result for m in self.machines]
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _interrupted(self, live: list[Machine]) -> None:
+        """Every live partition ends "interrupted" at its current virtual time (partial stats stay valid)."""
+        name = signal.Signals(interrupt.state.signum or signal.SIGINT).name
+        for m in live:
+            m.finish("interrupted", detail=f"{name} at tick {m.clock.tsc()}")
+        first = self.machines[0]
+        interrupt.state.tsc, interrupt.state.tsc_hz = first.clock.tsc(), first.clock.tsc_hz
 
     def _schedule(self) -> None:
         rr = 0
@@ -62,6 +74,9 @@ class Host:
                     m.finish("timeout", detail=f"virtual time budget of {m.max_ticks} ticks used up")
             live = [m for m in live if not m.done]
             if not live:
+                return
+            if interrupt.state.signum is not None:  # SIGINT/SIGTERM: stop at this exit boundary (interrupt.py)
+                self._interrupted(live)
                 return
             runnable: list[tuple[Machine, Vcpu]] = []
             deadline: int | None = None
@@ -98,9 +113,13 @@ class Host:
                         continue
                     used = m.run_vcpu(v, self.T, q - budget, budget)
                     budget -= used
+                    if interrupt.state.signum is not None:
+                        break
                     if used == 0 or not (v.halted or v.idle or v.yield_pending):
                         break
                 longest = max(longest, q - budget)
+                if interrupt.state.signum is not None:
+                    break
             # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
             end = self.T + max(MIN_SLICE, min(q, longest))
             for m in live:

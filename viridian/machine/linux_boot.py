@@ -119,16 +119,12 @@ class LinuxBoot:
 def load_linux(path: str | Path, initrd: str | Path | None = None) -> Image:
     """A bzImage (64-bit boot protocol) or an uncompressed vmlinux ELF, with ``initrd`` as its initramfs."""
     p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read kernel {p}: {exc.strerror}") from None
+    from viridian.cli.inputs import IMAGE_MAX, read_input
+
+    blob = read_input(p, "kernel", IMAGE_MAX)  # regular files of bounded size (issue 17)
     rd = b""
     if initrd is not None:
-        try:
-            rd = Path(initrd).read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read initrd {initrd}: {exc.strerror}") from None
+        rd = read_input(initrd, "initrd", IMAGE_MAX)
     if blob[:4] == b"\x7fELF":
         from viridian.machine.loader import _parse_elf
 

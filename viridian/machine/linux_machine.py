@@ -22,12 +22,15 @@ PT_NOTE = 4
 def is_linux_image(path: str | Path) -> bool:
     """A bzImage (boot_flag 0xAA55 and the "HdrS" setup header, boot.rst) or a vmlinux (an x86-64 ELF with a
     PT_NOTE owned by "Linux", e.g. the build salt every kernel carries). UserError if unreadable."""
+    from viridian.cli.inputs import IMAGE_MAX, open_input
+
     p = Path(path)
+    fh, _size = open_input(p, "guest image", IMAGE_MAX)  # a regular file of bounded size (issue 17)
     try:
-        with p.open("rb") as fh:
+        with fh:
             head = fh.read(0x1000)
             if head[:4] == b"\x7fELF":
-                head += fh.read()
+                head += fh.read(IMAGE_MAX)
     except OSError as exc:
         raise UserError(f"cannot read guest image {p}: {exc.strerror}") from None
     if len(head) >= 0x206 and head[0x1FE:0x200] == b"\x55\xaa" and head[0x202:0x206] == b"HdrS":

@@ -47,10 +47,9 @@ def load_image(path: str | Path) -> Image:
 
         if is_guest_name(str(path)):
             p = guest_path(str(path))
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read guest image {p}: {exc.strerror}") from None
+    from viridian.cli.inputs import IMAGE_MAX, read_input
+
+    blob = read_input(p, "guest image", IMAGE_MAX)  # a regular file of bounded size (issue 17)
     if not blob:
         raise UserError(f"guest image {p} is empty")
     mb = find_header(blob)

@@ -46,7 +46,9 @@ class WallClock:
 
 
 def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from viridian.cli.inputs import sha256_input
+
+    return sha256_input(path, "image")
 
 
 def _digest(obj: Any) -> str:
@@ -79,27 +81,13 @@ def write_record(path: str, options: dict[str, Any], images: list[str], m: Machi
 
 
 def read_record(path: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read the record {path}: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{path} is not a viridian record (not JSON)") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a viridian record")
-    if data.get("version") != VERSION:
-        raise UserError(f"{path}: record version {data.get('version')} (this viridian reads {VERSION})")
-    for key in ("options", "images", "host_events", "outcome"):
-        if key not in data:
-            raise UserError(f"{path}: record is missing '{key}'")
-    for img in data["images"]:
-        try:
-            actual = sha256_file(img["path"])
-        except OSError:
-            raise UserError(f"{path}: the recorded image {img['path']} is missing") from None
-        if actual != img["sha256"]:
-            raise UserError(f"{path}: the image {img['path']} changed since the recording (sha256 differs)")
-    return data
+    """A record, validated as inert data (viridian.machine.record_schema): its run options are an allow-list,
+    type- and range-checked; its images are exactly the ones the options name, unchanged."""
+    from viridian.cli.inputs import RECORD_MAX, load_json, read_input
+    from viridian.machine.record_schema import check_record
+
+    data = load_json(read_input(path, "record", RECORD_MAX), f"record {path}")
+    return check_record(path, data)
 
 
 def compare(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
