@@ -447,7 +447,8 @@ def test_multiboot_kernel_enters_in_protected_mode(guests: Path, tmp_path: Path,
     assert m.image.kind == "multiboot"
     res = m.run()
     assert (res.status, res.code) == ("exit", 0), res
-    assert "mem_upper=64512 KiB, loader=viridian, cmdline=a=1 b=2" in m.ports.serial.text()
+    # QEMU convention: the multiboot command line is "IMAGE ARGS" (the kernel path first)
+    assert f"mem_upper=64512 KiB, loader=viridian, cmdline={image} a=1 b=2" in m.ports.serial.text()
     assert m.vcpus[1].wait_sipi  # APs wait for INIT-SIPI, as on hardware
     assert m.vcpus[0].stats.events["multiboot_entry"] == 1
 

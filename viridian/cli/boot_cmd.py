@@ -71,7 +71,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         machine = linux_machine(config, args.kernel, initrd=args.initrd, append=args.append, vcpus=args.vcpus,
                                 mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer)
-        result = machine.run()
+        from viridian.cli.serial_out import LineWriter
+
+        writer = LineWriter(sys.stdout) if not (args.quiet or args.json) else None
+        machine.ports.serial.sink = writer  # the console reaches stdout line by line while the kernel runs
+        try:
+            result = machine.run()
+        finally:
+            if writer is not None:
+                writer.close()
     finally:
         if tracer is not None:
             tracer.close()
@@ -82,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return _status(result)
     if not args.quiet:
-        sys.stdout.write(machine.ports.serial.text())
-        sys.stdout.flush()
         for line in summary_lines(machine):
             print(line, file=sys.stderr)
         print(f"viridian: {wall:.2f} s wall, {machine.clock.tsc() / machine.clock.tsc_hz:.2f} s virtual",

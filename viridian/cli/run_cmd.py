@@ -50,6 +50,13 @@ def register(subparsers: Any) -> None:
                    "a periodic timer faster than the emulated handler livelocks the guest)")
     p.add_argument("--cmdline", default="", metavar="TEXT",
                    help="guest command line: a NUL-terminated string at 0x1F000, its address in RCX at entry")
+    p.add_argument("--initrd", metavar="FILE[,FILE...]",
+                   help="multiboot modules, as QEMU's -initrd for multiboot kernels: FILE is module 1, placed "
+                   "page-aligned after the kernel (',' separates modules, text after a space is part of the "
+                   "module's string); the multiboot command line is 'IMAGE --cmdline'")
+    p.add_argument("--device", action="append", default=[], choices=("hyperv-testdev",),
+                   help="add a device QEMU adds only on request: hyperv-testdev (port 0x3000, QEMU "
+                   "hw/misc/hyperv_testdev.c: SINT routes and message/event connections for SynIC tests)")
     p.add_argument("--report", action="store_true",
                    help="print the negotiation report: what the guest asked for, used and fell back from")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--snapshot-at TICKS and --snapshot FILE go together")
     if args.snapshot_at is not None and (args.others or args.snapshot_at < 1):
         raise UserError("--snapshot-at: one partition (no --with), at a time >= 1 tick")
-    image = load_image(args.image)
+    image = load_image(args.image, getattr(args, "initrd", None))
     others = [_other(spec) for spec in args.others]
     tracer = open_tracer(args.trace)
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
@@ -111,13 +118,22 @@ def run(args: argparse.Namespace) -> int:
                   cmdline=args.cmdline)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
+        if "hyperv-testdev" in getattr(args, "device", ()):
+            from viridian.devices.hyperv_testdev import attach
+
+            attach(machine)
         if recorded is not None:
             machine.wall.replay = [int(t) for t in recorded["host_events"]["wall_clock"]]
         if args.snapshot_at is not None:
             machine.max_ticks = min(args.snapshot_at, args.max_ticks)
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
-        result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
+        writers = _stream_serial([machine, *extra]) if not (args.quiet or args.json) else []
+        try:
+            result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
+        finally:
+            for w in writers:
+                w.close()
     finally:
         if tracer is not None:
             tracer.close()
@@ -125,9 +141,8 @@ def run(args: argparse.Namespace) -> int:
         from viridian.machine.snapshot import save
 
         machine.result, machine.max_ticks = None, args.max_ticks
+        machine.ports.serial.sink = None  # the output was streamed; the sink is not part of the machine
         save(machine, args.snapshot, {k: getattr(args, k) for k in RECORDED_OPTIONS})
-        if not args.quiet:
-            sys.stdout.write(machine.ports.serial.text())
         print(f"viridian: snapshot at tick {machine.clock.tsc()} written to {args.snapshot} "
               f"(continue with: viridian resume {args.snapshot})", file=sys.stderr)
         return 0
@@ -138,11 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 1 if replay_differs else _status(result)
-    if not args.quiet:
-        sys.stdout.write(machine.ports.serial.text())
-        for i, m in enumerate(extra, 1):
-            sys.stdout.write("".join(f"[partition {i}] {line}\n" for line in m.ports.serial.text().splitlines()))
-        sys.stdout.flush()
+    if not args.quiet:  # the serial output went to stdout while the guests ran (_stream_serial)
         for line in summary_lines(machine):
             print(line, file=sys.stderr)
         for i, m in enumerate(extra, 1):
@@ -162,7 +173,17 @@ def run(args: argparse.Namespace) -> int:
 
 RECORDED_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem", "max_ticks", "quantum",
                     "pcpus", "ple_window", "ple_gap", "ap_start", "fast", "cmdline", "others", "with_cmdline",
-                    "stop_others")
+                    "stop_others", "initrd", "device")
+
+
+def _stream_serial(machines: list[Any]) -> list[Any]:
+    """Serial output to stdout as the guests produce it, a line at a time (viridian.cli.serial_out)."""
+    from viridian.cli.serial_out import LineWriter
+
+    writers = [LineWriter(sys.stdout, f"[partition {i}] " if i else "") for i in range(len(machines))]
+    for m, w in zip(machines, writers, strict=True):
+        m.ports.serial.sink = w
+    return writers
 
 
 def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, other_images: list[str],
@@ -172,6 +193,10 @@ def _record_or_check(args: argparse.Namespace, recorded: Any, machine: Any, othe
 
     if args.record and machine.result.status != "interrupted":  # a partial run is no record
         images = [args.image, *other_images] + ([args.libvirt] if args.libvirt else [])
+        if getattr(args, "initrd", None):
+            from viridian.machine.loader import parse_initrd
+
+            images += [path for path, _ in parse_initrd(args.initrd)]  # the modules' bytes are inputs too
         write_record(args.record, {k: getattr(args, k) for k in RECORDED_OPTIONS}, images, machine, data)
     if recorded is None:
         return False

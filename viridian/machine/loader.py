@@ -10,7 +10,7 @@ from typing import Any
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
-from viridian.machine.multiboot import find_header
+from viridian.machine.multiboot import Module, find_header
 from viridian.machine.multiboot import parse as parse_multiboot
 
 PT_LOAD = 1
@@ -32,15 +32,50 @@ class Image:
     entry: int
     segments: tuple[Segment, ...]
     linux: Any = None  # a viridian.machine.linux_boot.LinuxBoot for kind "linux" (zero page, initrd, ACPI)
+    modules: tuple[Module, ...] = ()  # multiboot modules (QEMU -initrd), placed after the image
 
     @property
     def end(self) -> int:
         return max(s.paddr + s.memsz for s in self.segments)
 
 
-def load_image(path: str | Path) -> Image:
-    """Read an image (a path, or the name of a shipped guest such as "win7": ``viridian guests``); UserError
-    (one line, names the fix) for anything we cannot load."""
+def parse_initrd(spec: str) -> list[tuple[str, str]]:
+    """QEMU's -initrd syntax for multiboot kernels (hw/i386/multiboot.c): modules separated by ',' (',,' is a
+    literal comma); in each, the file path ends at the first space and the whole item is the module's string.
+    Returns [(path, string)]."""
+    items, cur, i = [], "", 0
+    while i < len(spec):
+        if spec[i] == ",":
+            if spec[i + 1 : i + 2] == ",":
+                cur, i = cur + ",", i + 2
+                continue
+            items.append(cur)
+            cur = ""
+        else:
+            cur += spec[i]
+        i += 1
+    items.append(cur)
+    if any(not item.split(" ", 1)[0] for item in items):
+        raise UserError(f"--initrd {spec!r}: an empty module path")
+    return [(item.split(" ", 1)[0], item) for item in items]
+
+
+def read_modules(spec: str | None) -> tuple[Module, ...]:
+    """The multiboot modules named by ``--initrd`` (QEMU syntax), read from disk."""
+    if not spec:
+        return ()
+    mods = []
+    for path, string in parse_initrd(spec):
+        try:
+            mods.append(Module(string, Path(path).read_bytes()))
+        except OSError as exc:
+            raise UserError(f"cannot read multiboot module {path}: {exc.strerror}") from None
+    return tuple(mods)
+
+
+def load_image(path: str | Path, initrd: str | None = None) -> Image:
+    """Read an image (a path, or the name of a shipped guest such as "win7": ``viridian guests``) and, for a
+    multiboot kernel, the ``initrd`` modules; UserError (one line, names the fix) for anything we cannot load."""
     p = Path(path)
     if not p.exists():
         from viridian.guests import guest_path, is_guest_name
@@ -55,7 +90,11 @@ def load_image(path: str | Path) -> Image:
     mb = find_header(blob)
     if mb is not None:
         entry, segs = parse_multiboot(str(p), blob, mb)
-        return Image(str(p), "multiboot", entry, tuple(Segment(a, d, n) for a, d, n in segs))
+        return Image(str(p), "multiboot", entry, tuple(Segment(a, d, n) for a, d, n in segs),
+                     modules=read_modules(initrd))
+    if initrd:
+        raise UserError(f"--initrd: {p} is not a multiboot kernel (modules are for multiboot kernels; "
+                        "use viridian boot --initrd for a Linux bzImage)")
     if blob[:4] == b"\x7fELF":
         return _parse_elf(str(p), blob)
     return Image(str(p), "flat", L.FLAT_LOAD, (Segment(L.FLAT_LOAD, blob, len(blob)),))

@@ -25,12 +25,14 @@ from viridian.abi.registers import HypercallRegisters
 from viridian.clock import VirtualClock
 from viridian.config.enlightenments import Enlightenments
 from viridian.devices.apic_bus import ApicBus
+from viridian.devices.fw_cfg import PORTS as FW_CFG_PORTS
+from viridian.devices.fw_cfg import FwCfg
 from viridian.errors import UserError
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters, boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
 from viridian.machine.loader import Image, place_image
-from viridian.machine.multiboot import build_info as build_multiboot_info
+from viridian.machine.multiboot import install as install_multiboot
 from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
 from viridian.machine.ports import PortBus
@@ -92,6 +94,7 @@ class Machine:
         self.chains = [MsrChain([Bound(X2APIC_MSRS, vp), Bound(self.partition.msr_table, vp),
                                  Bound(ARCH_MSRS, self.arch[vp.index])]) for vp in self.partition.vps]
         self.ports = PortBus()
+        self.ports.attach(FW_CFG_PORTS, FwCfg(size, vcpus))  # QEMU's fw_cfg (legacy I/O), as on -machine pc
         self.image = image
         self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
         self.pcpus = pcpus or vcpus
@@ -137,7 +140,9 @@ class Machine:
             if (ap_start == "sipi" or image.kind in ("multiboot", "linux")) and i > 0:
                 self.vcpus[i].wait_sipi = True  # real-kernel style: APs wait for INIT-SIPI-SIPI
         if image.kind == "multiboot":  # vCPU 0 enters in 32-bit protected mode (Multiboot spec §3.2)
-            self.vcpus[0].multiboot_entry = (image.entry, build_multiboot_info(self.ram, size, L.CMDLINE))
+            mbi = install_multiboot(self.ram, size, image.path, image.end, cmdline, image.modules,
+                                    L.reserved_top(vcpus, size))  # "IMAGE ARGS", modules (QEMU -initrd)
+            self.vcpus[0].multiboot_entry = (image.entry, mbi)
         self._running: Vcpu | None = None
         self._slice_t0 = 0
         self._slice_b0 = 0

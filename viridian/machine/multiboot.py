@@ -9,6 +9,8 @@ Machine state at entry (spec §3.2): vCPU 0 in 32-bit protected mode, paging off
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
@@ -21,6 +23,17 @@ MBI_ADDR = 0x1E000  # inside the loader area (below 0x20000), reserved in the me
 MMAP_ADDR = MBI_ADDR + 0x100
 NAME_ADDR = MBI_ADDR + 0x200
 LOADER_NAME = b"viridian\0"
+MODS_ADDR = MBI_ADDR + 0x280  # module entries (16 bytes each)
+MOD_STRINGS = MBI_ADDR + 0x300  # module strings, up to L.CMDLINE
+MAX_MODULES = 8
+
+
+@dataclass(frozen=True)
+class Module:
+    """A multiboot module: its string (QEMU: the -initrd item as given) and contents."""
+
+    string: str
+    data: bytes
 
 
 def find_header(blob: bytes) -> int | None:
@@ -91,16 +104,56 @@ def _elf_segments(path: str, blob: bytes) -> tuple[int, list[tuple[int, bytes, i
     return entry, segs
 
 
-def build_info(ram: memoryview, ram_size: int, cmdline_addr: int) -> int:
-    """Write the multiboot information structure; returns its address (EBX at entry)."""
+def build_info(ram: memoryview, ram_size: int, cmdline_addr: int, mods: int = 0, mods_count: int = 0) -> int:
+    """Write the multiboot information structure; returns its address (EBX at entry). Flags: mem_*, cmdline,
+    mods (always, as QEMU sets it: mods_count may be 0), mmap, boot_loader_name."""
     regions = [(0, L.IMAGE_MIN, 2), (L.IMAGE_MIN, 0x9FC00 - L.IMAGE_MIN, 1), (0x9FC00, 0x400, 2),
                (0xF0000, 0x10000, 2), (0x100000, ram_size - 0x100000, 1)]
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in regions)
-    flags = 1 | 1 << 2 | 1 << 6 | 1 << 9  # mem_*, cmdline, mmap, boot_loader_name
-    info = struct.pack("<IIIIIII16xII", flags, 640, (ram_size - 0x100000) // 1024, 0, cmdline_addr, 0, 0,
-                       len(mmap), MMAP_ADDR)
+    flags = 1 | 1 << 2 | 1 << 3 | 1 << 6 | 1 << 9  # mem_*, cmdline, mods, mmap, boot_loader_name
+    info = struct.pack("<IIIIIII16xII", flags, 640, (ram_size - 0x100000) // 1024, 0, cmdline_addr, mods_count,
+                       mods, len(mmap), MMAP_ADDR)
     info += bytes(64 - len(info)) + struct.pack("<I", NAME_ADDR)  # boot_loader_name at offset 64
     ram[MBI_ADDR : MBI_ADDR + len(info)] = info
     ram[MMAP_ADDR : MMAP_ADDR + len(mmap)] = mmap
     ram[NAME_ADDR : NAME_ADDR + len(LOADER_NAME)] = LOADER_NAME
     return MBI_ADDR
+
+
+def kernel_cmdline(image_path: str, args: str) -> bytes:
+    """QEMU's multiboot command line: the kernel path as given, one space, the -append text (hw/i386/multiboot.c);
+    a test kernel's argv[0] is the image and argv[1:] are the words of ``--cmdline``."""
+    data = f"{image_path} {args}".encode()
+    if len(data) > L.CMDLINE_MAX or b"\0" in data:
+        raise UserError(f"multiboot command line (image path + --cmdline): at most {L.CMDLINE_MAX} bytes, no NUL")
+    return data
+
+
+def install(ram: memoryview, ram_size: int, image_path: str, image_end: int, args: str,
+            modules: Sequence[Module], top: int) -> int:
+    """Everything a multiboot kernel gets besides its image: the command line "IMAGE ARGS" at L.CMDLINE, the
+    modules page-aligned after the image (below ``top``, where the vCPU stacks start), their 16-byte entries
+    {mod_start, mod_end, string, 0} and strings, and the information structure. Returns EBX."""
+    line = kernel_cmdline(image_path, args)
+    ram[L.CMDLINE : L.CMDLINE + len(line) + 1] = line + b"\0"
+    if len(modules) > MAX_MODULES:
+        raise UserError(f"at most {MAX_MODULES} multiboot modules")
+    entries, strings, where = b"", MOD_STRINGS, _page_up(image_end)
+    for mod in modules:
+        name = mod.string.encode() + b"\0"
+        if strings + len(name) > L.CMDLINE or b"\0" in name[:-1]:
+            raise UserError("multiboot module strings are too long (at most 3 KiB together)")
+        if where + len(mod.data) > top:
+            raise UserError(f"multiboot module {mod.string} ({len(mod.data)} bytes) does not fit between the "
+                            f"kernel ({image_end:#x}) and the vCPU stacks ({top:#x}); raise --mem")
+        ram[where : where + len(mod.data)] = mod.data
+        ram[strings : strings + len(name)] = name
+        entries += struct.pack("<IIII", where, where + len(mod.data), strings, 0)
+        strings += len(name)
+        where = _page_up(where + len(mod.data))
+    ram[MODS_ADDR : MODS_ADDR + len(entries)] = entries
+    return build_info(ram, ram_size, L.CMDLINE, MODS_ADDR, len(modules))
+
+
+def _page_up(addr: int) -> int:
+    return (addr + 0xFFF) & ~0xFFF

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -26,6 +27,7 @@ class Serial16550:
     dropped: int = 0
     regs: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0x03, 4: 0, 7: 0})
     divisor: int = 12
+    sink: Callable[[bytes], None] | None = field(default=None, repr=False, compare=False)  # live output (CLI)
 
     def read(self, port: int, size: int) -> int:
         off = port - self.base
@@ -56,6 +58,8 @@ class Serial16550:
 
     def transmit(self, data: bytes) -> None:
         """THR writes (DLAB = 0): bytes of output, kept up to SERIAL_LIMIT."""
+        if self.sink is not None:
+            self.sink(data)
         room = max(0, SERIAL_LIMIT - len(self.output))
         self.output += data[:room]
         self.dropped += max(0, len(data) - room)

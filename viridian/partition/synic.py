@@ -177,6 +177,13 @@ class SynIC:
             return False
         return self.assert_vector(value & SINT_VECTOR_MASK)
 
+    def assert_sint(self, sint: int) -> bool:
+        """A host device raises SINTx (QEMU hyperv-testdev's SINT route): delivered only while the SynIC is
+        enabled (SCONTROL) and SINTx is unmasked, not polling, with a valid vector. False when nothing went."""
+        if not 0 <= sint < HV_SYNIC_SINT_COUNT or not self.enabled:
+            return False
+        return self._signal_sint(sint)
+
     # -- messages -------------------------------------------------------------------------------------------
     def post_message(self, sint: int, msg: SynicMessage) -> HvStatus:
         """Queue ``msg`` for SIM slot ``sint`` and try to deliver it now (host devices and ports)."""
