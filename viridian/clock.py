@@ -8,6 +8,9 @@ page can never disagree (KVM get_time_ref_counter does the same when the page is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from viridian.state import Fields
 
 DEFAULT_TSC_HZ = 2_000_000_000
 DEFAULT_APIC_HZ = 1_000_000_000  # KVM APIC bus: 1 ns per tick (HV_X64_MSR_APIC_FREQUENCY)
@@ -59,3 +62,13 @@ class VirtualClock:
 
     def ns(self) -> int:
         return self._tsc * 1_000_000_000 // self.tsc_hz
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"tsc_hz": self.tsc_hz, "apic_hz": self.apic_hz, "tsc": self._tsc}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        f = Fields(state, "clock")
+        self.tsc_hz = f.uint("tsc_hz", 1_000_000, 1 << 40)  # 1 MHz .. ~1 THz
+        self.apic_hz = f.uint("apic_hz", 1_000, 1 << 40)
+        self._tsc = f.uint("tsc", 0, (1 << 63) - 1)

@@ -21,10 +21,14 @@ def test_a_booting_kernel_is_snapshotted_and_resumed_to_its_exit(kernel: str, tm
     first = _machine(kernel, 600_000_000)  # stopped mid-boot, before user space
     assert first.run().status == "timeout"
     path = tmp_path / "linux.snap"
-    snapshot.save(first, str(path), {"vcpus": 1})
-    _header, payload = snapshot.read_header(str(path))
+    options = {"image": kernel, "preset": "linux", "cpuid": [], "vcpus": 1, "mem": 256, "max_ticks": 20_000_000_000,
+               "quantum": 200_000, "ple_window": 4096, "ple_gap": 128, "ap_start": "entry", "fast": False,
+               "cmdline": APPEND}
+    snapshot.prepare(first)
+    snapshot.save(first, str(path), options)
     second = _machine(kernel, 20_000_000_000)
-    snapshot.restore(second, payload)
+    with snapshot.open_snapshot(str(path)) as snap:
+        snapshot.load_into(second, snap)
     res = second.run()
     assert (res.status, res.code) == ("exit", 0), second.ports.serial.text()[-2000:]
     assert "viridian-init: exit 0" in second.ports.serial.text()

@@ -1,9 +1,12 @@
-"""``viridian resume SNAPSHOT``: continue a run saved with ``viridian run --snapshot-at N --snapshot F``."""
+"""``viridian resume SNAPSHOT``: continue a run saved with ``viridian run --snapshot-at T --snapshot F``.
+
+Also :func:`take_snapshot`, the end of such a ``viridian run``. The file is data only and checked completely
+(snapshot_format.py, snapshot_state.py): a bad file is one line and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,11 +14,15 @@ from typing import Any
 
 from viridian.errors import UserError
 
+SNAPSHOT_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem", "max_ticks", "quantum",
+                    "pcpus", "ple_window", "ple_gap", "ap_start", "fast", "cmdline")
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("resume", help="continue a run from a snapshot",
-                              description="Load a snapshot (validated first: a corrupt or truncated file is "
-                              "refused), rebuild the machine and run on; output and exit status as viridian run.")
+                              description="Load a snapshot (checked first: a corrupt, truncated, foreign or "
+                              "version 1 file is refused), rebuild the machine and run on; output and exit "
+                              "status as viridian run.")
     p.add_argument("snapshot", help="a file written by viridian run --snapshot")
     p.add_argument("--stats-json", metavar="FILE", help="write the stats JSON ('-' = stdout)")
     p.add_argument("--json", action="store_true", help="print the stats JSON only")
@@ -23,48 +30,65 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_snapshot_args(args: argparse.Namespace) -> None:
+    """``run --snapshot-at T --snapshot F``: together, one partition, 1 <= T < --max-ticks."""
+    if (args.snapshot_at is None) != (args.snapshot is None):
+        raise UserError("--snapshot-at TICKS and --snapshot FILE go together")
+    if args.snapshot_at is None:
+        return
+    if args.others or not 1 <= args.snapshot_at < args.max_ticks:
+        raise UserError("--snapshot-at: one partition (no --with), at a time from 1 tick to below --max-ticks")
+    for flag in ("initrd", "device"):
+        if getattr(args, flag, None):
+            raise UserError(f"--snapshot-at: not with --{flag} (a snapshot does not carry it yet)")
+
+
+def take_snapshot(args: argparse.Namespace, machine: Any, result: Any) -> int:
+    """After ``run --snapshot-at T``: write the snapshot if the run stopped at T (status 0), else say that the
+    guest ended first (status 2, nothing written)."""
+    from viridian.machine.snapshot import prepare, save
+
+    if result.status != "snapshot":
+        code = f", code {result.code}" if result.code is not None else ""
+        print(f"viridian: the guest ended ({result.status}{code}) at tick {machine.clock.tsc()}, before "
+              f"--snapshot-at {args.snapshot_at}: no snapshot written", file=sys.stderr)
+        return 2
+    machine.ports.serial.sink = None  # live output belongs to this process, not to the machine
+    prepare(machine)
+    at = save(machine, args.snapshot, {k: getattr(args, k, None) for k in SNAPSHOT_OPTIONS}, args.snapshot_at)
+    print(f"viridian: snapshot at tick {at} (asked for {args.snapshot_at}) written to {args.snapshot} "
+          f"(continue with: viridian resume {args.snapshot})", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from viridian.cli.run_cmd import _status
-    from viridian.config.cpuid_edits import parse_edit
-    from viridian.config.presets import load_config
     from viridian.machine.host import Host
-    from viridian.machine.loader import load_image
-    from viridian.machine.machine import Machine
     from viridian.machine.report import stats_json, summary_lines
-    from viridian.machine.snapshot import read_header, restore
+    from viridian.machine.snapshot import engine_note, resume
 
-    header, payload = read_header(args.snapshot)
-    o = header["options"]
-    path = header["image"]["path"]
-    try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        raise UserError(f"the snapshot's image {path} is missing") from None
-    if digest != header["image"]["sha256"]:
-        raise UserError(f"the image {path} changed since the snapshot (sha256 differs)")
-    given = any(o.get(k) for k in ("hv", "xen", "libvirt", "preset"))
-    config = load_config(hv=o.get("hv"), xen=o.get("xen"), libvirt_path=o.get("libvirt"),
-                         preset=o.get("preset") if given else "recommended")
-    if o.get("cpuid"):
-        config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in o["cpuid"]))
-    m = Machine(config, load_image(path), vcpus=o["vcpus"], mem_mib=o["mem"], max_ticks=o["max_ticks"],
-                quantum=o["quantum"], ple_gap=o["ple_gap"], ple_window=o["ple_window"], fast=o["fast"],
-                ap_start=o["ap_start"], cmdline=o["cmdline"])
-    restore(m, payload)
-    before = len(m.ports.serial.text())
-    result = Host([m], o.get("pcpus")).run()[0]
+    m, rr, manifest = resume(args.snapshot)
+    if (note := engine_note(manifest)) is not None and not args.json:
+        print(note, file=sys.stderr)
+    before = len(m.ports.serial.output)
+    host = Host([m], manifest["options"]["pcpus"])
+    host.rr = rr
+    result = host.run()[0]
     data = stats_json(m)
     if args.json:
         print(json.dumps(data, indent=2))
         return _status(result)
     if not args.quiet:
-        sys.stdout.write(m.ports.serial.text()[before:])
+        sys.stdout.write(bytes(m.ports.serial.output[before:]).decode("utf-8", errors="replace"))
         sys.stdout.flush()
-        print(f"viridian: resumed {args.snapshot} at tick {header['tsc']}", file=sys.stderr)
+        print(f"viridian: resumed {args.snapshot} at tick {manifest['time']['tsc']}", file=sys.stderr)
         for line in summary_lines(m):
             print(line, file=sys.stderr)
     if args.stats_json == "-":
         print(json.dumps(data, indent=2))
     elif args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        try:
+            Path(args.stats_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {args.stats_json}: {exc.strerror or exc}") from None
     return _status(result)

@@ -106,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--pcpus must be at least 1")
     if args.ple_window < 0 or args.ple_gap < 0:
         raise UserError("--ple-window and --ple-gap must be >= 0")
-    if (args.snapshot_at is None) != (args.snapshot is None):
-        raise UserError("--snapshot-at TICKS and --snapshot FILE go together")
-    if args.snapshot_at is not None and (args.others or args.snapshot_at < 1):
-        raise UserError("--snapshot-at: one partition (no --with), at a time >= 1 tick")
+    from viridian.cli.resume_cmd import check_snapshot_args
+
+    check_snapshot_args(args)
     image = load_image(args.image, getattr(args, "initrd", None))
     others = [_other(spec) for spec in args.others]
     tracer = open_tracer(args.trace)
@@ -124,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
             attach(machine)
         if recorded is not None:
             machine.wall.replay = [int(t) for t in recorded["host_events"]["wall_clock"]]
-        if args.snapshot_at is not None:
-            machine.max_ticks = min(args.snapshot_at, args.max_ticks)
+        machine.stop_at = args.snapshot_at  # the Host ends the quantum there (viridian.machine.snapshot)
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
         writers = _stream_serial([machine, *extra]) if not (args.quiet or args.json) else []
@@ -137,15 +135,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if tracer is not None:
             tracer.close()
-    if args.snapshot_at is not None and result.status == "timeout" and args.snapshot_at < args.max_ticks:
-        from viridian.machine.snapshot import save
+    if args.snapshot_at is not None:
+        from viridian.cli.resume_cmd import take_snapshot
 
-        machine.result, machine.max_ticks = None, args.max_ticks
-        machine.ports.serial.sink = None  # the output was streamed; the sink is not part of the machine
-        save(machine, args.snapshot, {k: getattr(args, k) for k in RECORDED_OPTIONS})
-        print(f"viridian: snapshot at tick {machine.clock.tsc()} written to {args.snapshot} "
-              f"(continue with: viridian resume {args.snapshot})", file=sys.stderr)
-        return 0
+        return take_snapshot(args, machine, result)
     data = stats_json(machine)
     if extra:
         data["partitions"] = [stats_json(m) for m in extra]

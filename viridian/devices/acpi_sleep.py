@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from viridian.state import Fields
 
 CONTROL_PORT: Final = 0x600  # a byte in the PC's free I/O range (nothing else on this machine claims it)
 STATUS_PORT: Final = 0x601
@@ -33,6 +35,15 @@ class AcpiSleep:
     slp_typ: int = 0  # the SLP_TYP field last written
     wak_sts: bool = False  # never set: the machine has no sleeping state to wake from
     ignored: int = 0  # SLP_EN writes for a sleep type this platform does not have
+
+    def save_state(self) -> dict[str, Any]:
+        return {"slp_typ": self.slp_typ, "wak_sts": self.wak_sts, "ignored": self.ignored}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """SLP_TYP is a 3-bit field (ACPI 6.5 §4.8.3.7)."""
+        f = Fields(state, "acpi_sleep")
+        self.slp_typ, self.wak_sts, self.ignored = (f.uint("slp_typ", 0, 7), f.flag("wak_sts"),
+                                                    f.uint("ignored", 0, 1 << 63))
 
     @property
     def ports(self) -> tuple[int, int]:

@@ -20,6 +20,7 @@ Callbacks the machine supplies: ``on_nmi(vp)``, ``on_init(vp)``, ``on_sipi(vp, v
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from viridian.clock import VirtualClock
 from viridian.devices.lapic import LocalApic
@@ -32,6 +33,7 @@ from viridian.devices.lapic_defs import (
     DeliveryMode,
     Shorthand,
 )
+from viridian.state import Fields, StateError, counter_items
 
 VpCallback = Callable[[int], None]
 SipiCallback = Callable[[int, int], None]
@@ -90,6 +92,20 @@ class ApicBus:
         return iter(self.apics)
 
     # -- destinations -------------------------------------------------------------------------------
+    # -- snapshots (viridian.state): the IPI counters and every APIC's registers ---------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"ipis_sent": counter_items(self.ipis_sent), "apics": [a.save_state() for a in self.apics]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        f = Fields(state, "apic_bus")
+        sent = f.counter("ipis_sent", int_keys=True, max_len=len(self.apics))
+        if any(vp >= len(self.apics) for vp in sent):
+            raise StateError("apic_bus.ipis_sent: a VP index beyond the vCPU count")
+        saved = f.seq("apics", len(self.apics))
+        for apic, one in zip(self.apics, saved, strict=True):
+            apic.load_state(one)
+        self.ipis_sent = sent
+
     def resolve(self, source: LocalApic, icr: int) -> list[LocalApic]:
         """Targets of an ICR value sent by ``source`` (in VP order). The destination is bits 63:56
         when the source is in xAPIC mode and bits 63:32 in x2APIC mode (§11.6.1, §11.12.9)."""

@@ -12,8 +12,11 @@ dropped at that point (deterministic, as precise as the guest can observe).
 
 from __future__ import annotations
 
+from typing import Any
+
 from viridian.clock import VirtualClock
 from viridian.devices.lapic_defs import MASK32, MASK64, TimerMode, timer_divisor
+from viridian.state import Fields
 
 
 class ApicTimer:
@@ -139,3 +142,17 @@ class ApicTimer:
         else:
             self._fired = (k - self._base_count) // self.initial + 1
         return True
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"tsc_offset": self.tsc_offset, "mode": int(self.mode), "dcr": self.dcr, "initial": self.initial,
+                "deadline": self.deadline, "base": self._base, "base_count": self._base_count,
+                "fired": self._fired, "running": self._running}
+
+    def load_state(self, f: Fields) -> None:
+        """§11.5.4: 32-bit counts and divide configuration (bits 0, 1, 3), 64-bit deadline and offset."""
+        values = (f.uint("tsc_offset"), TimerMode(f.uint("mode", 0, 3)), f.uint("dcr", 0, 0xB),
+                  f.uint("initial", 0, MASK32), f.uint("deadline"), f.uint("base", 0, (1 << 63) - 1),
+                  f.uint("base_count", 0, MASK32), f.uint("fired", 0, (1 << 63) - 1), f.flag("running"))
+        (self.tsc_offset, self.mode, self.dcr, self.initial, self.deadline, self._base, self._base_count,
+         self._fired, self._running) = values

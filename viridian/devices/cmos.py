@@ -14,7 +14,9 @@ import calendar
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+from viridian.state import Fields
 
 INDEX_PORT: Final = 0x70
 DATA_PORT: Final = 0x71
@@ -50,6 +52,20 @@ class Cmos:
             self.index, self.nmi_disabled = value & 0x7F, bool(value & 0x80)
             return
         self._write(self.index, value)
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"index": self.index, "nmi_disabled": self.nmi_disabled, "ram": self.ram.hex(), "offset": self.offset}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """A 7-bit index, 128 bytes of CMOS RAM, the guest's clock offset (within years 0..9999)."""
+        f = Fields(state, "cmos")
+        ram = f.blob("ram", 128)
+        if len(ram) != 128:
+            raise ValueError("cmos.ram: expected 128 bytes")
+        values = (f.uint("index", 0, 0x7F), f.flag("nmi_disabled"), f.uint("offset", -(1 << 40), 1 << 40))
+        self.index, self.nmi_disabled, self.offset = values
+        self.ram = bytearray(ram)
 
     # -- registers ----------------------------------------------------------------------------------------
     def _now(self) -> tuple[int, ...]:

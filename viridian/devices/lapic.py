@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from msr.apic import (
     APIC_DFR,
@@ -69,6 +69,7 @@ from viridian.devices.lapic_regs import (
     X2APIC_ABSENT,
     XAPIC_WRITABLE,
 )
+from viridian.state import Fields, StateError, check_int
 
 if TYPE_CHECKING:
     from viridian.devices.apic_bus import ApicBus
@@ -500,6 +501,40 @@ class LocalApic:
             return False
         lvt = self._lvt[APIC_LVT_TIMER]
         return not lvt & LVT_MASKED and self.assert_interrupt(lvt & 0xFF)
+
+    # -- snapshots (viridian.state): registers as plain data, each checked on load ------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"hw_enabled": self._hw_enabled, "x2apic": self._x2apic, "xapic_id": self._xapic_id,
+                "tpr": self._tpr, "ldr": self._ldr, "dfr": self._dfr, "svr": self._svr,
+                "isr": f"{self._isr:064x}", "irr": f"{self._irr:064x}", "tmr": f"{self._tmr:064x}",
+                "esr": self._esr, "esr_pending": self._esr_pending, "icr_low": self._icr_low,
+                "icr_high": self._icr_high, "lvt": [[off, self._lvt[off]] for off in self._lvt_offsets],
+                "timer": self.timer.save_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Registers from a snapshot: 8-bit xAPIC ID, 32-bit registers, 256-bit IRR/ISR/TMR, the LVT
+        entries this APIC has (§11.5.1), and EN=0 with EXTD=1 refused (§11.12.5.1)."""
+        f = Fields(state, f"apic[{self.vp_index}]")
+        hw, x2 = f.flag("hw_enabled"), f.flag("x2apic")
+        if x2 and not hw:
+            raise StateError(f"{f.where}: x2APIC mode with the APIC disabled is not a valid state")
+        vectors = {k: int.from_bytes(f.blob(k, 32), "big") for k in ("isr", "irr", "tmr")}
+        lvt = f.seq("lvt", len(self._lvt_offsets))
+        entries: dict[int, int] = {}
+        for i, item in enumerate(lvt):
+            if type(item) is not list or len(item) != 2 or item[0] != self._lvt_offsets[i]:
+                raise StateError(f"{f.where}.lvt[{i}]: expected [{self._lvt_offsets[i]:#x}, value]")
+            entries[item[0]] = check_int(item[1], 0, MASK32, f"{f.where}.lvt[{i}]")
+        regs = {k: f.uint(k, 0, MASK32) for k in ("ldr", "dfr", "svr", "esr", "esr_pending", "icr_low",
+                                                 "icr_high")}
+        self.timer.load_state(f.sub("timer"))
+        self._hw_enabled, self._x2apic = hw, x2
+        self._xapic_id, self._tpr = f.uint("xapic_id", 0, 0xFF), f.uint("tpr", 0, 0xFF)
+        self._ldr, self._dfr, self._svr = regs["ldr"], regs["dfr"], regs["svr"]
+        self._esr, self._esr_pending = regs["esr"], regs["esr_pending"]
+        self._icr_low, self._icr_high = regs["icr_low"], regs["icr_high"]
+        self._isr, self._irr, self._tmr = vectors["isr"], vectors["irr"], vectors["tmr"]
+        self._lvt = entries
 
 
 def _bits(bitmap: int) -> list[int]:

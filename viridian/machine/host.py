@@ -31,6 +31,7 @@ class Host:
         self.until_first = until_first  # the other partitions are background load: stop them with the first
         self.pcpus = pcpus or sum(m.vcpu_count for m in machines)
         self.T = max((m.T for m in machines), default=0)  # a resumed snapshot continues from its time
+        self.rr = 0  # round-robin position (saved in snapshots, so a resumed run schedules the same way)
         for m in machines:
             m.host = self
 
@@ -63,7 +64,6 @@ class Host:
         interrupt.state.tsc, interrupt.state.tsc_hz = first.clock.tsc(), first.clock.tsc_hz
 
     def _schedule(self) -> None:
-        rr = 0
         while True:
             if self.until_first and self.machines[0].done:
                 for m in self.machines[1:]:
@@ -72,6 +72,8 @@ class Host:
             for m in live:
                 if m.max_ticks <= self.T:
                     m.finish("timeout", detail=f"virtual time budget of {m.max_ticks} ticks used up")
+                elif m.stop_at is not None and m.stop_at <= self.T:  # --snapshot-at: every vCPU reached it
+                    m.finish("snapshot", detail=f"stopped at tick {self.T} for a snapshot")
             live = [m for m in live if not m.done]
             if not live:
                 return
@@ -92,6 +94,9 @@ class Host:
             if not runnable:
                 if deadline is None:
                     continue  # every live partition just ended hung
+                stop = min((m.stop_at for m in live if m.stop_at is not None and m.stop_at > self.T),
+                           default=deadline)
+                deadline = min(deadline, stop)  # every vCPU is halted: the snapshot time is such a boundary
                 for m in live:
                     m.skip_to(deadline)
                 self.T = max(self.T, deadline)
@@ -101,13 +106,18 @@ class Host:
                 q = max(q, min(SOLO_QUANTUM, max(MIN_SLICE, live[0].max_ticks - self.T)))
             if deadline is not None and deadline > self.T:
                 q = max(MIN_SLICE, min(q, deadline - self.T))
-            k = rr % len(runnable)
+            slice_min = MIN_SLICE
+            for m in live:  # --snapshot-at: this quantum ends at the snapshot time (vCPUs stop at a block boundary)
+                if m.stop_at is not None and self.T < m.stop_at < self.T + q:
+                    q = m.stop_at - self.T
+                    slice_min = min(MIN_SLICE, q)
+            k = self.rr % len(runnable)
             order = runnable[k:] + runnable[:k]
-            rr += 1
+            self.rr += 1
             longest = 0
             for _pcpu in range(min(self.pcpus, len(order))):
                 budget = q
-                while budget >= MIN_SLICE and order:
+                while budget >= slice_min and order:
                     m, v = order.pop(0)
                     if m.done:
                         continue
@@ -121,7 +131,7 @@ class Host:
                 if interrupt.state.signum is not None:
                     break
             # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
-            end = self.T + max(MIN_SLICE, min(q, longest))
+            end = self.T + max(slice_min, min(q, longest))
             for m in live:
                 end = max(end, m.end_quantum(end))
             self.T = end

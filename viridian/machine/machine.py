@@ -101,6 +101,8 @@ class Machine:
         self.tracer = tracer
         self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
+        self.stop_at: int | None = None  # --snapshot-at: the Host stops this partition once its time reaches it
+        self.devices: dict[str, Any] = {}  # devices off the port bus, by name (snapshot_state.py: the protocol)
         self.host: Host | None = None  # set when a Host schedules this partition
         self.T = 0  # host time at the start of the current quantum
         self.fast = fast  # --fast: virtual time follows the wall clock (not deterministic)

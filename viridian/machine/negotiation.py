@@ -12,10 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from viridian.state import Fields, StateError, check_int
+
 MAX_DISTINCT = 4096
 STIMER_CONFIGS = frozenset({0x400000B0, 0x400000B2, 0x400000B4, 0x400000B6})
 STIMER_DIRECT = 1 << 12  # HV_X64_MSR_STIMER_CONFIG DirectMode (TLFS §12.x)
 GUEST_OS_ID = 0x40000000
+KINDS = ("cpuid", "rdmsr", "wrmsr", "hypercall", "mmio", "event")
 
 
 @dataclass
@@ -90,9 +93,53 @@ class NegotiationLog:
     def used(self, kind: str, ident: int | str) -> bool:
         return (kind, ident) in self.first
 
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"first": [[k, i, f.vcpu, f.tsc, f.result] for (k, i), f in self.first.items()],
+                "outcomes": [[k, i, r, n] for (k, i, r), n in self.outcomes.items()],
+                "os_ids": [list(t) for t in self.os_ids], "stimer_direct": self.stimer_direct,
+                "dropped": self.dropped}
+
+    def load_state(self, state: dict[str, Any], vcpus: int) -> None:
+        """At most MAX_DISTINCT keys of the known kinds, vCPU indices below ``vcpus``, order kept."""
+        f = Fields(state, "negotiation")
+        first: dict[tuple[str, int | str], FirstUse] = {}
+        for n, item in enumerate(f.seq("first", max_len=MAX_DISTINCT)):
+            at = f"negotiation.first[{n}]"
+            kind, ident = _key(item, 5, at)
+            if type(item[4]) is not str or len(item[4]) > 64:
+                raise StateError(f"{at}: expected a result name")
+            first[(kind, ident)] = FirstUse(check_int(item[2], 0, vcpus - 1, at), check_int(item[3], 0, 1 << 63, at),
+                                            item[4])
+        outcomes: Counter[tuple[str, int | str, str]] = Counter()
+        for n, item in enumerate(f.seq("outcomes", max_len=MAX_DISTINCT)):
+            at = f"negotiation.outcomes[{n}]"
+            kind, ident = _key(item, 4, at)
+            if type(item[2]) is not str or len(item[2]) > 64:
+                raise StateError(f"{at}: expected a result name")
+            outcomes[(kind, ident, item[2])] = check_int(item[3], 0, 1 << 63, at)
+        os_ids = []
+        for n, item in enumerate(f.seq("os_ids", max_len=64)):
+            at = f"negotiation.os_ids[{n}]"
+            if type(item) is not list or len(item) != 3:
+                raise StateError(f"{at}: expected [vcpu, tsc, value]")
+            os_ids.append((check_int(item[0], 0, vcpus - 1, at), check_int(item[1], 0, 1 << 63, at),
+                           check_int(item[2], 0, (1 << 64) - 1, at)))
+        self.stimer_direct, self.dropped = f.flag("stimer_direct"), f.uint("dropped", 0, 1 << 63)
+        self.first, self.outcomes, self.os_ids = first, outcomes, os_ids
+
     def to_json(self) -> dict[str, Any]:
         """The raw log (the report's ``timeline`` is the readable form)."""
         return {"first": [{"kind": k, "id": i, "vcpu": f.vcpu, "tsc": f.tsc, "result": f.result}
                           for (k, i), f in self.first.items()],
                 "outcomes": [{"kind": k, "id": i, "result": r, "count": n} for (k, i, r), n in self.outcomes.items()],
                 "dropped": self.dropped}
+
+
+def _key(item: Any, length: int, at: str) -> tuple[str, int | str]:
+    if type(item) is not list or len(item) != length or item[0] not in KINDS:
+        raise StateError(f"{at}: expected [kind, id, ...] with kind one of {', '.join(KINDS)}")
+    ident = item[1]
+    if type(ident) is str and len(ident) <= 64:
+        return item[0], ident
+    return item[0], check_int(ident, 0, (1 << 64) - 1, at)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+
+from viridian.state import Fields, counter_items
 
 COM1: Final = 0x3F8
 EXIT_PORT: Final = 0xF4
@@ -67,6 +69,19 @@ class Serial16550:
     def text(self) -> str:
         return self.output.decode("utf-8", errors="replace")
 
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"output": self.output.hex(), "dropped": self.dropped, "divisor": self.divisor,
+                "regs": [self.regs[k] for k in (1, 3, 4, 7)]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """8-bit IER/LCR/MCR/SCR, a 16-bit divisor latch, at most SERIAL_LIMIT bytes of output."""
+        f = Fields(state, f"serial@{self.base:#x}")
+        values = (bytearray(f.blob("output", SERIAL_LIMIT)), f.uint("dropped", 0, 1 << 63),
+                  f.uint("divisor", 0, 0xFFFF), f.uints("regs", 4, 0, 0xFF))
+        self.output, self.dropped, self.divisor, regs = values
+        self.regs = dict(zip((1, 3, 4, 7), regs, strict=True))
+
 
 class ExitRequested(Exception):
     """OUT to the exit port: the run ends with status "exit" and this code."""
@@ -90,6 +105,29 @@ class PortBus:
         """Claim ``ports`` for ``device`` (e.g. the CMOS/RTC at 0x70-0x71 on Linux boots)."""
         for p in ports:
             self._devices[p] = device
+
+    def devices(self) -> dict[str, PortDevice]:
+        """Every distinct device on the bus, named ``<class>@<first port>`` (snapshots key them so)."""
+        out: dict[str, PortDevice] = {}
+        seen: set[int] = set()
+        for port in sorted(self._devices):
+            dev = self._devices[port]
+            if id(dev) not in seen:
+                seen.add(id(dev))
+                out[f"{type(dev).__name__.lower()}@{port:#x}"] = dev
+        return out
+
+    def save_state(self) -> dict[str, Any]:
+        """The bus's own counters (its devices are saved one by one, see :meth:`devices`)."""
+        return {"unclaimed": counter_items(self.unclaimed), "exit_code": self.exit_code}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        f = Fields(state, "ports")
+        unclaimed = f.counter("unclaimed", int_keys=True, max_len=0x10000)
+        if any(p > 0xFFFF for p in unclaimed):
+            raise ValueError("ports.unclaimed: a port beyond 0xffff")
+        self.exit_code = f.opt_uint("exit_code", 0, 0xFF)
+        self.unclaimed = Counter(unclaimed)
 
     def device(self, port: int) -> PortDevice | None:
         return self._devices.get(port)

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from viridian.state import Fields, counter_items
+
 APIC_REG_NAMES = {0x20: "id", 0x30: "version", 0x80: "tpr", 0xA0: "ppr", 0xB0: "eoi", 0xD0: "ldr", 0xE0: "dfr",
                   0xF0: "svr", 0x280: "esr", 0x300: "icr_low", 0x310: "icr_high", 0x320: "lvt_timer",
                   0x380: "timer_initial", 0x390: "timer_current", 0x3E0: "timer_divide"}
@@ -45,6 +47,24 @@ class VcpuStats:
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: counter_items(getattr(self, name)) for name in COUNTERS}
+        out.update({name: getattr(self, name) for name in TOTALS})
+        return out
+
+    def load_state(self, f: Fields) -> None:
+        counters = {name: Counter(f.counter(name, int_keys=name not in ("by_reason", "events"), max_len=1 << 16))
+                    for name in COUNTERS}
+        totals = {name: f.uint(name, 0, 1 << 63) for name in TOTALS}
+        for name, value in (*counters.items(), *totals.items()):
+            setattr(self, name, value)
+
+
+COUNTERS = ("by_reason", "msr_reads", "msr_writes", "hypercalls", "ports", "apic_mmio", "apic_msr", "exceptions",
+            "events")
+TOTALS = ("eoi_exits", "icr_exits", "tpr_exits", "interrupts_delivered", "ipis_sent")
 
 
 def _hex_keys(counter: Counter[int], width: int) -> dict[str, int]:

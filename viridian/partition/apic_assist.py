@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from viridian.abi.memory import GuestMemoryError
+from viridian.state import Fields
 from viridian.tlfs.msrs import APIC_ASSIST_NO_EOI_REQUIRED, PAGE_ENABLE, PAGE_GPFN_SHIFT
 
 if TYPE_CHECKING:
@@ -90,6 +91,17 @@ class ApicAssist:
     @property
     def armed(self) -> int | None:
         return self._armed
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"eois_avoided": self.eois_avoided, "published": self.published, "candidate": self._candidate,
+                "armed": self._armed}
+
+    def load_state(self, f: Fields) -> None:
+        """Counters and the candidate/armed vectors (0..255 or none)."""
+        values = (f.uint("eois_avoided", 0, 1 << 63), f.uint("published", 0, 1 << 63),
+                  f.opt_uint("candidate", 0, 255), f.opt_uint("armed", 0, 255))
+        self.eois_avoided, self.published, self._candidate, self._armed = values
 
     def _apic(self) -> AssistApic:
         return cast(AssistApic, self.vp.apic)

@@ -12,8 +12,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
+from viridian.state import Fields, StateError, check_int
 from viridian.tlfs.hypercalls import HV_MESSAGE_PAYLOAD_SIZE
 from viridian.tlfs.pages import HV_MESSAGE_HEADER, MESSAGE_FLAGS_OFFSET, MESSAGE_TYPE_OFFSET
 
@@ -99,3 +100,24 @@ class MessageQueue:
 
     def __iter__(self) -> Iterator[SynicMessage]:
         return iter(self._items)
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"dropped": self.dropped,
+                "items": [[m.msg_type, m.payload.hex(), m.origin] for m in self._items]}
+
+    def load_state(self, f: Fields) -> None:
+        """At most ``depth`` messages, each checked by :class:`SynicMessage` (non-zero u32 type, <= 240 bytes)."""
+        items: deque[SynicMessage] = deque()
+        for i, item in enumerate(f.seq("items", max_len=self.depth)):
+            at = f"{f.where}.items[{i}]"
+            if type(item) is not list or len(item) != 3 or type(item[1]) is not str \
+                    or len(item[1]) > 2 * HV_MESSAGE_PAYLOAD_SIZE:
+                raise StateError(f"{at}: expected [type, payload hex, origin]")
+            try:
+                payload = bytes.fromhex(item[1])
+            except ValueError:
+                raise StateError(f"{at}: payload is not hex") from None
+            items.append(SynicMessage(check_int(item[0], 1, 0xFFFFFFFF, at), payload,
+                                      check_int(item[2], 0, (1 << 64) - 1, at)))
+        self.dropped, self._items = f.uint("dropped", 0, 1 << 63), items

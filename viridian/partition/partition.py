@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from msr.apic import LocalApicPort
 from msr.faults import ud
@@ -18,7 +19,9 @@ from viridian.partition.hypercall_page import HypercallInsn, HypercallPage
 from viridian.partition.reftime import PartitionTime
 from viridian.partition.services import MachineServices, RecordingServices
 from viridian.partition.vp import Overlay, VirtualProcessor
+from viridian.state import Fields, StateError
 from viridian.tlfs.cpuid import Feature, Leaf, PartitionPrivilege
+from viridian.tlfs.hypercalls import HV_PAGE_SIZE
 from viridian.tlfs.msrs import (
     PAGE_ENABLE,
     REENLIGHTENMENT_ENABLED,
@@ -154,6 +157,29 @@ class Partition:
             if apic is not None:
                 apic.assert_interrupt(ctl & REENLIGHTENMENT_VECTOR_MASK)
             self.services.kick(target)
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        """Partition-wide MSR state, reference time and every VP (the offer itself comes from the options)."""
+        return {"guest_os_id": self.guest_os_id, "hypercall_msr": self.hypercall_msr,
+                "hypercall_page_gpa": self.hypercall_page.gpa, "crash_params": list(self.crash_params),
+                "time": self.time.save_state(), "vps": [vp.save_state() for vp in self.vps]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """TLFS §3.13: the hypercall page is a whole page inside RAM; CPUID leaves are recomputed from the
+        guest OS ID (Xen-style offers depend on it)."""
+        f = Fields(state, "partition")
+        gpa = f.opt_uint("hypercall_page_gpa", 0, self.memory.size - HV_PAGE_SIZE)
+        if gpa is not None and gpa % HV_PAGE_SIZE:
+            raise StateError(f"partition.hypercall_page_gpa: {gpa:#x} is not page-aligned")
+        values = (f.uint("guest_os_id"), f.uint("hypercall_msr"), f.uints("crash_params", 5))
+        vps = f.seq("vps", len(self.vps))
+        self.time.load_state(f.sub("time"))
+        for i, (vp, saved) in enumerate(zip(self.vps, vps, strict=True)):
+            vp.load_state(Fields(saved, f"partition.vps[{i}]"))
+        self.guest_os_id, self.hypercall_msr, self.crash_params = values
+        self.hypercall_page.gpa = gpa
+        self._refresh_offer()
 
     # -- reset -------------------------------------------------------------------------------------------
     def reset(self) -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from typing import Final
+from typing import Any, Final
 
 from viridian.abi.memory import GuestMemory, GuestMemoryError
 from viridian.clock import VirtualClock
+from viridian.state import Fields, StateError
 from viridian.tlfs.hypercalls import HV_PAGE_SIZE
 from viridian.tlfs.msrs import PAGE_ENABLE, PAGE_GPFN_SHIFT
 
@@ -136,6 +137,24 @@ class PartitionTime:
 
     def _write_sequence(self, gpa: int, seq: int) -> None:
         self.memory.write(gpa, (seq & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"offset": self.offset, "reference_tsc_msr": self.reference_tsc_msr, "sequence": self.sequence,
+                "page_gpa": self.page_gpa, "reenlightenment_control": self.reenlightenment_control,
+                "tsc_emulation_control": self.tsc_emulation_control,
+                "tsc_emulation_status": self.tsc_emulation_status, "tsc_invariant_control": self.tsc_invariant_control}
+
+    def load_state(self, f: Fields) -> None:
+        """TLFS §12.7: a published page is page-aligned inside RAM; TscSequence is a u32; TscOffset an s64."""
+        page = f.opt_uint("page_gpa", 0, self.memory.size - HV_PAGE_SIZE)
+        if page is not None and page % HV_PAGE_SIZE:
+            raise StateError(f"{f.where}.page_gpa: {page:#x} is not page-aligned")
+        values = (f.uint("offset", -(1 << 63), (1 << 63) - 1), f.uint("reference_tsc_msr"),
+                  f.uint("sequence", 0, 0xFFFFFFFF), page, f.uint("reenlightenment_control"),
+                  f.uint("tsc_emulation_control"), f.uint("tsc_emulation_status"), f.uint("tsc_invariant_control"))
+        (self.offset, self.reference_tsc_msr, self.sequence, self.page_gpa, self.reenlightenment_control,
+         self.tsc_emulation_control, self.tsc_emulation_status, self.tsc_invariant_control) = values
 
     def reset(self) -> None:
         """System reset: the MSRs go back to 0; reference time keeps running (it counts since creation)."""

@@ -19,9 +19,10 @@ Sources disagree in places; the choices (each cited at the code):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from viridian.partition.message_queue import Delivery, SynicMessage
+from viridian.state import Fields
 from viridian.tlfs.hypercalls import HvMessageType
 from viridian.tlfs.msrs import (
     STIMER_APIC_VECTOR_MASK,
@@ -143,6 +144,18 @@ class SyntheticTimer:
             self._rearm_periodic(now)
         self.synic.timer_changed()
         return True
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"config": self.config, "count": self.count, "deadline": self.deadline, "pending": self.pending,
+                "expiration": self.expiration, "fired": self.fired, "dropped": self.dropped}
+
+    def load_state(self, f: Fields) -> None:
+        """TLFS §12.x: CONFIG/COUNT are u64 MSR values; deadlines and expirations are reference times."""
+        values = (f.uint("config"), f.uint("count"), f.opt_uint("deadline"), f.flag("pending"),
+                  f.uint("expiration"), f.uint("fired", 0, 1 << 63), f.uint("dropped", 0, 1 << 63))
+        (self.config, self.count, self.deadline, self.pending, self.expiration, self.fired,
+         self.dropped) = values
 
     # -- internals ----------------------------------------------------------------------------------------
     def _stop(self) -> None:

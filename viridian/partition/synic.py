@@ -19,11 +19,12 @@ read-modify-write here is atomic from the guest's point of view.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from viridian.abi.memory import GuestMemoryError
 from viridian.partition.message_queue import FLAGS_OFFSET, TYPE_OFFSET, Delivery, MessageQueue, SynicMessage
 from viridian.partition.stimer import SyntheticTimer
+from viridian.state import Fields
 from viridian.tlfs.hypercalls import (
     HV_EVENT_FLAGS_COUNT,
     HV_MESSAGE_FLAG_PENDING,
@@ -80,6 +81,24 @@ class SynIC:
         self._queued = 0
         for timer in self.timers:
             timer.reset()
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"control": self.control, "simp": self.simp, "siefp": self.siefp, "sints": list(self.sints),
+                "queues": [q.save_state() for q in self.queues], "timers": [t.save_state() for t in self.timers]}
+
+    def load_state(self, f: Fields) -> None:
+        """TLFS §11.x: SCONTROL/SIMP/SIEFP/SINTx are u64 MSR values (a SINT's vector is its low byte),
+        16 queues and 4 timers; the live-timer and queued masks are recomputed."""
+        values = (f.uint("control"), f.uint("simp"), f.uint("siefp"), f.uints("sints", HV_SYNIC_SINT_COUNT))
+        queues, timers = f.seq("queues", HV_SYNIC_SINT_COUNT), f.seq("timers", HV_SYNIC_STIMER_COUNT)
+        for i, (queue, saved) in enumerate(zip(self.queues, queues, strict=True)):
+            queue.load_state(Fields(saved, f"{f.where}.queues[{i}]"))
+        for i, (timer, saved) in enumerate(zip(self.timers, timers, strict=True)):
+            timer.load_state(Fields(saved, f"{f.where}.timers[{i}]"))
+        self.control, self.simp, self.siefp, self.sints = values
+        self._queued = sum(1 << i for i, q in enumerate(self.queues) if q)
+        self.timer_changed()
 
     # -- state --------------------------------------------------------------------------------------
     @property

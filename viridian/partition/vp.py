@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msr.apic import LocalApicPort
 from msr.faults import Fault
@@ -12,6 +12,7 @@ from viridian.abi.dispatch import HypercallOutcome
 from viridian.abi.registers import HypercallRegisters
 from viridian.partition.apic_assist import ApicAssist
 from viridian.partition.synic import SynIC
+from viridian.state import Fields
 
 if TYPE_CHECKING:
     from viridian.partition.partition import Partition
@@ -69,6 +70,16 @@ class VirtualProcessor:
             if listing is not None:
                 out.extend(listing())
         return out
+
+    # -- snapshots (viridian.state) ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        return {"runtime_100ns": self.runtime_100ns, "vp_assist_msr": self.vp_assist_msr,
+                "synic": self.synic.save_state(), "assist": self.assist.save_state()}
+
+    def load_state(self, f: Fields) -> None:
+        self.synic.load_state(f.sub("synic"))
+        self.assist.load_state(f.sub("assist"))
+        self.runtime_100ns, self.vp_assist_msr = f.uint("runtime_100ns"), f.uint("vp_assist_msr")
 
     def reset(self) -> None:
         """VP reset state (TLFS: SynIC pages and SINTs back to their initial values)."""
