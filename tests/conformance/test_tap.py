@@ -99,4 +99,8 @@ def test_cli_on_the_real_suite_is_green(tmp_path: Path) -> None:
     assert "conformance: PASS" in res.stdout
     root = ET.parse(junit).getroot()
     assert root.get("failures") == "0" and int(root.get("tests") or 0) >= 90
-    assert {c.get("classname") for c in root.iter("testcase")} >= {"conformance.hypercall", "conformance.synic"}
+    cases = list(root.iter("testcase"))
+    assert {c.get("classname") for c in cases} >= {"conformance.recommended.2vcpu.hypercall",
+                                                    "conformance.recommended.2vcpu.synic"}
+    assert all(float(c.get("time", "x")) >= 0 for c in cases)  # every case has a time (virtual seconds)
+    assert sum(float(c.get("time", "0")) for c in cases) > 0

@@ -28,7 +28,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--image", metavar="PATH", help="another suite image (default fixtures/build/conformance.elf)")
     p.add_argument("--matrix", action="store_true",
                    help="run every preset (none, xen-3.4, recommended, all) on 1, 2, 4 and 65 vCPUs")
-    p.add_argument("--json", metavar="FILE", type=out_file, help="write the results as JSON ('-' = stdout only)")
+    p.add_argument("--json", metavar="FILE", nargs="?", const="-", type=out_file,
+                   help="print the results as JSON on stdout only (with FILE: write them there instead)")
+    p.add_argument("--from-tap", action="append", default=[], metavar="SERIAL.LOG",
+                   help="read the suite's serial log from another hypervisor (QEMU/KVM, Xen, Hyper-V) instead of "
+                   "running it; repeat to compare logs side by side")
     p.add_argument("--junit", metavar="FILE.xml", type=out_file_named, help="write JUnit XML")
     p.add_argument("--verbose", action="store_true", help="list every test, not only failures")
     p.set_defaults(func=run)
@@ -37,9 +41,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from viridian.config.cpuid_edits import parse_edit
     from viridian.config.presets import load_config
-    from viridian.conformance.junit import junit_xml
     from viridian.conformance.runner import MATRIX_PRESETS, MATRIX_VCPUS, run_suite, suite_image
 
+    if args.from_tap:
+        return _report(args, "", _from_tap(args))
     image = suite_image(args.image)
     edits = tuple(parse_edit(e) for e in args.cpuid)
     plan: list[tuple[str, Any, int]] = []
@@ -64,7 +69,24 @@ def run(args: argparse.Namespace) -> int:
         if not quiet and len(plan) > 1:
             print(f"[{i}/{len(plan)}] {label} on {vcpus} vCPU(s)...", file=sys.stderr, flush=True)
         runs.append(run_suite(config, label, image, vcpus, args.cmdline, args.mem))
-    data = {"image": str(image), "runs": runs,
+    return _report(args, str(image), runs)
+
+
+def _from_tap(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from viridian.conformance.tap_log import from_tap
+
+    mixed = [f"--{k.replace('_', '-')}" for k in ("hv", "xen", "libvirt", "preset", "image", "matrix", "mem")
+             if getattr(args, k)] + (["--cpuid"] if args.cpuid else []) + (["--cmdline"] if args.cmdline else [])
+    if mixed:
+        raise UserError(f"--from-tap reads a finished run; drop {', '.join(mixed)}")
+    return [from_tap(path) for path in args.from_tap]
+
+
+def _report(args: argparse.Namespace, image: str, runs: list[dict[str, Any]]) -> int:
+    """Table (or JSON on stdout), JSON file, JUnit; exit status 1 on any failure or incomplete run."""
+    from viridian.conformance.junit import junit_xml
+
+    data = {"image": image, "runs": runs,
             "ok": all(r["complete"] and r["counts"]["fail"] == 0 for r in runs)}
     if args.junit:
         Path(args.junit).write_text(junit_xml(runs), encoding="utf-8")

@@ -3,8 +3,16 @@ skipped children)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
+
+
+def classname(run: dict[str, Any], area: str) -> str:
+    """``conformance.<offer>.<N>vcpu.<area>``: unique per run, so a --matrix's cases stay apart in CI (which
+    keys a case by classname + name); dots and spaces in an offer ("xen-3.4") become '_'."""
+    offer = re.sub(r"[^\w+-]+", "_", str(run.get("offer") or "run")).strip("_") or "run"
+    return f"conformance.{offer}.{run.get('vcpus', 0)}vcpu.{area}"
 
 
 def junit_xml(runs: list[dict[str, Any]]) -> str:
@@ -20,15 +28,17 @@ def junit_xml(runs: list[dict[str, Any]]) -> str:
         for key in ("offer", "vcpus", "status", "exit_code"):
             ET.SubElement(props, "property", name=key, value=str(run.get(key)))
         for t in run["tests"]:
-            case = ET.SubElement(suite, "testcase", classname=f"conformance.{t['area']}",
-                                 name=f"{t['number']:03d} {t['what']}" + (f" [{t['ref']}]" if t["ref"] else ""))
+            case = ET.SubElement(suite, "testcase", classname=classname(run, t["area"]),
+                                 name=f"{t['number']:03d} {t['what']}" + (f" [{t['ref']}]" if t["ref"] else ""),
+                                 time=f"{t.get('seconds', 0.0):.6f}")  # virtual seconds on viridian; 0 from a log
             if t["outcome"] == "skip":
                 ET.SubElement(case, "skipped", message=t["reason"] or "not offered")
             elif t["outcome"] == "fail":
                 fail = ET.SubElement(case, "failure", message=(t["diagnostics"] or ["failed"])[0])
                 fail.text = "\n".join(t["diagnostics"])
         if not run["complete"]:
-            case = ET.SubElement(suite, "testcase", classname="conformance.run", name="the suite ran to its end")
+            case = ET.SubElement(suite, "testcase", classname=classname(run, "run"), name="the suite ran to its end",
+                                 time="0.000000")
             fail = ET.SubElement(case, "failure", message=run["problem"] or "incomplete")
             fail.text = run.get("serial_tail", "")
         totals["tests"] += len(run["tests"]) + (0 if run["complete"] else 1)

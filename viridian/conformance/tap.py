@@ -24,6 +24,7 @@ class TapTest:
     directive: str = ""  # SKIP | TODO | ""
     reason: str = ""
     diagnostics: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # time since the previous result (or the plan) line, when the log carries line times
 
     @property
     def outcome(self) -> str:
@@ -56,22 +57,30 @@ class TapRun:
         return not any("Hyper-V interface not present" in c for c in self.comments)
 
 
-def parse(text: str) -> TapRun:
+def parse(text: str, line_times: list[float] | None = None) -> TapRun:
+    """Read TAP from a serial log. ``line_times``: when each line of ``text`` was complete (seconds), to time
+    the tests; without it every test's ``seconds`` is 0."""
     tests: list[TapTest] = []
     plan: int | None = None
     comments: list[str] = []
     bail: str | None = None
-    for raw in text.splitlines():
+    times = line_times or []
+    last: float | None = None
+    for i, raw in enumerate(text.splitlines()):
         line = raw.rstrip()
+        at = times[i] if i < len(times) else None
         if m := RESULT.match(line):
             n = int(m.group(2)) if m.group(2) else len(tests) + 1
             name = NAME.match(m.group(3) or "")
             assert name is not None
+            took = max(0.0, at - last) if at is not None and last is not None else 0.0
             tests.append(TapTest(n, m.group(1).lower() == "ok", name.group("area") or "other",
                                  name.group("what") or "", name.group("ref") or "",
-                                 (m.group(4) or "").upper(), (m.group(5) or "").strip()))
+                                 (m.group(4) or "").upper(), (m.group(5) or "").strip(), seconds=took))
+            last = at
         elif m := PLAN.match(line):
             plan = int(m.group(1))
+            last = at
         elif line.startswith("Bail out!"):
             bail = line[len("Bail out!"):].strip()
         elif line.startswith("#"):
