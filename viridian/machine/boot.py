@@ -16,7 +16,8 @@ def _pack_q(buf: memoryview, addr: int, value: int) -> None:
 
 
 def build_page_tables(ram: memoryview, ram_size: int) -> None:
-    """Identity map of [0, ram_size) and of the 2 MiB page holding the APIC, with 2 MiB pages."""
+    """Identity map of [0, ram_size), of the 2 MiB page holding the APIC and of the one holding the I/O APIC and
+    HPET (0xFEC00000-0xFEDFFFFF, --machine pc), with 2 MiB pages."""
     for addr in range(L.PML4, L.PD_BASE + 4 * L.PAGE, 8):
         _pack_q(ram, addr, 0)
     _pack_q(ram, L.PML4, L.PDPT | _P | _RW)
@@ -24,8 +25,8 @@ def build_page_tables(ram: memoryview, ram_size: int) -> None:
         _pack_q(ram, L.PDPT + 8 * gib, (L.PD_BASE + gib * L.PAGE) | _P | _RW)
     for page in range((ram_size + _BIG - 1) // _BIG):
         _pack_q(ram, L.PD_BASE + 8 * page, page * _BIG | _P | _RW | _PS)
-    apic = L.APIC_BASE & ~(_BIG - 1)
-    _pack_q(ram, L.PD_BASE + 8 * (apic // _BIG), apic | _P | _RW | _PS | _PCD)
+    for mmio in (L.APIC_BASE & ~(_BIG - 1), 0xFEC0_0000):
+        _pack_q(ram, L.PD_BASE + 8 * (mmio // _BIG), mmio | _P | _RW | _PS | _PCD)
 
 
 def _segment(base: int, limit: int, access: int, flags: int) -> int:

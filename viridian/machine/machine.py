@@ -35,6 +35,7 @@ from viridian.machine.loader import Image, place_image
 from viridian.machine.multiboot import install as install_multiboot
 from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
+from viridian.machine.pc_machine import BOARDS, attach_pc
 from viridian.machine.ports import PortBus
 from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
@@ -44,6 +45,7 @@ from viridian.partition.partition import Partition
 from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
+    from viridian.devices.pc_platform import PcPlatform
     from viridian.machine.host import Host
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,11 @@ class Machine:
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
                  tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False,
-                 ap_start: str = "entry", cmdline: str = "") -> None:
+                 ap_start: str = "entry", cmdline: str = "", board: str = "minimal") -> None:
         if ap_start not in ("entry", "sipi"):
             raise UserError(f"--ap-start {ap_start}: choose entry or sipi")
+        if board not in BOARDS:
+            raise UserError(f"--machine {board}: choose {' or '.join(BOARDS)}")
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise UserError(f"--vcpus {vcpus}: choose 1..{L.MAX_VCPUS}")
         size = mem_mib << 20
@@ -95,6 +99,8 @@ class Machine:
                                  Bound(ARCH_MSRS, self.arch[vp.index])]) for vp in self.partition.vps]
         self.ports = PortBus()
         self.ports.attach(FW_CFG_PORTS, FwCfg(size, vcpus))  # QEMU's fw_cfg (legacy I/O), as on -machine pc
+        self.board = board  # "pc": PIC, PIT, I/O APIC... (viridian.machine.pc_machine); "minimal": none of them
+        self.platform: PcPlatform | None = attach_pc(self) if board == "pc" else None
         self.image = image
         self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
         self.pcpus = pcpus or vcpus
@@ -191,6 +197,8 @@ class Machine:
     def poll_vcpu(self, v: Vcpu) -> None:
         self.apics[v.index].poll()
         self.partition.poll(v.index)
+        if self.platform is not None:
+            self.platform.poll()
 
     def next_deadline(self) -> int | None:
         best: int | None = None
@@ -202,6 +210,8 @@ class Machine:
                 d = t if d is None else min(d, t)
             if d is not None and (best is None or d < best):
                 best = d
+        if self.platform is not None and (d := self.platform.next_deadline()) is not None:
+            best = d if best is None else min(best, d)
         return best
 
     # -- scheduling (the loop itself is viridian.machine.host.Host) --------------------------------------------

@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
 from viridian.machine import engine as E
-from viridian.machine import engine_build, vcpu_io
+from viridian.machine import engine_build, pc_machine, vcpu_io
 from viridian.machine import layout as L
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
@@ -106,6 +106,7 @@ class Vcpu:
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
+        pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET...
         self._native = VnState()
         self._table = (ctypes.c_uint64 * TABLE_PAGES)()
         lib = library()
@@ -258,7 +259,7 @@ class Vcpu:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
-            self.traps.set_window(self.apic.pending_vector() is not None)
+            self.traps.set_window(D.has_interrupt(self))
             limit = self._run_end
             self.vp.before_run()
             n.stop_reason = 0
@@ -481,7 +482,7 @@ class Vcpu:
         if self.idle or self.stop_requested:
             self.uc.emu_stop()
             return
-        if self.apic.pending_vector() is not None and self.interruptible():
+        if D.has_interrupt(self) and self.interruptible():
             self._stop()  # the run loop injects it before the next instruction
 
     # -- exceptions and interrupts (viridian/machine/vcpu_delivery.py) --------------------------------------
@@ -517,7 +518,7 @@ class Vcpu:
             return True
         if self.halted:
             self.m.poll_vcpu(self)
-            return self.apic.pending_vector() is not None and self._if_set()
+            return D.has_interrupt(self) and self._if_set()
         return not self.idle
 
     def _if_set(self) -> bool:

@@ -96,6 +96,14 @@ def in_sti_shadow(v: Vcpu) -> bool:
     return bool(rip == n.block_start and v._lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
 
 
+def has_interrupt(v: Vcpu) -> bool:
+    """A maskable interrupt is pending: the local APIC's, or the 8259A's ExtINT on the BSP (--machine pc)."""
+    if v.apic.pending_vector() is not None:
+        return True
+    platform = v.m.platform
+    return platform is not None and v.index == 0 and platform.extint_pending()
+
+
 def inject_pending(v: Vcpu) -> bool:
     """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
     apic = v.apic
@@ -111,17 +119,23 @@ def inject_pending(v: Vcpu) -> bool:
             v.stats.interrupts_delivered += 1
             v.stats.events["nmi"] += 1
         return True
-    vector = apic.pending_vector()
-    if vector is None:
+    platform = v.m.platform if v.index == 0 else None
+    extint = platform is not None and platform.extint_pending()  # the 8259A first, as KVM does
+    vector = None if extint else apic.pending_vector()
+    if vector is None and not extint:
         return False
     if not interruptible(v):
         return False
     v._window_open_at = None
-    apic.acknowledge()
-    if v.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
-        apic.auto_eoi(vector)
+    if platform is not None and extint:  # ExtINT via LINT0 (SDM §10.5.1): the vector is the 8259A's INTA answer
+        vector = platform.extint_ack()
     else:
-        v.vp.assist.on_inject(vector)
+        assert vector is not None
+        apic.acknowledge()
+        if v.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
+            apic.auto_eoi(vector)
+        else:
+            v.vp.assist.on_inject(vector)
     rip = v._rip_flags.read()[0]
     v.halted = False
     if enter(v, vector, None, rip):

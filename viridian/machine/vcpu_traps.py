@@ -12,7 +12,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import engine as E
-from viridian.machine import vcpu_io
+from viridian.machine import pc_machine, vcpu_io
 from viridian.machine.cpuid_base import base_leaf
 from viridian.machine.native import MSR_REFERENCE, MSR_TSC_OFFSET
 from viridian.partition.cpuid import CpuidRegs
@@ -217,14 +217,24 @@ class InstructionTraps:
         vcpu_io.collect(self.v)  # what vn_in/vn_out answered so far comes first
         self.v._exit("io")
         self.v.stats.ports[port] += 1
-        return self.v.m.ports.read(port, size)
+        platform = self.v.m.platform
+        if platform is None:
+            return self.v.m.ports.read(port, size)
+        platform.sync()  # timed PC devices up to now first (viridian.machine.pc_machine)
+        value = self.v.m.ports.read(port, size)
+        pc_machine.after_access(self.v)
+        return value
 
     def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
         vcpu_io.collect(self.v)
         self.v._exit("io")
         self.v.stats.ports[port] += 1
+        if self.v.m.platform is not None:
+            self.v.m.platform.sync()
         self.v.m.ports.write(port, size, value)
         vcpu_io.arm(self.v)  # LCR.DLAB may have changed
+        if self.v.m.platform is not None:
+            pc_machine.after_access(self.v)  # a PC device may have raised an interrupt or armed a timer
 
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
