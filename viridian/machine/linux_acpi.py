@@ -128,12 +128,26 @@ def dsdt() -> bytes:
     return sdt(b"DSDT", DSDT_REVISION, aml_name(b"_S5_", aml_package(S5_SLP_TYP, 0, 0, 0)))
 
 
-def madt(vcpus: int) -> bytes:
-    """§5.2.12: local APIC address, flags (no PCAT_COMPAT), one Processor Local APIC entry per vCPU
-    (UID = APIC ID = vCPU index, enabled)."""
-    body = struct.pack("<II", L.APIC_BASE, 0)
+MADT_IOAPIC, MADT_ISO, MADT_LAPIC_NMI = 1, 2, 4
+PCAT_COMPAT = 1  # §5.2.12 Table 5.20: dual 8259 PICs installed
+ISO_LEVEL_HIGH = 0x000D  # §5.2.12.5 MPS INTI flags: active high (01), level triggered (11)
+SCI_IRQ = 9
+
+
+def madt(vcpus: int, pc: bool = False) -> bytes:
+    """§5.2.12: local APIC address, flags, one Processor Local APIC entry per vCPU (UID = APIC ID = vCPU index,
+    enabled). ``pc`` (--machine pc) adds what QEMU's pc MADT has (acpi-common.c build_madt): PCAT_COMPAT, the
+    I/O APIC (ID 0, 0xFEC00000, GSI base 0, §5.2.12.3), interrupt source overrides IRQ 0 -> GSI 2 (flags 0:
+    conforming, i.e. ISA edge/high) and IRQ 9 (the SCI) -> GSI 9 level/active-high (§5.2.12.5), and the local
+    APIC NMI on LINT1 of every processor (UID 0xFF, §5.2.12.7)."""
+    body = struct.pack("<II", L.APIC_BASE, PCAT_COMPAT if pc else 0)
     for i in range(vcpus):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, i, i, LAPIC_ENABLED)
+    if pc:
+        body += struct.pack("<BBBBII", MADT_IOAPIC, 12, 0, 0, 0xFEC0_0000, 0)
+        body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, 0, 2, 0)
+        body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, SCI_IRQ, SCI_IRQ, ISO_LEVEL_HIGH)
+        body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, 0xFF, 0, 1)
     return sdt(b"APIC", 4, body)
 
 
