@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux linux-matrix pyc
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux linux-matrix pyc qemu
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,15 @@ fixtures:
 pyc: $(STAMP)
 	$(BIN)/python -m compileall -q viridian msr
 
-test: $(STAMP) fixtures pyc
+# QEMU TCG for the comparisons that need it (tests/machine/test_qemu_*.py; bench-linux): Debian's qemu-system-x86
+# through apt when missing and we are root; otherwise those tests skip and say why (never fatal here)
+qemu:
+	@command -v qemu-system-x86_64 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends qemu-system-x86 >/dev/null; } \
+		|| echo "make qemu: qemu-system-x86_64 not installed (apt-get install qemu-system-x86); QEMU comparisons skip"
+
+test: $(STAMP) fixtures pyc qemu
 	$(BIN)/ruff check viridian msr tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
