@@ -48,7 +48,8 @@ def negotiation_lines(rep: dict[str, Any], *, title: str = "", timeline_limit: i
         if r["status"] == "not offered" and not r["got"]:
             continue
         first = f"vCPU {r['first']['vcpu']} @ {r['first']['time_us']} us" if r["first"] else ""
-        got = ", ".join(f"{k} x{n}" for k, n in r["got"].items())
+        # what the guest got back: its faults/HV_STATUS answers, "ok" when every access succeeded
+        got = ", ".join(f"{k} x{n}" for k, n in r["got"].items()) or ("ok" if r["used"] else "-")
         rows.append([r["title"], _yn(r["offered"]), _yn(r["recommended"]), r["status"], first, got])
     out += table(["enlightenment", "offered", "recommended", "status", "first use", "got"], rows)
     hidden = [r["title"] for r in rep["enlightenments"] if r["status"] == "not offered" and not r["got"]]
