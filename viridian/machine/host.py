@@ -106,10 +106,10 @@ class Host:
                 q = max(q, min(SOLO_QUANTUM, max(MIN_SLICE, live[0].max_ticks - self.T)))
             if deadline is not None and deadline > self.T:
                 q = max(MIN_SLICE, min(q, deadline - self.T))
-            slice_min = MIN_SLICE
+            slice_min, snap = MIN_SLICE, False
             for m in live:  # --snapshot-at: this quantum ends at the snapshot time (vCPUs stop at a block boundary)
                 if m.stop_at is not None and self.T < m.stop_at < self.T + q:
-                    q = m.stop_at - self.T
+                    q, snap = m.stop_at - self.T, True
                     slice_min = min(MIN_SLICE, q)
             k = self.rr % len(runnable)
             order = runnable[k:] + runnable[:k]
@@ -131,7 +131,8 @@ class Host:
                 if interrupt.state.signum is not None:
                     break
             # a quantum lasts as long as its busiest simulated CPU ran (all halted or yielding: shorter)
-            end = self.T + max(slice_min, min(q, longest))
+            # (a snapshot quantum ends where its busiest vCPU stopped: the first boundary past T, kept exactly)
+            end = self.T + max(slice_min, longest if snap else min(q, longest))
             for m in live:
                 end = max(end, m.end_quantum(end))
             self.T = end

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_IMAGE = 1 << 30  # bytes of an image (or libvirt XML) hashed or read on resume
 MAX_SHADOW_STEPS = 8
+BOARDS = ("minimal", "pc")  # Machine(board=...): the platform devices a snapshot's machine is built with
 
 
 def _str_or_none(f: Fields, key: str) -> str | None:
@@ -107,6 +108,7 @@ def save(m: Machine, path: str, options: dict[str, Any], requested: int | None =
     manifest = {"format": "viridian-snapshot", "version": VERSION, "options": opts,
                 "image": {"path": m.image.path, "sha256": file_sha256(m.image.path, "image")},
                 "engine": engine_identity(), "ram_size": m.ram_size, "vcpus": m.vcpu_count,
+                "board": getattr(m, "board", "minimal"),
                 "time": {"requested": requested, "tsc": m.clock.tsc(), "reference_time_100ns": m.clock.ref_time()}}
     write(path, manifest, save_sections(m))
     return m.clock.tsc()
@@ -140,6 +142,7 @@ def check_manifest(raw: dict[str, Any]) -> dict[str, Any]:
            "engine": {"unicorn": engine.text("unicorn", max_len=64),
                       "libunicorn_sha256": engine.text("libunicorn_sha256", max_len=64)},
            "ram_size": f.uint("ram_size", 1, L.MAX_RAM), "vcpus": f.uint("vcpus", 1, L.MAX_VCPUS),
+           "board": f.text("board", BOARDS),
            "time": {"requested": time.opt_uint("requested", 1, 1 << 62), "tsc": time.uint("tsc", 0, (1 << 63) - 1)}}
     if out["ram_size"] != opts["mem"] << 20 or out["vcpus"] != opts["vcpus"]:
         raise StateError("manifest: RAM size or vCPU count disagree with the options")
@@ -172,9 +175,10 @@ def build_machine(manifest: dict[str, Any]) -> Machine:
                          preset=o["preset"] if given else "recommended")
     if o["cpuid"]:
         config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in o["cpuid"]))
+    board = {"board": manifest["board"]} if manifest["board"] != "minimal" else {}
     return Machine(config, load_image(path), vcpus=o["vcpus"], mem_mib=o["mem"], max_ticks=o["max_ticks"],
                    quantum=o["quantum"], ple_gap=o["ple_gap"], ple_window=o["ple_window"], fast=o["fast"],
-                   ap_start=o["ap_start"], cmdline=o["cmdline"])
+                   ap_start=o["ap_start"], cmdline=o["cmdline"], **board)
 
 
 def load_into(m: Machine, snap: SnapshotFile) -> int:

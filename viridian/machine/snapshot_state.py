@@ -39,8 +39,14 @@ MAX_TIME = (1 << 63) - 1
 
 
 def stateful_devices(m: Machine) -> dict[str, Any]:
-    """Every device that follows the protocol, by name (port-bus devices, then ``machine.devices``)."""
-    found = {**m.ports.devices(), **m.devices}
+    """Every device that follows the protocol, by name: port-bus devices, ``machine.devices``, and the PC
+    platform (``--machine pc``) as one device ``platform`` holding the devices it registered itself."""
+    found: dict[str, Any] = {**m.ports.devices(), **m.devices}
+    platform = getattr(m, "platform", None)
+    if platform is not None:
+        own = {id(d) for d in getattr(platform, "_state", {}).values()}
+        found = {name: dev for name, dev in found.items() if id(dev) not in own}
+        found["platform"] = platform
     return {name: dev for name, dev in found.items()
             if callable(getattr(dev, "save_state", None)) and callable(getattr(dev, "load_state", None))}
 

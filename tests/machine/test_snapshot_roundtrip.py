@@ -1,0 +1,112 @@
+"""Snapshots as data (issue 17 item 1, 5): a run stopped at T, saved and resumed in a fresh machine ends exactly
+like the same run continued in the same process -- result, exits, serial output, final registers and RAM --
+on guests of 1, 2 and 4 vCPUs, a multiboot kernel, APs started by SIPI and a guest in user mode (CPL 3)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from viridian.config.presets import load_config
+from viridian.machine import snapshot
+from viridian.machine.host import MIN_SLICE, Host
+from viridian.machine.loader import load_image
+from viridian.machine.machine import Machine
+from viridian.machine.report import stats_json
+from viridian.machine.snapshot_cpu import save_cpu
+
+MAX_TICKS = 2_000_000_000
+
+
+def options(image: Path, vcpus: int, mem: int = 128) -> dict[str, Any]:
+    return {"image": str(image), "hv": None, "xen": None, "libvirt": None, "preset": None, "cpuid": [],
+            "vcpus": vcpus, "mem": mem, "max_ticks": MAX_TICKS, "quantum": 200_000, "pcpus": None,
+            "ple_window": 4096, "ple_gap": 128, "ap_start": "entry", "fast": False, "cmdline": ""}
+
+
+def build(image: Path, vcpus: int, mem: int = 128) -> Machine:
+    return Machine(load_config(preset="recommended"), load_image(str(image)), vcpus=vcpus, mem_mib=mem,
+                   max_ticks=MAX_TICKS)
+
+
+def final_state(m: Machine, result: Any) -> dict[str, Any]:
+    """Everything that must match: how the run ended, the stats JSON (exits, serial, time, per vCPU), every
+    vCPU's registers and the RAM."""
+    data = stats_json(m)
+    return {"result": (result.status, result.code), "stats": json.dumps(data, sort_keys=True, default=str),
+            "cpus": [save_cpu(v.uc) for v in m.vcpus], "ram": hashlib.sha256(m.ram).hexdigest()}
+
+
+def stop_and_save(image: Path, vcpus: int, at: int, path: Path, mem: int = 128) -> Machine:
+    m = build(image, vcpus, mem)
+    m.stop_at = at
+    assert m.run().status == "snapshot"
+    snapshot.prepare(m)
+    taken = snapshot.save(m, str(path), options(image, vcpus, mem), at)
+    assert taken >= at
+    return m
+
+
+def continue_here(m: Machine) -> dict[str, Any]:
+    rr = m.host.rr if m.host is not None else 0
+    m.result, m.stop_at = None, None
+    host = Host([m], m.pcpus)
+    host.rr = rr
+    return final_state(m, host.run()[0])
+
+
+def resume_fresh(path: Path) -> dict[str, Any]:
+    m, rr, _manifest = snapshot.resume(str(path))
+    host = Host([m], m.pcpus)
+    host.rr = rr
+    return final_state(m, host.run()[0])
+
+
+CASES = [  # (image, vCPUs, snapshot time): mid-run, with timers, IPIs, SIPI start-up, user mode
+    ("timecheck.elf", 1, 15_000_000),
+    ("win8.elf", 2, 1_500_000),
+    ("hv_ipi.elf", 4, 400_000),
+    ("multiboot.elf", 1, 5_000),
+    ("sipi.elf", 2, 300_000),
+    ("syscall.elf", 1, 20_000),
+]
+
+
+@pytest.mark.parametrize(("image", "vcpus", "at"), CASES)
+def test_resumed_run_equals_the_continued_run(guests: Path, tmp_path: Path, image: str, vcpus: int,
+                                              at: int) -> None:
+    path = tmp_path / "g.snap"
+    m = stop_and_save(guests / image, vcpus, at, path)
+    resumed = resume_fresh(path)
+    continued = continue_here(m)
+    assert resumed["result"] == continued["result"]
+    assert resumed["stats"] == continued["stats"]
+    assert resumed["cpus"] == continued["cpus"]
+    assert resumed["ram"] == continued["ram"]
+
+
+def test_a_single_vcpu_run_is_unchanged_by_the_snapshot(guests: Path, tmp_path: Path) -> None:
+    """One vCPU: stopping at T only splits a slice, so the resumed run equals the run never stopped -- all
+    but the partition clock after the guest's last exit, which the Host rounds to its last quantum (less than
+    MIN_SLICE ticks; every exit and its time, the reference time, registers and RAM are identical)."""
+    whole = build(guests / "timecheck.elf", 1)
+    plain = final_state(whole, whole.run())
+    stop_and_save(guests / "timecheck.elf", 1, 15_000_000, tmp_path / "t.snap")
+    resumed = resume_fresh(tmp_path / "t.snap")
+    a, b = json.loads(plain.pop("stats")), json.loads(resumed.pop("stats"))
+    assert abs(a["time"].pop("tsc") - b["time"].pop("tsc")) < MIN_SLICE
+    assert a == b and resumed == plain
+
+
+@pytest.mark.parametrize("at", [1, 1000, 12_345])
+def test_the_snapshot_lands_at_the_asked_time(guests: Path, tmp_path: Path, at: int) -> None:
+    """Item 5: T before the first quantum ends (hello.elf used to exit 0 writing nothing)."""
+    m = stop_and_save(guests / "hello.elf", 1, at, tmp_path / "h.snap")
+    assert m.clock.tsc() >= at
+    with snapshot.open_snapshot(str(tmp_path / "h.snap")) as snap:
+        assert snap.manifest["time"] == {"requested": at, "tsc": m.clock.tsc()}
+    assert resume_fresh(tmp_path / "h.snap")["result"] == ("exit", 0)
