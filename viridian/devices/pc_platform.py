@@ -84,6 +84,7 @@ class PcPlatform:
         self._state: dict[str, Any] = {}
         self.changed = False  # an interrupt or a deadline may have changed: the vCPU re-evaluates
         self.resets: list[str] = []
+        self.timers: Any = None  # viridian.devices.pc_timers.PcTimers once attached (PM timer, HPET, RTC, UART)
         self.pic = PicPair(on_intr=self._on_intr)
         self.ioapic = io.IoApic(deliver=self._deliver)
         self.pit = Pit(self.now, clock.tsc_hz, irq=self)

@@ -163,9 +163,10 @@ def e820_map(ram_size: int, vcpus: int) -> list[tuple[int, int, int]]:
             (0x100000, top - 0x100000, E820_RAM), (top, ram_size - top, E820_RESERVED)]
 
 
-def install(boot: LinuxBoot, ram: memoryview, ram_size: int, vcpus: int, cmdline: str) -> int:
+def install(boot: LinuxBoot, ram: memoryview, ram_size: int, vcpus: int, cmdline: str, *, pc: bool = False) -> int:
     """Write the zero page, the initrd, the BIOS data area and the ACPI tables; returns the zero page address
-    (RSI at the 64-bit entry). The kernel itself was placed as the image's segments."""
+    (RSI at the 64-bit entry). The kernel itself was placed as the image's segments. ``pc``: the full PC's
+    tables (fixed-hardware FADT, FACS, HPET; viridian.machine.pc_acpi)."""
     from viridian.machine.linux_acpi import build_acpi
 
     top = L.reserved_top(vcpus, ram_size)
@@ -189,7 +190,7 @@ def install(boot: LinuxBoot, ram: memoryview, ram_size: int, vcpus: int, cmdline
                             f"kernel and the top of RAM; raise --mem")
         ram[start : start + len(boot.initrd)] = boot.initrd
         struct.pack_into("<II", zp, 0x218, start, len(boot.initrd))  # ramdisk_image, ramdisk_size
-    rsdp = build_acpi(ram, BIOS_AREA, vcpus)
+    rsdp = build_acpi(ram, BIOS_AREA, vcpus, pc=pc)
     struct.pack_into("<Q", zp, OFF_ACPI_RSDP, rsdp)  # boot_params.acpi_rsdp_addr (protocol 2.14)
     table = e820_map(ram_size, vcpus)
     zp[OFF_E820_ENTRIES] = len(table)

@@ -130,11 +130,14 @@ class Machine:
         if image.linux is not None:  # Linux 64-bit boot protocol: zero page, initrd, ACPI tables
             from viridian.machine.linux_boot import install
 
-            self.zero_page = install(image.linux, self.ram, size, vcpus, cmdline)
+            self.zero_page = install(image.linux, self.ram, size, vcpus, cmdline, pc=self.platform is not None)
             from viridian.devices.cmos import DATA_PORT, INDEX_PORT, Cmos
 
-            self.cmos = Cmos(self.virtual_seconds)  # a bound method: snapshots pickle it by name
-            self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
+            if self.platform is not None:  # the PC's RTC, with its IRQ 8 (viridian.devices.pc_timers)
+                self.cmos = self.platform.timers.cmos
+            else:
+                self.cmos = Cmos(self.virtual_seconds)  # a bound method: snapshots pickle it by name
+                self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
             from viridian.machine.linux_machine import attach_acpi_sleep
 
             attach_acpi_sleep(self)  # the FADT's sleep registers (linux_acpi.py): S5 ends the run, code 0

@@ -1,86 +1,20 @@
-"""The port I/O bus and its devices (engine-free): COM1 (16550 subset) and the exit port."""
+"""The port I/O bus and its devices (engine-free): COM1 (viridian.devices.uart16550) and the exit port."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from viridian.devices.uart16550 import COM1, SERIAL_LIMIT, Serial16550
 from viridian.state import Fields, counter_items
 
-COM1: Final = 0x3F8
 EXIT_PORT: Final = 0xF4
-SERIAL_LIMIT: Final = 4 << 20  # bytes of serial output kept (the rest is counted, not stored)
+__all__ = ["COM1", "EXIT_PORT", "SERIAL_LIMIT", "ExitRequested", "PortBus", "PortDevice", "Serial16550"]
 
 
 class PortDevice(Protocol):
     def read(self, port: int, size: int) -> int: ...
     def write(self, port: int, size: int, value: int) -> None: ...
-
-
-@dataclass
-class Serial16550:
-    """COM1 as far as a polled or simple driver needs: THR/RBR, IER, IIR/FCR, LCR (DLAB), MCR, LSR, MSR, SCR.
-    Transmit is instant (LSR THRE|TEMT always set); no receive data, no interrupts."""
-
-    base: int = COM1
-    output: bytearray = field(default_factory=bytearray)
-    dropped: int = 0
-    regs: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0x03, 4: 0, 7: 0})
-    divisor: int = 12
-    sink: Callable[[bytes], None] | None = field(default=None, repr=False, compare=False)  # live output (CLI)
-
-    def read(self, port: int, size: int) -> int:
-        off = port - self.base
-        dlab = self.regs[3] & 0x80
-        if off == 0:
-            return self.divisor & 0xFF if dlab else 0
-        if off == 1:
-            return self.divisor >> 8 if dlab else self.regs[1]
-        if off == 2:
-            return 0xC1  # IIR: no interrupt pending, FIFOs enabled
-        if off == 5:
-            return 0x60  # LSR: THR empty, transmitter empty
-        if off == 6:
-            return 0xB0  # MSR: CTS, DSR, DCD
-        return self.regs.get(off, 0)
-
-    def write(self, port: int, size: int, value: int) -> None:
-        off, value = port - self.base, value & 0xFF
-        dlab = self.regs[3] & 0x80
-        if off == 0 and not dlab:
-            self.transmit(bytes((value,)))
-        elif off == 0:
-            self.divisor = (self.divisor & 0xFF00) | value
-        elif off == 1 and dlab:
-            self.divisor = (self.divisor & 0xFF) | value << 8
-        elif off in (1, 3, 4, 7):
-            self.regs[off] = value
-
-    def transmit(self, data: bytes) -> None:
-        """THR writes (DLAB = 0): bytes of output, kept up to SERIAL_LIMIT."""
-        if self.sink is not None:
-            self.sink(data)
-        room = max(0, SERIAL_LIMIT - len(self.output))
-        self.output += data[:room]
-        self.dropped += max(0, len(data) - room)
-
-    def text(self) -> str:
-        return self.output.decode("utf-8", errors="replace")
-
-    # -- snapshots (viridian.state) ----------------------------------------------------------------------
-    def save_state(self) -> dict[str, Any]:
-        return {"output": self.output.hex(), "dropped": self.dropped, "divisor": self.divisor,
-                "regs": [self.regs[k] for k in (1, 3, 4, 7)]}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """8-bit IER/LCR/MCR/SCR, a 16-bit divisor latch, at most SERIAL_LIMIT bytes of output."""
-        f = Fields(state, f"serial@{self.base:#x}")
-        values = (bytearray(f.blob("output", SERIAL_LIMIT)), f.uint("dropped", 0, 1 << 63),
-                  f.uint("divisor", 0, 0xFFFF), f.uints("regs", 4, 0, 0xFF))
-        self.output, self.dropped, self.divisor, regs = values
-        self.regs = dict(zip((1, 3, 4, 7), regs, strict=True))
 
 
 class ExitRequested(Exception):

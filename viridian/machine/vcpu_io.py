@@ -41,8 +41,13 @@ def install(v: Vcpu, lib: Any, native: bool) -> None:
 
 
 def arm(v: Vcpu) -> None:
-    """Before a run: whether a THR write is output now (the UART is shared; another vCPU may set DLAB)."""
-    v._native.thr_native = int(not v.m.ports.serial.regs[3] & 0x80)
+    """Before a run and after each OUT: whether LSR reads and THR writes may be answered natively (the UART is
+    shared; another vCPU may set DLAB). Loopback, pending receive data and an interrupt-driven transmitter
+    (IER.ETBEI) need the Python model (viridian.devices.uart16550.Serial16550.native_ok)."""
+    lsr_ok, thr_ok = v.m.ports.serial.native_ok()
+    n = v._native
+    n.com1_base = COM1 if lsr_ok and n.io_in_slow else 0  # 0: vn_in/vn_out answer nothing themselves
+    n.thr_native = int(thr_ok)
 
 
 def collect(v: Vcpu) -> None:
