@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-ticks", dest="max_ticks", type=int, default=60_000_000_000, metavar="N",
                    help="virtual-time budget in TSC ticks (2 GHz; default 30 s of guest time)")
     p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice (a single vCPU runs at least 20,000,000 ticks at a time, to the next timer deadline)")
+    p.add_argument("--machine", choices=("pc", "minimal"), default="pc",
+                   help="pc (default): PIC, PIT, I/O APIC and the other PC devices (QEMU -machine pc); minimal: none")
     p.add_argument("--report", action="store_true", help="print the negotiation report")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", type=out_file,
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         machine = linux_machine(config, args.kernel, initrd=args.initrd, append=args.append, vcpus=args.vcpus,
-                                mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer)
+                                mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer,
+                                board=args.machine)
         from viridian.cli.serial_out import LineWriter
 
         writer = LineWriter(sys.stdout) if not (args.quiet or args.json) else None

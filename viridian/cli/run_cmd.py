@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
                    help="pause-loop exiting: exit after a PAUSE loop spun this long (0 = off; default 4096)")
     p.add_argument("--ple-gap", type=int, default=128, metavar="TICKS",
                    help="PAUSEs at most this far apart belong to one loop (default 128)")
+    p.add_argument("--machine", choices=("pc", "minimal"), default="pc",
+                   help="pc (default): the PC a kernel finds under QEMU -machine pc (8259A, 8254 PIT, I/O APIC, "
+                        "ports 0x61/0x92/0x80, i8042...); minimal: local APICs, COM1 and the exit port only")
     p.add_argument("--ap-start", choices=("entry", "sipi"), default="entry",
                    help="application processors start at the entry point (default) or wait for INIT-SIPI")
     p.add_argument("--fast", action="store_true",
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     tracer = open_tracer(args.trace)
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
                   ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start,
-                  cmdline=args.cmdline)
+                  cmdline=args.cmdline, board=args.machine)
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
         if "hyperv-testdev" in getattr(args, "device", ()):
@@ -166,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 RECORDED_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem", "max_ticks", "quantum",
                     "pcpus", "ple_window", "ple_gap", "ap_start", "fast", "cmdline", "others", "with_cmdline",
-                    "stop_others", "initrd", "device")
+                    "stop_others", "initrd", "device", "machine")
 
 
 def _stream_serial(machines: list[Any]) -> list[Any]:

@@ -86,6 +86,7 @@ def linux_machine(config: Enlightenments, kernel: str | Path, *, initrd: str | P
     from viridian.machine.machine import Machine
 
     image = load_linux(kernel, initrd)
+    machine_args.setdefault("board", "pc")  # a kernel gets the PC (viridian.machine.pc_machine) unless told
     machine = Machine(config, image, vcpus=vcpus, mem_mib=mem_mib, cmdline=append, **machine_args)
     attach_acpi_sleep(machine)
     return machine

@@ -90,6 +90,7 @@ OPTION_SCHEMA: dict[str, tuple[Check, Any]] = {
     "others": (_list(_text(none=False, empty=False), 16), []),
     "initrd": (_text(65536), None),
     "device": (_list(_choice("hyperv-testdev"), 8), []),
+    "machine": (_choice("pc", "minimal"), "minimal"),  # records from before --machine ran the minimal layout
 }
 
 
