@@ -65,7 +65,7 @@ def plot(e: Experiment, rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_xlabel("vCPUs")
     ax.legend(fontsize=8)
     ax.set_ylabel(unit)
-    ax.set_title(f"{e.name}: {unit}\n{e.title}", fontsize=9)
+    ax.set_title(f"{e.name}: {e.title}", fontsize=10)  # the y label says what is plotted, in which unit
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
