@@ -39,9 +39,10 @@ def facts(out: str) -> dict[str, str]:
     return dict(re.findall(r"^# fact ([^=\n]+)=(.*)$", out, re.M))
 
 
-def run_viridian(guests: Path, tmp_path: Path, *, vcpus: int, preset: str, testdev: bool) -> tuple[int, str]:
+def run_viridian(guests: Path, tmp_path: Path, *, vcpus: int, preset: str, testdev: bool,
+                 board: str = "minimal") -> tuple[int, str]:
     image = load_image(guests / "qemu_conv.elf", str(env_file(tmp_path, vcpus)))
-    m = Machine(load_config(preset=preset), image, vcpus=vcpus, cmdline=ARGS)
+    m = Machine(load_config(preset=preset), image, vcpus=vcpus, cmdline=ARGS, board=board)
     if testdev:
         dev = attach(m)
     res = m.run()
@@ -51,9 +52,10 @@ def run_viridian(guests: Path, tmp_path: Path, *, vcpus: int, preset: str, testd
     return int(res.code or 0), m.ports.serial.text()
 
 
-@pytest.mark.parametrize("vcpus", [1, 3])
-def test_boots_with_hyperv_testdev_and_every_test_passes(guests: Path, tmp_path: Path, vcpus: int) -> None:
-    code, out = run_viridian(guests, tmp_path, vcpus=vcpus, preset="recommended", testdev=True)
+@pytest.mark.parametrize(("vcpus", "board"), [(1, "minimal"), (3, "pc")])
+def test_boots_with_hyperv_testdev_and_every_test_passes(guests: Path, tmp_path: Path, vcpus: int,
+                                                         board: str) -> None:
+    code, out = run_viridian(guests, tmp_path, vcpus=vcpus, preset="recommended", testdev=True, board=board)
     assert code == 0, out
     assert tap(out) == {n: "ok" for n in range(1, 11)}, out
     f = facts(out)
@@ -99,7 +101,7 @@ def test_qemu_tcg_and_viridian_agree(guests: Path, tmp_path: Path, smp: int) -> 
                            "-nodefaults", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # isa-debug-exit: (0 << 1) | 1
-    code, out = run_viridian(guests, tmp_path, vcpus=smp, preset="none", testdev=False)
+    code, out = run_viridian(guests, tmp_path, vcpus=smp, preset="none", testdev=False, board="pc")
     assert code == 0
     assert facts(proc.stdout) == facts(out), (proc.stdout, out)
     assert facts(out)["fw_cfg.cpus"] == str(smp)
