@@ -4,6 +4,10 @@ the a.out-kludge addresses, and build the multiboot information structure (Multi
 
 Machine state at entry (spec §3.2): vCPU 0 in 32-bit protected mode, paging off, flat segments, EAX =
 0x2BADB002, EBX = the information structure at :data:`MBI_ADDR`; other vCPUs wait for INIT-SIPI.
+
+As QEMU's -kernel/-append/-initrd (hw/i386/multiboot.c): the command line is "IMAGE ARGS" (the kernel path as
+given, one space, the arguments), and modules are loaded page-aligned after the kernel's last byte with
+16-byte entries {mod_start, mod_end, string, 0}; the mods flag is set even when mods_count is 0.
 """
 
 from __future__ import annotations
