@@ -28,7 +28,8 @@ def register(subparsers: Any) -> None:
                               "as for viridian run (an ACPI power-off is exit 0; "
                               + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ").")
     p.add_argument("kernel", help="a bzImage (boot protocol >= 2.12, 64-bit) or an uncompressed vmlinux ELF")
-    p.add_argument("--initrd", metavar="FILE", help="initramfs (cpio) loaded high, passed in ramdisk_image/size")
+    p.add_argument("--initrd", metavar="FILE", help="initramfs (cpio) loaded high, passed in ramdisk_image/size "
+                   "(initramfs.cpio: the one viridian ships)")
     p.add_argument("--append", default=DEFAULT_APPEND, metavar="TEXT",
                    help=f"kernel command line (default {DEFAULT_APPEND!r})")
     p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
@@ -64,14 +65,16 @@ def boot_config(args: argparse.Namespace) -> Enlightenments:
 
 
 def run(args: argparse.Namespace) -> int:
+    from viridian.guests import guest_path, is_guest_name
     from viridian.machine.linux_machine import linux_machine
     from viridian.machine.trace import open_tracer
 
     config = boot_config(args)
+    initrd = str(guest_path(args.initrd)) if args.initrd and is_guest_name(args.initrd) else args.initrd  # by name
     tracer = open_tracer(args.trace)
     t0 = time.perf_counter()
     try:
-        machine = linux_machine(config, args.kernel, initrd=args.initrd, append=args.append, vcpus=args.vcpus,
+        machine = linux_machine(config, args.kernel, initrd=initrd, append=args.append, vcpus=args.vcpus,
                                 mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer,
                                 board=args.machine)
         from viridian.cli.serial_out import LineWriter
