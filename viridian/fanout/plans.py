@@ -40,9 +40,10 @@ def fuzz_cells(operations: int, seed: int, presets: tuple[str, ...]) -> list[Cel
 
 
 def conformance_cells(presets: tuple[str, ...], vcpus: tuple[int, ...], cmdline: str = "",
-                      image: str | None = None, mem_mib: int | None = None) -> list[Cell]:
-    return [Cell("conformance", {"offer": p, "vcpus": n, "cmdline": cmdline, "image": image, "mem_mib": mem_mib},
-                 f"{p} x{n}") for p in presets for n in vcpus]
+                      image: str | None = None, mem_mib: int | None = None,
+                      cpuid_edits: tuple[str, ...] = ()) -> list[Cell]:
+    return [Cell("conformance", {"offer": p, "vcpus": n, "cmdline": cmdline, "image": image, "mem_mib": mem_mib,
+                                 "cpuid_edits": cpuid_edits}, f"{p} x{n}") for p in presets for n in vcpus]
 
 
 def boot_cells(kernel: str, offers: tuple[str, ...], vcpus: tuple[int, ...], max_ticks: int) -> list[Cell]:

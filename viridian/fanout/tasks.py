@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +18,16 @@ DEFAULT_TIMEOUT = 900.0  # seconds of wall time a cell may take before its watch
 
 
 def conformance_cell(offer: str, vcpus: int, cmdline: str = "", image: str | None = None,
-                     mem_mib: int | None = None) -> dict[str, Any]:
-    """One conformance run (viridian.conformance.runner.run_suite) under a preset."""
+                     mem_mib: int | None = None, cpuid_edits: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One conformance run (viridian.conformance.runner.run_suite) under a preset (+ CPUID edits)."""
+    from viridian.config.cpuid_edits import parse_edit
     from viridian.config.presets import load_config
     from viridian.conformance.runner import run_suite, suite_image
 
-    return run_suite(load_config(preset=offer), offer, suite_image(image), vcpus, cmdline, mem_mib)
+    config = load_config(preset=offer)
+    if cpuid_edits:
+        config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in cpuid_edits))
+    return run_suite(config, offer, suite_image(image), vcpus, cmdline, mem_mib)
 
 
 def fuzz_shard(seed: int, operations: int, preset: str) -> dict[str, Any]:
@@ -88,15 +91,12 @@ def execute(task: str, kwargs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT)
 
     guard = threading.Thread(target=watchdog, name="viridian-watchdog", daemon=True)
     guard.start()
-    t0 = time.perf_counter()
     try:
-        result = fn(**kwargs)
+        return fn(**kwargs)
     finally:
         done.set()
         if interrupt.state.signum == signal.SIGALRM:
             interrupt.state.signum = None
-    result.setdefault("wall", round(time.perf_counter() - t0, 3))
-    return result
 
 
 __all__ = ["DEFAULT_TIMEOUT", "TASKS", "VOLATILE", "execute", "identity"]
