@@ -19,6 +19,11 @@ from pathlib import Path
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70
+except ImportError:  # pragma: no cover - older setuptools with the wheel package
+    from wheel.bdist_wheel import bdist_wheel
+
 ROOT = Path(__file__).resolve().parent
 GUEST_GLOBS = ("*.elf", "*.bin", "*.cpio")
 
@@ -62,10 +67,18 @@ class BuildWithGuests(build_py):
 
 
 class PlatformDistribution(Distribution):
-    """The wheel holds a compiled library: tag it for this platform, not py3-none-any."""
+    """The wheel holds a compiled library: a platform wheel, not py3-none-any."""
 
     def has_ext_modules(self) -> bool:
         return True
 
 
-setup(cmdclass={"build_py": BuildWithGuests}, distclass=PlatformDistribution)
+class PlatformWheel(bdist_wheel):
+    """Tagged py3-none-<platform>: the library is loaded with ctypes and uses no Python ABI."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        plat = super().get_tag()[2]
+        return "py3", "none", plat
+
+
+setup(cmdclass={"build_py": BuildWithGuests, "bdist_wheel": PlatformWheel}, distclass=PlatformDistribution)
