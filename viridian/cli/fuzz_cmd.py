@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from viridian.errors import UserError
@@ -17,13 +16,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ops", type=int, default=100_000, help="operations in total (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0; same seed, same campaign)")
     p.add_argument("--presets", default="all,recommended,xen-defaults", help="partitions to fuzz, comma-separated")
+    p.add_argument("--shard-seed", type=int, metavar="S",
+                   help="run one shard alone with this seed (as printed by a campaign) on one preset")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    from viridian.fanout.cli import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from viridian.config.presets import PRESETS
-    from viridian.fuzz.model import campaign
 
     if args.ops < 1:
         raise UserError("--ops must be at least 1")
@@ -31,26 +34,35 @@ def run(args: argparse.Namespace) -> int:
     bad = [p for p in presets if p not in PRESETS]
     if bad or not presets:
         raise UserError(f"--presets {args.presets!r}: choose from {', '.join(PRESETS)}")
-    tty = sys.stderr.isatty() and not args.json
+    from viridian.fanout import Cell, fan_out
+    from viridian.fanout.cli import options
+    from viridian.fanout.plans import fuzz_cells, merge_fuzz
 
-    def progress(i: int) -> None:
-        if tty:
-            print(f"\r  {i:>9,} operations", end="", file=sys.stderr, flush=True)
-
-    results = campaign(args.ops, args.seed, presets, progress)
-    if tty:
-        print("\r", end="", file=sys.stderr)
-    total = sum(r.operations for r in results)
-    failures = sum(r.failure_count for r in results)
-    seconds = sum(r.seconds for r in results)
+    workers, cluster = options(args)
+    if args.shard_seed is not None:
+        if len(presets) != 1 or not 0 <= args.shard_seed < 1 << 63:
+            raise UserError("--shard-seed S reruns one shard: give one preset (--presets P) and 0 <= S < 2**63")
+        cells = [Cell("fuzz", {"seed": args.shard_seed, "operations": args.ops, "preset": presets[0]})]
+    else:
+        cells = fuzz_cells(args.ops, args.seed, presets)
+    done = fan_out(cells, workers, cluster, what="fuzz shards")
+    results = [r.value for r in done if r.value is not None]
+    lost = [r for r in done if r.value is None]
+    merged = merge_fuzz(results)
+    failures = merged["failures"] + len(lost)
     if args.json:
-        print(json.dumps({"operations": total, "failures": failures, "seconds": round(seconds, 2),
-                          "campaigns": [r.to_json() for r in results]}, indent=2))
+        merged["failures"] = failures
+        merged["lost_shards"] = [{"shard": r.cell.kwargs, "error": r.error} for r in lost]
+        print(json.dumps(merged, indent=2))
     else:
         for r in results:
-            print(f"fuzz: {r.preset:13} seed {r.seed}: {r.operations:,} operations, {r.failure_count} failures "
-                  f"({r.operations / r.seconds if r.seconds else 0:,.0f} ops/s)")
-            for f in r.failures[:10]:
-                print(f"  op {f.op}: {f.kind}: {f.detail}")
-        print(f"fuzz: {total:,} operations executed, {failures} failures found, {seconds:.1f} s")
+            rate = r["ops_per_second"] or 0
+            print(f"fuzz: {r['preset']:13} seed {r['seed']}: {r['operations']:,} operations, {r['failures']} failures "
+                  f"({rate:,} ops/s)")
+            for f in r["first_failures"][:10]:
+                print(f"  op {f['op']}: {f['kind']}: {f['detail']}")
+        for cr in lost:
+            print(f"fuzz: shard {cr.cell.kwargs} did not finish: {cr.error}")
+        print(f"fuzz: {merged['operations']:,} operations executed in {len(cells)} shard(s), {failures} failures "
+              f"found, {merged['seconds']:.1f} s")
     return 1 if failures else 0
