@@ -28,9 +28,9 @@ def options(image: Path, vcpus: int, mem: int = 128) -> dict[str, Any]:
             "ple_window": 4096, "ple_gap": 128, "ap_start": "entry", "fast": False, "cmdline": ""}
 
 
-def build(image: Path, vcpus: int, mem: int = 128) -> Machine:
+def build(image: Path, vcpus: int, mem: int = 128, board: str = "minimal") -> Machine:
     return Machine(load_config(preset="recommended"), load_image(str(image)), vcpus=vcpus, mem_mib=mem,
-                   max_ticks=MAX_TICKS)
+                   max_ticks=MAX_TICKS, board=board)
 
 
 def final_state(m: Machine, result: Any) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def final_state(m: Machine, result: Any) -> dict[str, Any]:
             "cpus": [save_cpu(v.uc) for v in m.vcpus], "ram": hashlib.sha256(m.ram).hexdigest()}
 
 
-def stop_and_save(image: Path, vcpus: int, at: int, path: Path, mem: int = 128) -> Machine:
-    m = build(image, vcpus, mem)
+def stop_and_save(image: Path, vcpus: int, at: int, path: Path, mem: int = 128, board: str = "minimal") -> Machine:
+    m = build(image, vcpus, mem, board)
     m.stop_at = at
     assert m.run().status == "snapshot"
     snapshot.prepare(m)
@@ -66,21 +66,23 @@ def resume_fresh(path: Path) -> dict[str, Any]:
     return final_state(m, host.run()[0])
 
 
-CASES = [  # (image, vCPUs, snapshot time): mid-run, with timers, IPIs, SIPI start-up, user mode
-    ("timecheck.elf", 1, 15_000_000),
-    ("win8.elf", 2, 1_500_000),
-    ("hv_ipi.elf", 4, 400_000),
-    ("multiboot.elf", 1, 5_000),
-    ("sipi.elf", 2, 300_000),
-    ("syscall.elf", 1, 20_000),
+CASES = [  # (image, vCPUs, snapshot time, board): mid-run, timers, IPIs, SIPI start-up, user mode, PC devices
+    ("timecheck.elf", 1, 15_000_000, "minimal"),
+    ("win8.elf", 2, 1_500_000, "minimal"),
+    ("hv_ipi.elf", 4, 400_000, "minimal"),
+    ("multiboot.elf", 1, 5_000, "minimal"),
+    ("sipi.elf", 2, 300_000, "minimal"),
+    ("syscall.elf", 1, 20_000, "minimal"),
+    ("pic_pit.elf", 1, 10_000_000, "pc"),
+    ("ioapic.elf", 1, 10_000_000, "pc"),
 ]
 
 
-@pytest.mark.parametrize(("image", "vcpus", "at"), CASES)
+@pytest.mark.parametrize(("image", "vcpus", "at", "board"), CASES)
 def test_resumed_run_equals_the_continued_run(guests: Path, tmp_path: Path, image: str, vcpus: int,
-                                              at: int) -> None:
+                                              at: int, board: str) -> None:
     path = tmp_path / "g.snap"
-    m = stop_and_save(guests / image, vcpus, at, path)
+    m = stop_and_save(guests / image, vcpus, at, path, board=board)
     resumed = resume_fresh(path)
     continued = continue_here(m)
     assert resumed["result"] == continued["result"]
