@@ -103,8 +103,8 @@ class Channel:
             return n if d < n else None
         if m in (4, 5):
             return n + 1 if d < n + 1 else None
-        if m == 3 and n < 2:
-            return None
+        if n < 2:
+            return None  # count 1 in modes 2/3 (illegal in mode 2, data sheet): OUT never rises again
         return (d // n + 1) * n  # modes 2/3: OUT rises as each period ends
 
     def counter_at(self, d: int) -> int:
