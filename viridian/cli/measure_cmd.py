@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", metavar="FILE.png", type=out_file_named, help="write a chart (one experiment)")
     p.add_argument("--report", metavar="DIR", type=out_dir, help="write a Markdown write-up with charts into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from viridian.fanout.cli import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -56,7 +59,7 @@ def _sweeps(params: list[str]) -> dict[str, list[int]]:
 def run(args: argparse.Namespace) -> int:
     from viridian.lab import output
     from viridian.lab.experiments import EXPERIMENTS
-    from viridian.lab.runner import add_reductions, lab_image, points, run_sweep
+    from viridian.lab.runner import lab_image, points
 
     if args.list:
         for e in EXPERIMENTS.values():
@@ -85,14 +88,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = configs if configs and len(names) == 1 else None
         usable = {k: v for k, v in sweeps.items() if k in e.params} if len(names) > 1 else sweeps
         plan[n] = points(e, cfg, vcpus if len(names) == 1 else None, usable)
-    total = sum(len(p) for p in plan.values())
-    results: dict[str, list[dict[str, Any]]] = {}
-    quiet = args.quiet or args.json == "-" or args.csv == "-" or not sys.stderr.isatty()
-    with _progress(total, quiet) as advance:
-        for n, pts in plan.items():
-            rows = list(run_sweep(pts, progress=advance))
-            add_reductions(EXPERIMENTS[n], rows)
-            results[n] = rows
+    quiet = args.quiet or args.json == "-" or args.csv == "-"
+    results = _sweep(args, plan, quiet)
     if args.json:
         _write(args.json, output.to_json(results))
     if args.csv:
@@ -116,34 +113,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, plan: dict[str, Any], quiet: bool) -> dict[str, list[dict[str, Any]]]:
+    """Every point as a fan-out cell (in this process, or --workers/--cluster), rows grouped per experiment."""
+    from viridian.fanout import Cell, fan_out
+    from viridian.fanout.cli import options
+    from viridian.lab.experiments import EXPERIMENTS
+    from viridian.lab.runner import add_reductions
+
+    workers, cluster = options(args)
+    cells = [Cell("measure", {"experiment": n, "config": pt.config.name, "vcpus": pt.vcpus, "params": dict(pt.params)},
+                  f"{n}/{pt.config.name} x{pt.vcpus}") for n, pts in plan.items() for pt in pts]
+    done = fan_out(cells, workers, cluster, what="measuring", quiet=quiet)
+    failed = [r for r in done if r.value is None]
+    if failed:
+        raise UserError(failed[0].error or f"{failed[0].cell.label} failed")
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in plan}
+    for r in done:
+        assert r.value is not None
+        results[r.cell.kwargs["experiment"]].append(r.value)
+    for n, rows in results.items():
+        add_reductions(EXPERIMENTS[n], rows)
+    return results
+
+
 def _write(path: str, text: str) -> None:
     if path == "-":
         sys.stdout.write(text)
         return
     Path(path).write_text(text, encoding="utf-8")
-
-
-class _progress:
-    """A rich progress bar on stderr (nothing when quiet or not a terminal)."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet = total, quiet
-        self.bar: Any = None
-
-    def __enter__(self) -> Any:
-        if self.quiet:
-            return lambda pt: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.start()
-        task = self.bar.add_task("measuring", total=self.total)
-
-        def advance(pt: Any) -> None:
-            self.bar.update(task, advance=1, description=f"{pt.experiment.name}/{pt.config.name} x{pt.vcpus}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

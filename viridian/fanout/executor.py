@@ -208,11 +208,11 @@ def make_executor(workers: int | None = None, cluster: str | None = None, *, tim
 
 
 def fan_out(cells: Sequence[Cell], workers: int | None = None, cluster: str | None = None, *,
-            what: str = "cells", timeout: float = DEFAULT_TIMEOUT) -> list[CellResult]:
+            what: str = "cells", timeout: float = DEFAULT_TIMEOUT, quiet: bool = False) -> list[CellResult]:
     """Run ``cells`` on the executor the options name, with one progress bar on stderr (a terminal only)."""
     ex = make_executor(workers, cluster, timeout=timeout)
     try:
-        with progress_bar(what, len(cells), enabled=len(cells) > 1) as bar:
+        with progress_bar(what, len(cells), enabled=len(cells) > 1 and not quiet) as bar:
             return ex.map(cells, bar)
     finally:
         ex.close()

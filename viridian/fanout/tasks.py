@@ -37,6 +37,16 @@ def fuzz_shard(seed: int, operations: int, preset: str) -> dict[str, Any]:
     return Campaign(seed, preset).run(operations).to_json()
 
 
+def measure_point(experiment: str, config: str, vcpus: int, params: dict[str, int]) -> dict[str, Any]:
+    """One point of a ``viridian measure`` sweep (its run, and the run with n = 0 for differential ones)."""
+    from viridian.lab.experiments import EXPERIMENTS
+    from viridian.lab.runner import Point, measure
+
+    e = EXPERIMENTS[experiment]
+    (c,) = [c for c in e.configs if c.name == config]
+    return measure(Point(e, c, vcpus, dict(params)))
+
+
 def boot_cell(kernel: str, offer: str, vcpus: int, max_ticks: int) -> dict[str, Any]:
     """One cell of the real-kernel boot matrix (a child process of its own, viridian.lab.boot_matrix)."""
     from dataclasses import asdict
@@ -64,6 +74,7 @@ def identity() -> dict[str, Any]:
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "conformance": conformance_cell,
     "fuzz": fuzz_shard,
+    "measure": measure_point,
     "boot": boot_cell,
 }
 
