@@ -49,7 +49,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", type=out_file,
                    help="write the exit statistics as JSON ('-' = stdout)")
-    p.add_argument("--trace", metavar="FILE", type=out_file, help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--trace", metavar="FILE", type=out_file,
+                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail ('-' = stderr; "
+                   "schema: docs/trace.md)")
+    p.add_argument("--trace-filter", metavar="KIND[,KIND]",
+                   help="keep only these kinds in the trace: msr, hypercall, io, mmio, cpuid, rdtsc, hlt, pause, "
+                   "exception, interrupt_window, interrupt, eoi")
     p.add_argument("--quiet", action="store_true", help="no console echo, no summary")
     p.set_defaults(func=run)
 
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = boot_config(args)
     initrd = str(guest_path(args.initrd)) if args.initrd and is_guest_name(args.initrd) else args.initrd  # by name
-    tracer = open_tracer(args.trace)
+    tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
     t0 = time.perf_counter()
     try:
         machine = linux_machine(config, args.kernel, initrd=initrd, append=args.append, vcpus=args.vcpus,

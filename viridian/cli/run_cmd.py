@@ -65,7 +65,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", type=out_file,
                    help="write the exit statistics as JSON ('-' = stdout)")
-    p.add_argument("--trace", metavar="FILE", type=out_file, help="write one JSON line per exit ('-' = stderr)")
+    p.add_argument("--trace", metavar="FILE", type=out_file,
+                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail ('-' = stderr; "
+                   "schema: docs/trace.md)")
+    p.add_argument("--trace-filter", metavar="KIND[,KIND]",
+                   help="keep only these kinds in the trace: msr, hypercall, io, mmio, cpuid, rdtsc, hlt, pause, "
+                   "exception, interrupt_window, interrupt, eoi")
     p.add_argument("--with", dest="others", action="append", default=[], metavar="IMAGE[:VCPUS]",
                    help="another partition (same offer) sharing the --pcpus simulated CPUs; repeatable")
     p.add_argument("--with-cmdline", default="", metavar="TEXT", help="command line of the --with partitions")
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     check_snapshot_args(args)
     image = load_image(args.image, getattr(args, "initrd", None))
     others = [_other(spec) for spec in args.others]
-    tracer = open_tracer(args.trace)
+    tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
                   ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start,
                   cmdline=args.cmdline, board=args.machine)

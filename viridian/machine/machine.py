@@ -157,6 +157,8 @@ class Machine:
         self._running: Vcpu | None = None
         self._slice_t0 = 0
         self._slice_b0 = 0
+        if tracer is not None:
+            tracer.attach(self)  # EOI and port detail for --trace (viridian.machine.trace)
 
     def _linux_entry(self, regs: BootRegisters) -> BootRegisters:
         """boot.rst "64-bit boot protocol": RSI = boot_params, CS = __BOOT_CS, DS/ES/SS = __BOOT_DS, IF = 0."""
@@ -280,6 +282,12 @@ class Machine:
 
     # -- model entry points ---------------------------------------------------------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:
+        res = self._rdmsr(v, index)
+        if self.tracer is not None:
+            self.tracer.msr(v, index, False, 0 if isinstance(res, Fault) else res, res)
+        return res
+
+    def _rdmsr(self, v: Vcpu, index: int) -> int | Fault:
         if 0x4000_0000 <= index <= 0x4000_FFFF and not 0x4000_0070 <= index <= 0x4000_0072:
             # hot path: the Hyper-V range goes straight to its provider (same answer as the chain)
             res = self.partition.msr_table.rdmsr(v.vp, index)
@@ -305,6 +313,8 @@ class Machine:
             pages = {o.gpa for o in self.partition.overlays() if not o.writable}
             for other in self.vcpus:
                 other.set_protected(pages)
+        if self.tracer is not None:
+            self.tracer.msr(v, index, True, value, res)
         return res
 
     def _update_fast_paths(self) -> None:
@@ -327,7 +337,10 @@ class Machine:
             v.stats.apic_access(reg, via_msr=True)
 
     def hypercall(self, v: Vcpu, regs: HypercallRegisters) -> HypercallOutcome:
-        return self.partition.hypercall(v.index, regs)
+        out = self.partition.hypercall(v.index, regs)
+        if self.tracer is not None:
+            self.tracer.hypercall(v, regs, out)
+        return out
 
     # -- MachineServices (viridian.partition.services) ------------------------------------------------------
     def flush_tlb(self, source_vp: int, targets: Any, gvas: Any) -> None:

@@ -1,28 +1,83 @@
-"""``--trace``: one JSON line per exit (vCPU, virtual time, reason, RIP, the instruction there)."""
+"""``--trace``: JSON lines of what each exit did, with the detail KVM's tracepoints give (docs/trace.md).
+
+Every line has ``event``, ``kind``, ``vcpu`` and ``tsc``. ``exit`` lines (one per exit: reason, RIP, the
+instruction there; KVM ``kvm_exit``) are followed by the detail the machine learns while handling it:
+``msr`` (index, name, direction, value, result; KVM ``kvm_msr``), ``hypercall`` (code, name, fast/slow,
+rep count/start, status; KVM ``kvm_hv_hypercall`` + ``kvm_hv_hypercall_done``), ``io`` (port, direction,
+size, value; KVM ``kvm_pio``), ``exception`` (vector, error code), ``interrupt`` (vector, APIC/ExtINT/NMI,
+auto-EOI; KVM ``kvm_inj_virq``) and ``eoi`` (vector and the way it was EOIed; KVM ``kvm_eoi``).
+``--trace-filter`` keeps the lines of some kinds only. The EOI and port detail comes from callbacks this
+module adds to the machine's APICs, APIC-assist state and port bus when a tracer is attached; without
+``--trace`` none of it exists.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
 from viridian.errors import UserError
+from viridian.report.catalog import msr_name
+from viridian.tlfs.hypercalls import HvCall
 
 if TYPE_CHECKING:
+    from viridian.abi.dispatch import HypercallOutcome
+    from viridian.abi.registers import HypercallRegisters
+    from viridian.machine.machine import Machine
     from viridian.machine.vcpu import Vcpu
+
+# exit reason -> kind (the --trace-filter vocabulary)
+REASON_KIND = {"msr_read": "msr", "msr_write": "msr", "hypercall": "hypercall", "io": "io", "mmio": "mmio",
+               "cpuid": "cpuid", "rdtsc": "rdtsc", "hlt": "hlt", "pause": "pause", "exception": "exception",
+               "interrupt_window": "interrupt_window"}
+KINDS = frozenset(REASON_KIND.values()) | {"interrupt", "eoi"}
+# EOI paths by the MSR written (SDM §11.12.1 x2APIC EOI; TLFS §10.5 HV_X64_MSR_EOI)
+_EOI_MSRS = {0x80B: "x2apic_msr", 0x4000_0070: "hv_eoi_msr"}
+_PIC_COMMAND = {0x20: "master", 0xA0: "slave"}  # 8259A OCW2 ports (Intel 8259A data sheet)
+
+
+def parse_filter(text: str | None) -> frozenset[str] | None:
+    """``--trace-filter KIND[,KIND]``: the kinds to keep (None: all)."""
+    if text is None:
+        return None
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(kinds - KINDS)
+    if unknown or not kinds:
+        raise UserError(f"--trace-filter {text}: unknown kind {', '.join(unknown) or '(none)'}; "
+                        f"choose from {', '.join(sorted(KINDS))}")
+    return kinds
+
+
+def _hex(value: int) -> str:
+    return f"{value:#x}"
+
+
+def _call_name(code: int) -> str:
+    try:
+        return HvCall(code).name
+    except ValueError:
+        return f"unknown({code:#06x})"
 
 
 class Tracer:
-    def __init__(self, out: IO[str], owned: bool) -> None:
-        self.out, self.owned = out, owned
+    """Writes the events of one partition (the first of a run) as JSON lines to ``out``."""
 
-    def exit(self, v: Vcpu, reason: str, rip: int | None = None) -> None:
-        if rip is None:
-            rip = v.uc.reg_read(X.UC_X86_REG_RIP)
-        rec = {"vcpu": v.index, "tsc": v.m.clock.tsc(), "reason": reason, "rip": f"{rip:#x}",
-               "insn": v.m.disassemble(v, rip)}
+    def __init__(self, out: IO[str], owned: bool, kinds: frozenset[str] | None = None) -> None:
+        self.out, self.owned, self.kinds = out, owned, kinds
+        self.machine: Machine | None = None
+        self._exit_at: dict[int, tuple[int, str | None]] = {}  # vCPU -> (its ticks at the last exit, EOI path)
+        self._eoi_via: list[str] = []  # set while an EOI path the exits cannot tell runs (assist, auto-EOI)
+
+    # -- output ------------------------------------------------------------------------------------------
+    def _emit(self, v: Vcpu | None, vp: int, kind: str, event: str, **fields: Any) -> None:
+        if self.kinds is not None and kind not in self.kinds:
+            return
+        m = self.machine if v is None else v.m
+        tsc = m.clock.tsc() if m is not None else 0
+        rec = {"event": event, "kind": kind, "vcpu": vp, "tsc": tsc, **fields}
         self.out.write(json.dumps(rec) + "\n")
 
     def close(self) -> None:
@@ -31,13 +86,128 @@ class Tracer:
         else:
             self.out.flush()
 
+    # -- events from the vCPU loop and the machine --------------------------------------------------------
+    def exit(self, v: Vcpu, reason: str, rip: int | None = None) -> None:
+        """One exit (called by Vcpu._exit, after its accounting)."""
+        kind = REASON_KIND.get(reason, reason)
+        via: str | None = "mmio" if reason == "mmio" else None  # xAPIC EOI register write (SDM §11.8.5)
+        index = None
+        if reason in ("msr_read", "msr_write"):
+            index = int(v.uc.reg_read(X.UC_X86_REG_RCX)) & 0xFFFF_FFFF  # the MSR instruction's ECX is intact
+            via = _EOI_MSRS.get(index) if reason == "msr_write" else None
+        self._exit_at[v.index] = (v.ticks, via)
+        if self.kinds is None or kind in self.kinds:
+            if rip is None:
+                rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+            self._emit(v, v.index, kind, "exit", reason=reason, rip=_hex(rip), insn=v.m.disassemble(v, rip))
+        if index is not None:
+            from viridian.machine.vcpu import NATIVE_MSRS
 
-def open_tracer(path: str | None) -> Tracer | None:
+            if index in NATIVE_MSRS:  # the engine keeps these; the model never sees them (vcpu.py)
+                if reason == "msr_write":
+                    eax, edx = v.uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+                    value = (int(edx) & 0xFFFF_FFFF) << 32 | (int(eax) & 0xFFFF_FFFF)
+                else:
+                    value = int(v.uc.msr_read(index))
+                self.msr(v, index, reason == "msr_write", value, None)
+
+    def msr(self, v: Vcpu, index: int, write: bool, value: int, result: Any) -> None:
+        """An MSR access answered (``result``: a Fault, or None; a read's value in ``value``)."""
+        name = msr_name(index)
+        fault = getattr(result, "vector", None)
+        self._emit(v, v.index, "msr", "msr", msr=_hex(index),
+                   name=None if name.startswith("MSR 0x") else name, dir="write" if write else "read",
+                   value=None if fault is not None else _hex(value),
+                   result="ok" if fault is None else f"#{'GP' if fault == 13 else 'UD' if fault == 6 else fault}")
+
+    def hypercall(self, v: Vcpu, regs: HypercallRegisters, out: HypercallOutcome) -> None:
+        """A hypercall answered (TLFS §3.7 input value, §3.8 result value)."""
+        from viridian.abi.control import HypercallControl
+
+        c = HypercallControl.decode(regs.control)
+        status: str | None
+        if out.fault is not None:
+            status = f"#{'UD' if out.fault.vector == 6 else 'GP' if out.fault.vector == 13 else out.fault.vector}"
+        else:
+            status = out.status.name if out.status is not None else None
+        self._emit(v, v.index, "hypercall", "hypercall", code=_hex(c.code), name=_call_name(c.code),
+                   fast=c.fast, rep_count=c.rep_count, rep_start=c.rep_start, reps_completed=out.reps_completed,
+                   var_header=c.var_header_qwords, status=status, continued=out.continued,
+                   control=_hex(regs.control))
+
+    def exception(self, v: Vcpu, vector: int, error: int | None, rip: int) -> None:
+        self._emit(v, v.index, "exception", "exception", vector=vector, error_code=error, rip=_hex(rip))
+
+    def interrupt(self, v: Vcpu, vector: int, via: str, auto_eoi: bool = False) -> None:
+        """An interrupt delivered through the IDT: via "apic", "extint" (8259A through LINT0) or "nmi"."""
+        self._emit(v, v.index, "interrupt", "interrupt", vector=vector, via=via, auto_eoi=auto_eoi)
+
+    # -- callbacks added to the machine -------------------------------------------------------------------
+    def attach(self, m: Machine) -> None:
+        """Observe EOIs (every path) and port accesses of ``m``."""
+        self.machine = m
+        for apic, vp in zip(m.apics, m.partition.vps, strict=True):
+            apic.on_eoi = self._on_eoi(vp.index, apic.on_eoi)
+            apic.auto_eoi = self._labelled(apic.auto_eoi, "auto_eoi")  # type: ignore[method-assign]
+            vp.assist.retire_lazy_eoi = self._labelled(vp.assist.retire_lazy_eoi,  # type: ignore[method-assign]
+                                                       "apic_assist")
+        ports = m.ports
+        ports.read = self._port(ports.read, m, write=False)  # type: ignore[method-assign]
+        ports.write = self._port(ports.write, m, write=True)  # type: ignore[method-assign]
+
+    def _labelled(self, fn: Any, via: str) -> Any:
+        def call(*args: Any) -> Any:
+            self._eoi_via.append(via)
+            try:
+                return fn(*args)
+            finally:
+                self._eoi_via.pop()
+
+        return call
+
+    def _on_eoi(self, vp: int, chained: Any) -> Any:
+        def on_eoi(vector: int) -> None:
+            if self._eoi_via:
+                via: str | None = self._eoi_via[-1]
+            else:  # inside the handler of this vCPU's last exit (no guest code ran since)?
+                m = self.machine
+                ticks, via = self._exit_at.get(vp, (-1, None))
+                if m is None or m.vcpus[vp].ticks != ticks:
+                    via = None
+            self._emit(None, vp, "eoi", "eoi", vector=vector, via=via or "unknown")
+            if chained is not None:
+                chained(vector)
+
+        return on_eoi
+
+    def _port(self, fn: Any, m: Machine, write: bool) -> Any:
+        def access(port: int, size: int, *value: int) -> Any:
+            v = m._running
+            vp = v.index if v is not None else 0
+            if write:
+                self._emit(v, vp, "io", "io", port=_hex(port), dir="out", size=size, value=_hex(value[0]))
+                cmd = value[0]
+                if port in _PIC_COMMAND and cmd & 0x18 == 0 and cmd & 0x20:  # OCW2 with EOI set
+                    self._emit(v, vp, "eoi", "eoi", vector=None, via="pic_ocw2", pic=_PIC_COMMAND[port],
+                               specific=bool(cmd & 0x40), level=cmd & 7 if cmd & 0x40 else None)
+                return fn(port, size, *value)
+            result = fn(port, size)
+            self._emit(v, vp, "io", "io", port=_hex(port), dir="in", size=size, value=_hex(result))
+            return result
+
+        return access
+
+
+def open_tracer(path: str | None, kinds: str | None = None) -> Tracer | None:
+    """The tracer for ``--trace PATH`` ('-' = stderr) and ``--trace-filter KINDS``."""
     if path is None:
+        if kinds is not None:
+            raise UserError("--trace-filter needs --trace FILE")
         return None
+    chosen = parse_filter(kinds)
     if path == "-":
-        return Tracer(sys.stderr, owned=False)
+        return Tracer(sys.stderr, owned=False, kinds=chosen)
     try:
-        return Tracer(open(path, "w", encoding="utf-8"), owned=True)
+        return Tracer(open(path, "w", encoding="utf-8"), owned=True, kinds=chosen)
     except OSError as exc:
         raise UserError(f"cannot write trace file {path}: {exc.strerror}") from None

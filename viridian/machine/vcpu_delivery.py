@@ -50,6 +50,8 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
     v.stats.exceptions[vector] += 1
     if vector in ERROR_CODE_VECTORS and error is None:
         error = 0
+    if v.m.tracer is not None:
+        v.m.tracer.exception(v, vector, error, rip)
     if deferred:
         v._pending_exc = (vector, error, rip)
         v._stop()
@@ -118,6 +120,8 @@ def inject_pending(v: Vcpu) -> bool:
         if enter(v, 2, None, rip):
             v.stats.interrupts_delivered += 1
             v.stats.events["nmi"] += 1
+            if v.m.tracer is not None:
+                v.m.tracer.interrupt(v, 2, "nmi")
         return True
     platform = v.m.platform if v.index == 0 else None
     extint = platform is not None and platform.extint_pending()  # the 8259A first, as KVM does
@@ -140,4 +144,7 @@ def inject_pending(v: Vcpu) -> bool:
     v.halted = False
     if enter(v, vector, None, rip):
         v.stats.interrupts_delivered += 1
+        if v.m.tracer is not None:
+            v.m.tracer.interrupt(v, vector, "extint" if extint else "apic",
+                                 auto_eoi=not extint and v.vp.synic.is_auto_eoi(vector))
     return True

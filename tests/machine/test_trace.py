@@ -1,0 +1,113 @@
+"""``--trace`` events (docs/trace.md): MSR, hypercall, interrupt and EOI detail of real guest runs, and
+``--trace-filter``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from viridian.cli.main import main
+from viridian.errors import UserError
+from viridian.machine.trace import KINDS, parse_filter
+
+
+def _trace(tmp_path: Path, argv: list[str], name: str = "t.jsonl") -> list[dict[str, Any]]:
+    out = tmp_path / name
+    assert main(["run", *argv, "--trace", str(out), "--quiet"]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def win7(guests: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _trace(tmp_path_factory.mktemp("trace"), [str(guests / "win7.elf"), "--vcpus", "2"])
+
+
+def test_every_line_has_the_common_fields(win7: list[dict[str, Any]]) -> None:
+    for rec in win7:
+        assert {"event", "kind", "vcpu", "tsc"} <= rec.keys()
+        assert rec["kind"] in KINDS
+        assert rec["vcpu"] in (0, 1)
+
+
+def test_msr_write_guest_os_id(win7: list[dict[str, Any]]) -> None:
+    """TLFS §3.6: the guest writes its identity to HV_X64_MSR_GUEST_OS_ID (0x40000000) before anything else;
+    the MSR event follows its exit line."""
+    i = next(i for i, r in enumerate(win7) if r["event"] == "msr" and r["msr"] == "0x40000000")
+    rec = win7[i]
+    assert rec["name"] == "HV_X64_MSR_GUEST_OS_ID" and rec["dir"] == "write" and rec["result"] == "ok"
+    assert int(rec["value"], 16) >> 48 == 0x0001  # vendor Microsoft, Windows NT (the win7 guest's identity)
+    assert win7[i - 1]["event"] == "exit" and win7[i - 1]["reason"] == "msr_write"
+    assert win7[i - 1]["insn"].endswith("wrmsr")
+
+
+def test_msr_read_value(win7: list[dict[str, Any]]) -> None:
+    """RDMSR HV_X64_MSR_VP_INDEX returns the vCPU's index (TLFS §7.8.1)."""
+    reads = {r["vcpu"]: r["value"] for r in win7 if r["event"] == "msr" and r["msr"] == "0x40000002"}
+    assert reads == {0: "0x0", 1: "0x1"}
+
+
+def test_hypercall_code_status_and_reps(win7: list[dict[str, Any]]) -> None:
+    calls = [r for r in win7 if r["event"] == "hypercall"]
+    assert calls
+    flush = next(r for r in calls if r["name"] == "FLUSH_VIRTUAL_ADDRESS_LIST")
+    assert flush["code"] == "0x3" and flush["status"] == "SUCCESS"  # TLFS §3.8 result value
+    assert flush["fast"] is False and flush["rep_count"] >= 1 and flush["reps_completed"] == flush["rep_count"]
+    assert int(flush["control"], 16) & 0xFFFF == 3
+
+
+def test_interrupts_are_delivered_and_eoied(win7: list[dict[str, Any]]) -> None:
+    """Every APIC interrupt delivered is EOIed once (this guest uses APIC assist and HV_X64_MSR_EOI)."""
+    delivered = [(r["vcpu"], r["vector"]) for r in win7 if r["event"] == "interrupt"]
+    eoied = [(r["vcpu"], r["vector"]) for r in win7 if r["event"] == "eoi"]
+    assert delivered and sorted(delivered) == sorted(eoied)
+    assert {r["via"] for r in win7 if r["event"] == "interrupt"} == {"apic"}
+    assert {r["via"] for r in win7 if r["event"] == "eoi"} <= {"apic_assist", "hv_eoi_msr"}
+
+
+# the lab guest's EOI mechanisms (viridian/lab/experiments.py) and how the trace must name them
+EOI_PATHS = [
+    (["--preset", "none"], "apic=xapic eoi=xapic", "mmio"),
+    (["--preset", "none"], "apic=x2apic eoi=x2apic", "x2apic_msr"),
+    (["--hv", "hv-vapic"], "apic=xapic eoi=hv", "hv_eoi_msr"),
+    (["--hv", "hv-vapic"], "apic=xapic eoi=assist", "apic_assist"),
+]
+
+
+@pytest.mark.parametrize(("offer", "cmdline", "via"), EOI_PATHS)
+def test_eoi_path(guests: Path, tmp_path: Path, offer: list[str], cmdline: str, via: str) -> None:
+    recs = _trace(tmp_path, [str(guests / "lab.elf"), *offer, "--cmdline", f"exp=eoi n=3 {cmdline}",
+                             "--trace-filter", "interrupt,eoi"])
+    assert {r["kind"] for r in recs} == {"interrupt", "eoi"}
+    ints = [r for r in recs if r["event"] == "interrupt"]
+    eois = [r for r in recs if r["event"] == "eoi"]
+    assert len(ints) >= 3 and len(eois) == len(ints)
+    assert {r["via"] for r in eois} == {via}
+    assert [r["vector"] for r in eois] == [r["vector"] for r in ints]
+
+
+def test_filter_keeps_only_the_kinds_asked(guests: Path, tmp_path: Path) -> None:
+    recs = _trace(tmp_path, [str(guests / "win7.elf"), "--vcpus", "2", "--trace-filter", "msr,hypercall"])
+    assert recs and {r["kind"] for r in recs} == {"msr", "hypercall"}
+    assert any(r["event"] == "exit" and r["reason"] == "msr_read" for r in recs)
+
+
+def test_trace_does_not_change_the_run(guests: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", str(guests / "win7.elf"), "--vcpus", "2", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--trace", str(tmp_path / "t.jsonl")]) == 0
+    traced = json.loads(capsys.readouterr().out)
+    assert traced["exits"] == plain["exits"] and traced["time"] == plain["time"]
+
+
+@pytest.mark.parametrize("text", ["msr,bogus", "", ","])
+def test_filter_rejects_unknown_kinds(text: str) -> None:
+    with pytest.raises(UserError):
+        parse_filter(text)
+
+
+def test_filter_needs_trace(guests: Path) -> None:
+    assert main(["run", str(guests / "hello.elf"), "--trace-filter", "msr", "--quiet"]) == 2
