@@ -54,3 +54,29 @@ def test_damaged_snapshots_are_refused(guests: Path, tmp_path: Path, damage: str
         image.write_bytes(image.read_bytes() + b"\0")
     res = cli("resume", str(snap))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_snapshot_at_before_the_first_quantum_ends(guests: Path, tmp_path: Path) -> None:
+    """Issue 17 item 5: hello.elf ends within its first quantum; --snapshot-at 1000 still lands there."""
+    snap = tmp_path / "h.snap"
+    res = cli("run", str(guests / "hello.elf"), "--snapshot-at", "1000", "--snapshot", str(snap), "--quiet")
+    assert res.returncode == 0 and "(asked for 1000)" in res.stderr, res.stderr
+    tick = int(res.stderr.split("snapshot at tick ")[1].split()[0])
+    assert 1000 <= tick < 1000 + 4096  # the first block boundary where the clock reached 1000 (a block < a page)
+    again = cli("resume", str(snap))
+    assert again.returncode == 0 and again.stdout == cli("run", str(guests / "hello.elf")).stdout
+
+
+def test_a_guest_that_ends_before_the_snapshot_time_says_so(guests: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "never.snap"
+    res = cli("run", str(guests / "hello.elf"), "--snapshot-at", "1000000000", "--snapshot", str(snap), "--quiet")
+    assert res.returncode == 2 and not snap.exists(), res.stderr
+    assert res.stderr.count("\n") == 1 and "before --snapshot-at 1000000000: no snapshot written" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--snapshot-at", "5"], ["--snapshot-at", "0", "--snapshot", "x.snap"],
+                                  ["--snapshot-at", "99", "--max-ticks", "99", "--snapshot", "x.snap"]])
+def test_bad_snapshot_options_are_one_line(guests: Path, tmp_path: Path, args: list[str]) -> None:
+    res = subprocess.run([*RUN, "run", str(guests / "hello.elf"), *args], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and not list(tmp_path.iterdir()), res.stderr

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from viridian.cli.inputs import out_file
 from viridian.errors import UserError
 
 SNAPSHOT_OPTIONS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem", "max_ticks", "quantum",
@@ -24,7 +25,7 @@ def register(subparsers: Any) -> None:
                               "version 1 file is refused), rebuild the machine and run on; output and exit "
                               "status as viridian run.")
     p.add_argument("snapshot", help="a file written by viridian run --snapshot")
-    p.add_argument("--stats-json", metavar="FILE", help="write the stats JSON ('-' = stdout)")
+    p.add_argument("--stats-json", metavar="FILE", type=out_file, help="write the stats JSON ('-' = stdout)")
     p.add_argument("--json", action="store_true", help="print the stats JSON only")
     p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)

@@ -61,8 +61,7 @@ def _has_linux_note(blob: bytes) -> bool:
 
 @dataclass
 class PowerOff:
-    """An S5 request ends the run like the exit port (ExitRequested(0): status "exit", code 0). A class, not a
-    closure, so a snapshot can pickle it (the machine is written as a reference)."""
+    """An S5 request ends the run like the exit port (ExitRequested(0): status "exit", code 0)."""
 
     machine: Any
 
