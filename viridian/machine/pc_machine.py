@@ -53,14 +53,18 @@ def attach_pc(m: Machine) -> PcPlatform:
     return platform
 
 
-def after_access(v: Vcpu) -> None:
+def after_access(v: Vcpu, write: bool = True) -> None:
+    """After a guest access to the platform: stop at the next block start if an interrupt may have become
+    pending; after a write (or any change) end the run at the nearest deadline, which the write may have armed."""
     p = v.m.platform
     if p is None:
         return
-    if p.take_changed():
+    changed = p.take_changed()
+    if changed:
         n = v._native
         n.limit = min(int(n.limit), int(n.bytes))  # re-evaluate at the next block start
-    v.clip_to_deadline()
+    if changed or write:
+        v.clip_to_deadline()
 
 
 def map_mmio(v: Vcpu) -> None:
@@ -80,7 +84,7 @@ def _reader(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
             if offset >= r.size:
                 return 0
             value = p.mmio_read(r, offset, size)
-            after_access(v)
+            after_access(v, write=False)
             return value
         except Exception as exc:
             v.m.finish("error", vcpu=v.index, detail=f"host error in MMIO read at {r.base + offset:#x}: {exc!r}",

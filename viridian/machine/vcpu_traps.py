@@ -222,7 +222,7 @@ class InstructionTraps:
             return self.v.m.ports.read(port, size)
         platform.sync()  # timed PC devices up to now first (viridian.machine.pc_machine)
         value = self.v.m.ports.read(port, size)
-        pc_machine.after_access(self.v)
+        pc_machine.after_access(self.v, write=False)
         return value
 
     def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
