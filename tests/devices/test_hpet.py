@@ -204,16 +204,21 @@ def test_acpi_table_body() -> None:
 
 
 def test_state_round_trips_and_rejects_garbage() -> None:
-    h, clock, _ = make()
+    h, clock, lines = make()
+    h.gate(lines).set_irq(8, True)  # a gated RTC with its line up
     h.mmio_write(tconf(0), 4, INT_ENB_CNF | TYPE_CNF | VAL_SET_CNF)
     h.mmio_write(tcmp(0), 8, 500)
     h.mmio_write(CONF, 4, ENABLE_CNF | LEG_RT_CNF)
     at(h, clock, 700 * TICK)
-    other, oclock, _ = make()
+    other, oclock, olines = make()
+    gate = other.gate(olines)
     other.load_state(h.save_state())
-    assert other.save_state() == h.save_state()
+    assert other.save_state() == h.save_state() and gate.legacy and gate.levels == {8: True}
+    other.mmio_write(CONF, 4, ENABLE_CNF)  # legacy off: the restored gate gives the RTC's line back
+    assert olines.log[-1] == ("isa", 8, True)
     oclock.t = clock.t = 5000 * TICK
     assert other.mmio_read(COUNTER, 8) == h.mmio_read(COUNTER, 8)
-    for bad in ({**h.save_state(), "conf": 4}, {**h.save_state(), "timers": []}, {**h.save_state(), "isr": "x"}):
+    for bad in ({**h.save_state(), "conf": 4}, {**h.save_state(), "timers": []}, {**h.save_state(), "isr": "x"},
+                {**h.save_state(), "gates": []}, {**h.save_state(), "gates": [[[99, True]]]}):
         with pytest.raises(ValueError):
             other.load_state(bad)

@@ -282,7 +282,8 @@ class Hpet:
     def save_state(self) -> dict[str, Any]:
         return {"conf": self.conf, "isr": self.isr, "frozen": self.frozen, "offset": self.offset,
                 "synced": self._synced, "timers": [[t.conf, t.cmp, t.period] for t in self.timers],
-                "lines": [[legacy, n, level] for (legacy, n), level in self._lines.items()]}
+                "lines": [[legacy, n, level] for (legacy, n), level in self._lines.items()],
+                "gates": [[[irq, level] for irq, level in g.levels.items()] for g in self.gates]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         def num(v: Any, limit: int, what: str) -> int:
@@ -310,11 +311,24 @@ class Hpet:
             if not isinstance(ln, list) or len(ln) != 3 or type(ln[0]) is not bool or type(ln[2]) is not bool:
                 raise ValueError("hpet state: a line is [legacy, number, level]")
             new_lines[(ln[0], num(ln[1], 32, "line"))] = ln[2]
+        gates = state.get("gates")
+        if not isinstance(gates, list) or len(gates) != len(self.gates):
+            raise ValueError(f"hpet state: 'gates' must list {len(self.gates)} gates")
+        gate_levels: list[dict[int, bool]] = []
+        for g in gates:
+            if not isinstance(g, list) or len(g) > 16:
+                raise ValueError("hpet state: a gate is a list of [irq, level]")
+            levels: dict[int, bool] = {}
+            for item in g:
+                if not isinstance(item, list) or len(item) != 2 or type(item[1]) is not bool:
+                    raise ValueError("hpet state: a gate line is [irq, level]")
+                levels[num(item[0], 16, "gate irq")] = item[1]
+            gate_levels.append(levels)
         self.conf, self.isr = conf, isr
         self.frozen, self.offset, self._synced = vals
         self.timers, self._lines = parsed, new_lines
-        for g in self.gates:
-            g.legacy = bool(conf & LEG_RT_CNF)
+        for g, levels in zip(self.gates, gate_levels, strict=True):
+            g.legacy, g.levels = bool(conf & LEG_RT_CNF), levels
 
 
 def hpet_acpi_table_body(base: int = HPET_BASE) -> bytes:
