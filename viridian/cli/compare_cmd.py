@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-ticks", type=int, default=20_000_000_000, metavar="N", help="virtual-time budget")
     p.add_argument("--report", action="store_true", help="also print both negotiation reports")
     p.add_argument("--json", action="store_true", help="print {a, b, rows, negotiation} as JSON only")
+    from viridian.fanout.cli import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -63,22 +66,36 @@ def _factory(args: argparse.Namespace) -> tuple[bool, str, Callable[[Any], Any]]
         pcpus=args.pcpus, max_ticks=args.max_ticks)
 
 
+def _sides(args: argparse.Namespace, linux: bool, cmdline: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both runs as fan-out cells: one after the other here (one machine at a time: a Linux machine holds
+    256 MiB of guest RAM), or side by side with --workers 2 / --cluster."""
+    from viridian.fanout import Cell, fan_out
+    from viridian.fanout.cli import options
+
+    workers, cluster = options(args)
+    common = {"image": args.image, "vcpus": args.vcpus, "mem_mib": args.mem or (LINUX_MEM if linux else GUEST_MEM),
+              "pcpus": args.pcpus, "cmdline": args.cmdline, "linux": linux, "initrd": args.initrd,
+              "append": cmdline if linux else "", "max_ticks": args.max_ticks}
+    done = fan_out([Cell("compare", {**common, "config": spec}, label) for label, spec in (("A", args.a),
+                                                                                           ("B", args.b))],
+                   workers, cluster, what="compare", quiet=True)
+    for r in done:
+        if r.value is None:
+            raise UserError(f"run {r.cell.label} ({r.cell.kwargs['config']}) failed: {r.error}")
+    assert done[0].value is not None and done[1].value is not None
+    return done[0].value, done[1].value
+
+
 def run(args: argparse.Namespace) -> int:
-    from viridian.machine.report import stats_json
     from viridian.report.compare import comparison_lines, negotiation_diff, rows
     from viridian.report.text import negotiation_lines
 
     configs = [parse_config(args.a), parse_config(args.b)]
     if args.pcpus is not None and args.pcpus < 1:
         raise UserError("--pcpus must be at least 1")
-    linux, cmdline, make = _factory(args)
-    data = []
-    for config in configs:  # one machine at a time (a Linux machine holds 256 MiB of guest RAM)
-        m = make(config)
-        m.run()
-        data.append(stats_json(m))
-        del m
-    a, b = data
+    linux, cmdline, _make = _factory(args)  # checks the options before anything runs
+    del configs
+    a, b = _sides(args, linux, cmdline)
     if args.json:
         print(json.dumps({"image": args.image, "kind": "linux" if linux else "guest", "vcpus": args.vcpus,
                           "cmdline": cmdline, "initrd": args.initrd, "configs": {"a": args.a, "b": args.b},

@@ -47,6 +47,28 @@ def measure_point(experiment: str, config: str, vcpus: int, params: dict[str, in
     return measure(Point(e, c, vcpus, dict(params)))
 
 
+def compare_side(image: str, config: str, vcpus: int, mem_mib: int, pcpus: int | None, cmdline: str,
+                 linux: bool, initrd: str | None, append: str, max_ticks: int) -> dict[str, Any]:
+    """One side of ``viridian compare``: the guest (or a Linux kernel) under one offer, its stats JSON."""
+    from viridian.config.spec import parse_config
+    from viridian.machine.report import stats_json
+
+    offer = parse_config(config)
+    if linux:
+        from viridian.machine.linux_machine import linux_machine
+
+        m = linux_machine(offer, image, initrd=initrd, append=append, vcpus=vcpus, mem_mib=mem_mib, pcpus=pcpus,
+                          max_ticks=max_ticks)
+    else:
+        from viridian.machine.loader import load_image
+        from viridian.machine.machine import Machine
+
+        m = Machine(offer, load_image(image), vcpus=vcpus, mem_mib=mem_mib, pcpus=pcpus, cmdline=cmdline,
+                    max_ticks=max_ticks)
+    m.run()
+    return stats_json(m)
+
+
 def boot_cell(kernel: str, offer: str, vcpus: int, max_ticks: int) -> dict[str, Any]:
     """One cell of the real-kernel boot matrix (a child process of its own, viridian.lab.boot_matrix)."""
     from dataclasses import asdict
@@ -75,6 +97,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "conformance": conformance_cell,
     "fuzz": fuzz_shard,
     "measure": measure_point,
+    "compare": compare_side,
     "boot": boot_cell,
 }
 
