@@ -23,10 +23,11 @@ Attaching a device (call these while the machine is being built, before the vCPU
 * ``add_timed(dev, irqs=None)``: ``dev.next_deadline()`` joins the machine's deadlines (a halted vCPU wakes, a
   running one ends its slice there) and ``dev.advance(now)`` is called when it falls due; ``irqs``: the ISA IRQs
   its output drives -- its deadline is then ignored while all of them are masked everywhere (None: always used).
-Every timed device is brought up to ``now`` before any guest port or MMIO access to the platform, so a guest
-reads the same values whatever the scheduling. Devices raise interrupts through the platform itself (it is an
-:class:`~viridian.devices.pc_api.IrqSink`; ``set_gsi`` for I/O APIC pins). ``add_state(name, dev)`` puts a
-device's save_state/load_state into the platform's snapshot (devices added above are included by themselves).
+Before a guest port or MMIO access, the device accessed and every timed device whose deadline has come are brought
+up to ``now`` (:meth:`PcPlatform.sync`), so a guest reads the same values whatever the scheduling. Devices raise
+interrupts through the platform itself (it is an :class:`~viridian.devices.pc_api.IrqSink`; ``set_gsi`` for I/O APIC
+pins). ``add_state(name, dev)`` puts a device's save_state/load_state into the platform's snapshot (devices added
+above are included by themselves).
 """
 
 from __future__ import annotations
@@ -160,11 +161,18 @@ class PcPlatform:
             if d is not None and d <= now:
                 t.dev.advance(now)
 
-    def sync(self) -> None:
-        """Bring every timed device up to now (before a guest access to any platform device)."""
+    def sync(self, dev: Any = None) -> None:
+        """Before a guest access to ``dev`` (None: some platform port or MMIO): ``dev`` is brought up to now, and
+        so is every timed device whose deadline has come, masked or not (its edges reach the PIC's IRR and the
+        I/O APIC in time order before the guest looks). A device with a later deadline has nothing to raise."""
         now = self.now()
         for t in self._timed:
-            t.dev.advance(now)
+            if t.dev is dev:
+                t.dev.advance(now)
+                continue
+            d = t.dev.next_deadline()
+            if d is not None and d <= now:
+                t.dev.advance(now)
 
     def take_changed(self) -> bool:
         """True once after anything that may have changed an interrupt or a deadline (a port/MMIO write)."""
@@ -179,11 +187,11 @@ class PcPlatform:
         return None
 
     def mmio_read(self, region: MmioRegion, offset: int, size: int) -> int:
-        self.sync()
+        self.sync(region.dev)
         return int(region.dev.mmio_read(offset, size)) & ((1 << (8 * size)) - 1)
 
     def mmio_write(self, region: MmioRegion, offset: int, size: int, value: int) -> None:
-        self.sync()
+        self.sync(region.dev)
         region.dev.mmio_write(offset, size, value & ((1 << (8 * size)) - 1))
         self.changed = True
 

@@ -220,7 +220,7 @@ class InstructionTraps:
         platform = self.v.m.platform
         if platform is None:
             return self.v.m.ports.read(port, size)
-        platform.sync()  # timed PC devices up to now first (viridian.machine.pc_machine)
+        platform.sync(self.v.m.ports.device(port))  # timed PC devices up to now first (pc_platform.sync)
         value = self.v.m.ports.read(port, size)
         pc_machine.after_access(self.v, write=False)
         return value
@@ -230,7 +230,7 @@ class InstructionTraps:
         self.v._exit("io")
         self.v.stats.ports[port] += 1
         if self.v.m.platform is not None:
-            self.v.m.platform.sync()
+            self.v.m.platform.sync(self.v.m.ports.device(port))
         self.v.m.ports.write(port, size, value)
         vcpu_io.arm(self.v)  # LCR.DLAB may have changed
         if self.v.m.platform is not None:
