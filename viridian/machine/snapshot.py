@@ -91,14 +91,17 @@ def prepare(m: Machine) -> None:
     """Make the stopping point one the file can describe: a vCPU inside an STI interrupt shadow (SDM vol. 3
     §6.8.3) runs on to its next block boundary. Raises SnapshotError if the guest ends meanwhile."""
     m.result = None
+    end = m.T
     for v in m.vcpus:
+        used = 0
         for _ in range(MAX_SHADOW_STEPS):
             if v.halted or v.idle or v.wait_sipi or v.sipi_vector is not None or not v.in_sti_shadow():
                 break
-            m.run_vcpu(v, m.T, 0, 1)
+            used += m.run_vcpu(v, m.T, used, 1)
             if m.done:
                 raise SnapshotError("the guest ended while leaving an interrupt shadow: no snapshot written")
-    m.end_quantum(m.clock.tsc())
+        end = max(end, m.T + used)
+    m.end_quantum(end)
 
 
 def save(m: Machine, path: str, options: dict[str, Any], requested: int | None = None) -> int:
@@ -110,7 +113,11 @@ def save(m: Machine, path: str, options: dict[str, Any], requested: int | None =
                 "engine": engine_identity(), "ram_size": m.ram_size, "vcpus": m.vcpu_count,
                 "board": getattr(m, "board", "minimal"),
                 "time": {"requested": requested, "tsc": m.clock.tsc(), "reference_time_100ns": m.clock.ref_time()}}
-    write(path, manifest, save_sections(m))
+    try:
+        sections = save_sections(m)
+    except StateError as exc:
+        raise SnapshotError(f"cannot snapshot this machine: {exc}") from None
+    write(path, manifest, sections)
     return m.clock.tsc()
 
 

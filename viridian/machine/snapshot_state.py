@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from unicorn import x86_const as X
+
 from viridian.machine.snapshot_cpu import load_cpu, save_cpu
 from viridian.machine.snapshot_format import SnapshotError, SnapshotFile
 from viridian.state import Fields, StateError
@@ -47,8 +49,10 @@ def stateful_devices(m: Machine) -> dict[str, Any]:
         own = {id(d) for d in getattr(platform, "_state", {}).values()}
         found = {name: dev for name, dev in found.items() if id(dev) not in own}
         found["platform"] = platform
-    return {name: dev for name, dev in found.items()
-            if callable(getattr(dev, "save_state", None)) and callable(getattr(dev, "load_state", None))}
+    for name, dev in found.items():
+        if not (callable(getattr(dev, "save_state", None)) and callable(getattr(dev, "load_state", None))):
+            raise StateError(f"device {name} has no save_state/load_state: this machine cannot be snapshotted")
+    return found
 
 
 def save_sections(m: Machine) -> list[tuple[str, Any]]:
@@ -67,11 +71,25 @@ def save_sections(m: Machine) -> list[tuple[str, Any]]:
 
 
 def _save_vcpu(v: Vcpu) -> dict[str, Any]:
+    _check_code_segment(v)
     n = v._native
     return {"cpu": save_cpu(v.uc), "halted": v.halted, "idle": v.idle, "wait_sipi": v.wait_sipi,
             "sipi_vector": v.sipi_vector, "nmi_pending": v.nmi_pending, "ticks_used": v.ticks_used,
             "multiboot_entry": list(v.multiboot_entry) if v.multiboot_entry is not None else None,
             "native": {k: int(getattr(n, k)) for k in _NATIVE}, "stats": v.stats.save_state()}
+
+
+def _check_code_segment(v: Vcpu) -> None:
+    """In a 64-bit Unicorn instance a CS write sets only the selector (snapshot_cpu.py), so a vCPU running
+    compatibility-mode code (EFER.LMA with CS.L = 0, SDM vol. 3 §5.2.1) cannot be restored: refused here."""
+    uc = v.uc
+    cs = int(uc.reg_read(X.UC_X86_REG_CS))
+    if not int(uc.msr_read(0xC000_0080)) & 0x400 or not cs & 0xFFFC:
+        return
+    table = uc.reg_read(X.UC_X86_REG_LDTR if cs & 4 else X.UC_X86_REG_GDTR)
+    desc = v._read_virt(table[1] + (cs & ~7), 8)
+    if desc is not None and not int.from_bytes(desc, "little") >> 53 & 1:
+        raise StateError(f"vCPU {v.index} runs compatibility-mode (32-bit) code: a snapshot cannot restore it")
 
 
 def load_sections(m: Machine, snap: SnapshotFile) -> int:
