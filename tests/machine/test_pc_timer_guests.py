@@ -63,3 +63,17 @@ def test_minimal_machine_has_none_of_them(guests: Path) -> None:
     res = m.run()
     assert res.status != "exit" or res.code != 0  # no PM timer: the calibration cannot finish
     assert m.ports.unclaimed[0xB008] > 0
+
+
+@pytest.mark.parametrize("guest", ["uart_irq", "rtc_irq"])
+def test_native_console_path_gives_the_same_run(guests: Path, guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COM1's C fast path (LSR reads, THR writes) steps aside while the model must answer (ETBEI, loopback):
+    the same serial log, exits and virtual time with and without it."""
+    def outcome() -> tuple[Any, ...]:
+        m, s = run_pc(guests / f"{guest}.elf")
+        ok(s)
+        return s["serial"], s["exits"]["by_reason"], m.clock.tsc()
+
+    native = outcome()
+    monkeypatch.setenv("VIRIDIAN_DISABLE", "native_serial")
+    assert outcome() == native
