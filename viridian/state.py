@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_ITEMS = 1 << 20  # no list or dict in saved state is longer (bounded work per field)
-MAX_HEX = 64 << 20  # hex digits of one bytes field (the serial log: 4 MiB -> 8 Mi digits)
+MAX_HEX = 16 << 20  # hex digits of one bytes field (the serial log: 4 MiB -> 8 Mi digits)
 
 
 class StateError(ValueError):

@@ -214,3 +214,9 @@ def test_inputs_that_are_not_regular_files_are_refused(tmp_path: Path, kind: str
         os.mkfifo(target)
     rc, _out, err = cli("resume", "/dev/zero" if kind == "device" else str(target))
     assert rc == 2 and err.count("\n") == 1, err
+
+
+def test_a_section_of_millions_of_items_is_refused_before_parsing(genuine: bytes, tmp_path: Path) -> None:
+    parts = unpack(genuine)
+    parts.set_data("vcpus", b"[" + b"0," * 3_000_000 + b"0]")
+    assert "items" in refused(tmp_path, parts.pack())

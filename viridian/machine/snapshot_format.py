@@ -36,7 +36,8 @@ MAGIC = b"VIRIDIAN-SNAPSHOT 2\n"
 OLD_MAGIC = b"VIRIDIAN-SNAPSHOT 1\n"
 VERSION = 2
 MAX_MANIFEST = 1 << 20
-MAX_JSON = 64 << 20  # uncompressed bytes of one state section (the serial log as hex is the largest)
+MAX_JSON = 16 << 20  # uncompressed bytes of one state section (the largest, the 4 MiB serial log, is 8 MiB of hex)
+MAX_TOKENS = 1 << 21  # commas and brackets in one: bounds the Python objects a section can become
 MAX_FILE = (4 << 30) + (256 << 20)  # 3 GiB of RAM compresses to less than this even when incompressible
 MAX_SECTIONS = 16
 CHUNK = 1 << 20
@@ -217,6 +218,8 @@ class SnapshotFile:
             raise self._fail(f"section {name}: {sec.size} bytes is more than a state section holds")
         buf = bytearray(sec.size)
         self.inflate_into(name, memoryview(buf))
+        if buf.count(b",") + buf.count(b"[") + buf.count(b"{") > MAX_TOKENS:
+            raise self._fail(f"section {name}: more items than any machine state has")
         try:
             return json.loads(buf.decode("utf-8"))
         except (ValueError, RecursionError):
