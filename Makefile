@@ -57,12 +57,12 @@ linux: $(STAMP) fixtures pyc
 		--initrd fixtures/build/initramfs.cpio --append "console=ttyS0 panic=-1 nokaslr viridian.iters=40"
 
 # Debian's cloud kernel to its root-mount panic under {none, xen-3.4, recommended, all} x {1,2,3,4,8} vCPUs
-# (OFFERS=a,b VCPUS_LIST=1,2 JOBS=N to narrow it); prints the table, exit 1 unless every cell is green
+# (OFFERS=a,b VCPUS_LIST=1,2; WORKERS=N cells at once); prints the table, exit 1 unless every cell is green
 OFFERS ?= none,xen-3.4,recommended,all
 VCPUS_LIST ?= 1,2,3,4,8
-JOBS ?= 2
+WORKERS ?= 2
 linux-matrix: $(STAMP) pyc
-	$(BIN)/python -m viridian.lab.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --jobs $(JOBS)
+	$(BIN)/python -m viridian.lab.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --workers $(WORKERS)
 
 bench-linux: $(STAMP) pyc
 	$(BIN)/python bench/bench_linux.py

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,7 +71,15 @@ def _line_of(text: str, pos: int) -> str:
 
 def boot_cell(kernel: str, offer: str, vcpus: int, *, max_ticks: int = MAX_TICKS, append: str = APPEND,
               extra: tuple[str, ...] = (), timeout: float = 900.0) -> Cell:
-    """One cell: ``viridian boot`` in a child process."""
+    """One cell: ``viridian boot`` in a child process (its wall time in ``wall_seconds``)."""
+    t0 = time.perf_counter()
+    cell = _boot(kernel, offer, vcpus, max_ticks, append, extra, timeout)
+    cell.wall_seconds = round(time.perf_counter() - t0, 1)
+    return cell
+
+
+def _boot(kernel: str, offer: str, vcpus: int, max_ticks: int, append: str, extra: tuple[str, ...],
+          timeout: float) -> Cell:
     with tempfile.TemporaryDirectory(prefix="viridian-matrix-") as tmp:
         stats_path = Path(tmp) / "stats.json"
         cmd = [sys.executable, "-m", "viridian", "boot", kernel, "--preset", offer, "--vcpus", str(vcpus),
@@ -94,22 +101,21 @@ def boot_cell(kernel: str, offer: str, vcpus: int, *, max_ticks: int = MAX_TICKS
     return Cell(offer, vcpus, verdict, status, detail, round(guest, 2), 0.0)
 
 
-def run_matrix(kernel: str, offers: tuple[str, ...], vcpus: tuple[int, ...], *, jobs: int = 1,
-               max_ticks: int = MAX_TICKS, progress: bool = True) -> list[Cell]:
-    """Every cell, in a stable order (offer-major), ``jobs`` child processes at a time."""
-    cells = [(o, n) for o in offers for n in vcpus]
+def run_matrix(kernel: str, offers: tuple[str, ...], vcpus: tuple[int, ...], *, workers: int | None = None,
+               cluster: str | None = None, max_ticks: int = MAX_TICKS) -> list[Cell]:
+    """Every cell, in a stable order (offer-major), as fan-out cells (viridian.fanout): in this process one
+    after another, or on ``workers`` local worker processes / a Dask ``cluster``."""
+    from viridian.fanout import fan_out
+    from viridian.fanout.plans import boot_cells
 
-    def one(cell: tuple[str, int]) -> Cell:
-        t0 = time.perf_counter()
-        res = boot_cell(kernel, cell[0], cell[1], max_ticks=max_ticks)
-        res.wall_seconds = round(time.perf_counter() - t0, 1)
-        if progress:
-            print(f"  {cell[0]:>12} x {cell[1]}: {res.verdict} ({res.detail}) {res.wall_seconds} s wall",
-                  file=sys.stderr, flush=True)
-        return res
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, cells))
+    out = []
+    for r in fan_out(boot_cells(kernel, offers, vcpus, max_ticks), workers, cluster, what="boot matrix"):
+        if r.value is not None:
+            out.append(Cell(**r.value))
+        else:
+            kw = r.cell.kwargs
+            out.append(Cell(kw["offer"], kw["vcpus"], "error", "error", (r.error or "cell failed")[:160], 0, 0))
+    return out
 
 
 def render(cells: list[Cell], offers: tuple[str, ...], vcpus: tuple[int, ...]) -> str:
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kernel", nargs="?", help="bzImage (default: viridian fetch-kernel's Debian kernel)")
     p.add_argument("--offers", default=",".join(OFFERS), help=f"comma-separated presets (default {','.join(OFFERS)})")
     p.add_argument("--vcpus", default=",".join(map(str, VCPUS)), help="comma-separated vCPU counts")
-    p.add_argument("--jobs", type=int, default=2, help="cells booted at once (default 2)")
+    p.add_argument("--workers", type=int, default=None, help="boot N cells at once on local worker processes")
+    p.add_argument("--cluster", metavar="ADDRESS", help="boot the cells on a Dask scheduler (tcp://127.0.0.1:PORT)")
     p.add_argument("--max-ticks", type=int, default=MAX_TICKS, help="virtual-time budget per cell (TSC ticks)")
     p.add_argument("--json", action="store_true", help="print the cells as JSON on stdout")
     args = p.parse_args(argv)
@@ -160,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("--vcpus: a comma-separated list of integers", file=sys.stderr)
         return 2
-    cells = run_matrix(kernel, offers, vcpus, jobs=args.jobs, max_ticks=args.max_ticks)
+    from viridian.errors import UserError
+
+    try:
+        cells = run_matrix(kernel, offers, vcpus, workers=args.workers, cluster=args.cluster,
+                           max_ticks=args.max_ticks)
+    except UserError as exc:
+        print(f"boot matrix: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([asdict(c) for c in cells], indent=2))
     else:
