@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux fuzz linux linux-matrix pyc qemu
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fuzz linux linux-matrix pyc qemu
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,10 @@ VCPUS_LIST ?= 1,2,3,4,8
 WORKERS ?= 2
 linux-matrix: $(STAMP) pyc
 	$(BIN)/python -m viridian.lab.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --workers $(WORKERS)
+
+# the fan-out layer: a fuzz campaign serial vs --workers 2 (wall time), per-cell overhead, serial-executor overhead
+bench-fanout: $(STAMP) pyc
+	$(BIN)/python bench/bench_fanout.py
 
 bench-linux: $(STAMP) pyc
 	$(BIN)/python bench/bench_linux.py
