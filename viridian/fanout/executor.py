@@ -110,7 +110,7 @@ class DaskExecutor:
                                         dashboard_address="127.0.0.1:0",  # loopback only, printed on request
                                         silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
-        if dashboard and self.client.dashboard_link:
+        if (dashboard or address is not None) and self.client.dashboard_link:  # a cluster: say where to watch
             print(f"Dask dashboard: {self.client.dashboard_link}", file=sys.stderr)
         self._check_workers()
 
