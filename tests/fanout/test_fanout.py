@@ -145,3 +145,20 @@ def test_non_loopback_needs_tls(address: str) -> None:
 def test_loopback_tcp_accepted() -> None:
     assert check_address("tcp://127.0.0.1:8786") is None
     assert check_address("tcp://[::1]:8786") is None
+
+
+def test_watchdog_stops_a_long_cell_and_the_next_runs() -> None:
+    """A cell past its wall-time budget ends "interrupted" at an exit boundary (the SIGINT path); the flag is
+    cleared, so the next cell runs to its end."""
+    from viridian.fanout.tasks import execute
+
+    slow = execute("conformance", {"offer": "all", "vcpus": 4}, timeout=0.05)
+    assert slow["status"] == "interrupted"
+    assert execute("conformance", {"offer": "none", "vcpus": 1})["status"] == "exit"
+
+
+def test_unknown_task_is_refused() -> None:
+    from viridian.fanout.tasks import execute
+
+    with pytest.raises(ValueError):
+        execute("os.system", {"command": "true"})
