@@ -141,7 +141,7 @@ class Hpet:
                 continue
             mod = 1 << tm.width
             d = (tm.cmp - start) % mod or mod
-            if not tm.conf & TYPE_CNF and tm.width == 32:
+            if tm.width == 32 and not (tm.conf & TYPE_CNF and tm.period % mod):  # as _matches: the wrap too
                 d = min(d, mod - start % mod)
             best = d if best is None else min(best, d)
         if best is None:
