@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace", metavar="FILE", type=out_file,
                    help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail ('-' = stderr; "
                    "schema: docs/trace.md)")
+    p.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (one thread per vCPU; 127.0.0.1 unless HOST is given)")
+    p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
     p.add_argument("--trace-filter", metavar="KIND[,KIND]",
                    help="keep only these kinds in the trace: msr, hypercall, io, mmio, cpuid, rdtsc, hlt, pause, "
                    "exception, interrupt_window, interrupt, eoi")
@@ -135,11 +138,16 @@ def run(args: argparse.Namespace) -> int:
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
         writers = _stream_serial([machine, *extra]) if not (args.quiet or args.json) else []
+        from viridian.machine.debug import start_debugger
+
+        debugger = start_debugger(machine, args.gdb, args.gdb_wait)  # --gdb (waits with --gdb-wait)
         try:
             result = Host([machine, *extra], args.pcpus, until_first=args.stop_others).run()[0]
         finally:
             for w in writers:
                 w.close()
+            if debugger is not None:
+                debugger.close(machine.result)
     finally:
         if tracer is not None:
             tracer.close()

@@ -105,6 +105,7 @@ class Machine:
         self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
         self.pcpus = pcpus or vcpus
         self.tracer = tracer
+        self.debugger: Any = None  # --gdb (viridian.machine.debug.Debugger)
         self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
         self.stop_at: int | None = None  # --snapshot-at: the Host stops this partition once its time reaches it
@@ -250,6 +251,8 @@ class Machine:
         finally:
             self._running = None
             self.sync_code(v)
+            if self.debugger is not None:  # --gdb: a stop is served here, nothing runs meanwhile (debug.py)
+                self.debugger.after_slice(v)
 
     def sync_code(self, v: Vcpu, slice_end: bool = True) -> None:
         """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
