@@ -117,6 +117,7 @@ class VnState(ctypes.Structure):
         ("tb_patch", ctypes.c_uint64),
         ("tb_patched", ctypes.c_uint64),
         ("tb_patch_failed", ctypes.c_uint64),
+        ("tb_back", ctypes.c_uint64),
         ("io_in_slow", ctypes.c_void_p),
         ("io_out_slow", ctypes.c_void_p),
         ("com1_base", ctypes.c_uint64),

@@ -174,7 +174,8 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
 
 
 PATCH_FAILURES = {1: "no block", 2: "pc differs", 3: "layout differs", 4: "unexpected entry code",
-                  5: "call target outside the block", 6: "call to something else", 7: "no entry stub in reach"}
+                  5: "call target outside the block", 6: "call to something else", 7: "no entry stub in reach",
+                  8: "vCPU state out of the block's reach"}
 
 
 def hook_blocks(v: Vcpu) -> None:

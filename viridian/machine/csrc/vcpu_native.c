@@ -231,12 +231,11 @@ void vn_block(void *uc, uint64_t address, uint32_t size, void *user) {
 /* Every patched translation block starts with a call here instead of the engine's exit-request check
  * (engine_watch.c, "block entry"), with this vCPU's state in place of the engine handle. The engine's
  * check comes first -- a block the engine is about to leave neither runs nor counts, as with a block hook
- * -- then what vn_block does, for the block found from the return address (the call ends VN_TB_BACK bytes
+ * -- then what vn_block does, for the block found from the return address (the call ends s->tb_back bytes
  * past its TranslationBlock); when that stops the engine, the engine's check runs as a tail call, so it
  * sees the block's return address and leaves with RIP at the block's start. The state comes tagged with bit 0;
  * an untagged argument is the engine handle of one of the block's other checks (block_entry.c). */
 void (*vn_real_check_exit)(void *uc, int flag);
-uint64_t vn_tb_back;
 
 /* Only tail calls below (a leaf on the hot path; the engine's check must see the block's return address). */
 __attribute__((noinline)) static void tb_enter_slow(vn_state *s, int flag, uint64_t pc, uint32_t size) {
@@ -256,7 +255,7 @@ void vn_tb_enter(void *arg, int flag) {
         vn_real_check_exit(s->uc, flag);
         return;
     }
-    const uint8_t *tb = (const uint8_t *)__builtin_return_address(0) - vn_tb_back;
+    const uint8_t *tb = (const uint8_t *)__builtin_return_address(0) - s->tb_back;
     uint64_t pc, end;
     uint16_t size;
     memcpy(&pc, tb + VN_TB_PC, 8);

@@ -89,6 +89,8 @@ typedef struct {
     uint64_t tb_patched;     /* translations patched so */
     uint64_t tb_patch_failed; /* why a translation could not be patched (VN_PATCH_*): patching is off, the run
                                  stopped */
+    uint64_t tb_back;        /* a patched block's entry call returns this many bytes past its TranslationBlock
+                                (block_entry.c: set by the engine's first patched block, 0 = none yet) */
     io_in_fn io_in_slow;     /* the machine's IN/OUT handlers (Python) for everything vn_in/vn_out do not answer */
     io_out_fn io_out_slow;
     uint64_t com1_base;      /* COM1's ports (0 = no native serial) */
@@ -120,8 +122,7 @@ void vn_tb_enter(void *arg, int flag);  /* vcpu_native.c: every patched block st
 /* The engine's TranslationBlock (Unicorn 2.1.4, checked for every block patched): pc, size, host code. */
 enum { VN_TB_PC = 0, VN_TB_SIZE = 20, VN_TB_CODE = 32 };
 enum { VN_PATCH_NO_TB = 1, VN_PATCH_PC, VN_PATCH_LAYOUT, VN_PATCH_BYTES, VN_PATCH_POOL, VN_PATCH_CALLEE,
-       VN_PATCH_REACH };  /* block_entry.c: why a block was not patched */
-extern __attribute__((visibility("hidden"))) uint64_t vn_tb_back;  /* a block's entry call returns this many bytes past its TranslationBlock */
+       VN_PATCH_REACH, VN_PATCH_STATE_REACH };  /* block_entry.c: why a block was not patched */
 extern __attribute__((visibility("hidden"))) void (*vn_real_check_exit)(void *uc, int flag);
 
 void vn_patch_block(vn_state *s, void *tb, uint64_t pc);  /* block_entry.c */
