@@ -35,9 +35,9 @@ FAST_PATHS = {
     "native_serial": "COM1 LSR reads and THR writes answered in C (vn_in/vn_out)",
 }
 _LEGACY = {"VIRIDIAN_BLOCK_HOOK": "block_entry", "VIRIDIAN_ACCESS_EXIT_CHECKS": "quiet_access"}
-# Measured on a Debian 6.1 cloud kernel boot to the initramfs exit (1 vCPU): its translations use ~13 MiB
+# Measured on a Debian 6.1 cloud kernel boot to the initramfs exit (2 vCPUs): each used 12-14 MiB
 # of code buffer; a full buffer only makes the engine flush and retranslate, it is never an error.
-TCG_BUFFER = 64 << 20
+TCG_BUFFER = 32 << 20
 TCG_ENV = "VIRIDIAN_TCG_BUFFER_MIB"
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from viridian.errors import UserError
+from viridian.machine.engine_build import engine_identity, identity_note
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -73,7 +75,7 @@ def write_record(path: str, options: dict[str, Any], images: list[str], m: Machi
     data = {"format": FORMAT, "version": VERSION, "options": options,
             "images": [{"path": p, "sha256": sha256_file(p)} for p in images],
             "host_events": {"wall_clock": m.wall.log if m.fast else []},
-            "outcome": outcome(m, stats)}
+            "outcome": outcome(m, stats), "engine": engine_identity()}
     try:
         Path(path).write_text(json.dumps(data), encoding="utf-8")
     except OSError as exc:
@@ -87,7 +89,10 @@ def read_record(path: str) -> dict[str, Any]:
     from viridian.machine.record_schema import check_record
 
     data = load_json(read_input(path, "record", RECORD_MAX), f"record {path}")
-    return check_record(path, data)
+    record = check_record(path, data)
+    if (note := identity_note(data.get("engine"))) is not None:  # the run must still match (engine_build)
+        print(f"viridian: note: {note}", file=sys.stderr)
+    return record
 
 
 def compare(recorded: dict[str, str], now: dict[str, str]) -> list[str]:

@@ -90,6 +90,7 @@ class Vcpu:
         self.sites: dict[int, int] = {}  # MSR instruction address -> 1 for WRMSR, 0 for RDMSR
         self.cr8_sites: dict[int, tuple[bool, int]] = {}  # MOV CR8 address -> (is write, GPR register id)
         self._hooked_pages: set[int] = set()
+        self.pause_sites: set[int] = set()  # PAUSE hooks (without vn_svm_check): one per address, ever
         self._stub_hooks: set[int] = set()
         self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
         # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
@@ -236,6 +237,20 @@ class Vcpu:
         if m.tracer is not None:
             m.tracer.exit(self, reason, rip)
 
+    def settle_clock(self, rip: int) -> None:
+        """The clock counts bytes of instructions that ran: a block is counted when it starts, so when the
+        engine leaves it (or an exception leaves it) at ``rip`` inside it, the bytes from ``rip`` on are taken
+        back -- they run, and count, in a later block. Whether the engine stops right after an access or at
+        the next block start, and however the translator split the code into blocks, the count is the same
+        (tests/machine/test_fastpath_equivalence.py)."""
+        n = self._native
+        if n.pend_valid and n.block_start <= rip <= n.pend_end:
+            n.bytes -= n.pend_end + 1 - rip
+            if rip == n.block_start:  # none of it ran
+                n.pend_valid = n.hot = 0
+            else:
+                n.pend_end = rip - 1  # the last byte that ran (the STI-shadow test reads it)
+
     def _stop(self) -> None:
         self.stop_requested = True
         self.uc.emu_stop()
@@ -268,6 +283,7 @@ class Vcpu:
             if self._native_any:
                 self.traps.arm_native_tsc()
                 vcpu_io.arm(self)
+            self._map_changed = False  # only a change during this run explains its end (else a HLT was lost)
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
             try:
@@ -277,6 +293,7 @@ class Vcpu:
                     self._engine_error(exc)
             finally:
                 self._engine_leave()
+                self.settle_clock(self._rip_flags.read()[0])
                 if n.wp_fault:  # vn_tbipf stopped a store into a read-only overlay (set_protected)
                     self._wp_fault, n.wp_fault = int(n.wp_fault) - 1, 0
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
@@ -301,6 +318,11 @@ class Vcpu:
                 enter_syscall(self)
                 continue
             if n.stop_reason == STOP_PAUSE:  # pause-loop exit: a spinning vCPU gives way if another waits
+                if not n.pause_native:  # a hook at the PAUSE stopped before it: complete it as vn_svm_check's
+                    at = self._rip_flags.read()[0]  # stop does (PAUSE is F3 90, a no-op; it ends its block)
+                    self._rip_flags.write(at + 2)
+                    n.bytes += 2  # settle_clock took it back
+                    n.pend_valid, n.pend_end = 1, at + 1
                 self._exit("pause")
                 self.m.neg.record_event(self.index, self.m.clock._tsc, "pause-loop")
                 self.m.yield_vp(self.index, "pause-loop")

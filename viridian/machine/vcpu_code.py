@@ -54,6 +54,9 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
         for off, is_write, gpr in cr8_offsets(data):
             add_cr8_site(v, page + off, is_write, gpr)
         for off in ([] if v._native.pause_native else pause_offsets(data)):  # else vn_svm_check sees PAUSE
+            if page + off in v.pause_sites:
+                continue  # a rescanned page keeps its hooks (a second one would count the PAUSE twice)
+            v.pause_sites.add(page + off)
             E.hook_add_native(v.uc, UC_HOOK_CODE, v._pause_fn, ctypes.addressof(v._native),
                               page + off, page + off)
     if is_hypercall_stub(data) and page not in v._stub_hooks:

@@ -31,6 +31,7 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
             return
         v.guest_cr2 = cr2
         error = pf_error_code(v, cr2)
+    v.settle_clock(rip)  # the rest of the block does not run (a fault: nor does the instruction at rip)
     raise_exception(v, intno, error, rip, count_exit=True, deferred=False)
 
 

@@ -171,15 +171,18 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
     }
     if (last == first)
         s->last_page = first + 1;
-    s->bytes += size;
-    s->blocks++;
     if (s->bytes >= s->limit) {
+        /* the clock reached the budget: stop before this block, which is not counted (the clock counts the
+         * bytes of instructions that ran, whatever path entered the block -- engine_build.py) */
         s->limit = ~0ULL;
         if (s->stop_reason == STOP_NONE)
             s->stop_reason = STOP_BUDGET;
         s->pend_valid = s->hot = 0;
         s->stop(uc);
+        return;
     }
+    s->bytes += size;
+    s->blocks++;
 }
 
 static int window_block(void *uc, uint64_t address, vn_state *s);
