@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fuzz linux linux-matrix pyc qemu
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz linux linux-matrix pyc qemu
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-linux: $(STAMP) pyc
 
 fuzz: $(STAMP)
 	$(BIN)/viridian fuzz --ops 1000000 --seed $${SEED:-1}
+
+# every fixture guest at 1/2/4 vCPUs with each engine fast path forced off == all on (engine_build.py)
+fastpath-matrix: $(STAMP) fixtures
+	VIRIDIAN_FASTPATH_MATRIX=1 $(BIN)/pytest tests/machine/test_fastpath_equivalence.py -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check viridian msr tests bench
