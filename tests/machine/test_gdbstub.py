@@ -198,6 +198,11 @@ def test_ctrl_c_detach_and_no_ack(guests: Path) -> None:
         assert reply.startswith("T02thread:1;")
         assert c.reg("rip") == main_at  # the patched code ran (translations of the page were dropped)
         assert c.ask(f"M{main_at:x},2:" + elf_bytes(elf, main_at, 2).hex()) == b"OK"  # put it back
+        printed = sym["printed"]
+        assert c.ask(f"Z3,{printed:x},8") == b"OK"  # a read watchpoint: the turn counter's first read
+        reply = c.ask("c").decode()
+        assert reply.startswith("T05thread:1;") and f"rwatch:{printed:x};" in reply
+        assert c.ask(f"z3,{printed:x},8") == b"OK"
         assert c.ask("D") == b"OK"  # detach: the guest goes on and ends by itself
         code, out, _ = stub.finish()
         assert code == 0 and "hello from vcpu 0 of 1" in out
@@ -222,6 +227,30 @@ def test_gdb_without_debugger_changes_nothing(guests: Path, capsys: pytest.Captu
     captured = capsys.readouterr()
     assert "gdb server on 127.0.0.1:" in captured.err
     debugged = json.loads(captured.out)
+    assert debugged["exits"] == plain["exits"] and debugged["time"] == plain["time"]
+    assert debugged["per_vcpu"] == plain["per_vcpu"]
+
+
+def test_breakpoint_hits_change_nothing(guests: Path) -> None:
+    """A vCPU held at a breakpoint waits inside the code hook; continuing returns from it: the run's exits,
+    per-vCPU stats and virtual time are those of a run without a debugger (2 vCPUs, every timer EOI)."""
+    elf = guests / "win7.elf"
+    argv = [str(elf), "--vcpus", "2", "--json"]
+    plain = json.loads(subprocess.run([sys.executable, "-m", "viridian", "run", *argv], capture_output=True,
+                                      text=True, check=True).stdout)
+    stub = Stub(argv)
+    c = Client(stub.port)
+    at = symbols(elf)["hv_assist_eoi_skip"]
+    assert c.ask(f"Z0,{at:x},1") == b"OK"
+    hits, threads = 0, set()
+    while (reply := c.ask("c").decode()).startswith("T05"):
+        hits += 1
+        threads.add(reply.split("thread:")[1].split(";")[0])
+        assert c.reg("rip") == at
+    assert reply == "W00" and hits >= 10 and threads == {"1", "2"}
+    code, out, _ = stub.finish()
+    debugged = json.loads(out)
+    assert code == 0
     assert debugged["exits"] == plain["exits"] and debugged["time"] == plain["time"]
     assert debugged["per_vcpu"] == plain["per_vcpu"]
 

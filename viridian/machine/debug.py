@@ -1,17 +1,22 @@
 """``--gdb [HOST:]PORT``: the machine side of the GDB stub (protocol: viridian.machine.gdbstub).
 
-All-stop: the host runs one vCPU at a time, so when a vCPU stops (breakpoint, watchpoint, step, Ctrl-C) the
-machine waits inside :meth:`Debugger.after_slice` (called by Machine.run_vcpu after every slice) and no vCPU
-runs and virtual time does not advance until the debugger resumes it. gdb threads are the vCPUs (thread
-i + 1 = vCPU i). Breakpoints are UC_HOOK_CODE hooks on their address, watchpoints UC_HOOK_MEM_WRITE/READ hooks on
-their range (guest-virtual addresses; nothing is written into guest memory); a single step is a code hook on
-every address of the stepping vCPU, removed at the stop. A hook stops the vCPU with its run loop's own
-yield (stop_requested + yield_pending): no exit is counted and no time is charged. Without a debugger
-attached and without points nothing is installed, so a run with --gdb gives the same stats as one without.
-Limits: a watchpoint stop is reported at the end of the translation block that made the access (the engine
-checks for a stop request only at block starts when accesses run without exit checks, docs/architecture.md);
-a breakpoint on the instruction right after an RDMSR/WRMSR that was first translated before it was set stops
-before the machine completes that MSR access.
+All-stop: the host runs one vCPU at a time, so while the debugger holds one vCPU no vCPU runs and virtual time
+does not advance. gdb threads are the vCPUs (thread i + 1 = vCPU i). Breakpoints are UC_HOOK_CODE hooks on
+their address, watchpoints UC_HOOK_MEM_WRITE/READ hooks on their range (guest-virtual addresses; nothing is
+written into guest memory); a single step is a code hook on every address of the stepping vCPU, removed at
+the stop. No hook counts an exit or charges time.
+
+Where a vCPU waits: a breakpoint or a step stop is served inside the code hook, before the instruction
+runs; resuming returns from the hook and the guest goes on exactly as if it had not stopped (same exits,
+same virtual time). Only changing what the engine runs from there (a breakpoint or watchpoint added or
+removed, code memory or RIP written, a step of this vCPU) ends the engine run at that instruction, with the
+run loop's own stop (no yield, the slice goes on). A watchpoint, a Ctrl-C and a new connection are served
+by :meth:`Debugger.after_slice` (called by Machine.run_vcpu after every slice): a watchpoint stops the vCPU
+with its run loop's yield (stop_requested + yield_pending), at the end of the translation block that made
+the access (accesses run without exit checks, docs/architecture.md), so gdb sees the value written.
+Without a debugger attached and without points nothing is installed, so a run with --gdb gives the same stats
+as one without. Limit: a breakpoint on the instruction right after an RDMSR/WRMSR translated before the
+breakpoint was set is served before the machine completes that MSR access.
 """
 
 from __future__ import annotations
@@ -89,9 +94,14 @@ class Debugger:
         self.session: Session | None = None
         self._stop: tuple[int, int, str] | None = None  # (vCPU, signal, stop-reply extra)
         self._skip: dict[int, int] = {}  # vCPU -> breakpoint address to pass once (it stopped there)
-        self._points: dict[tuple[int, int, int], list[tuple[Any, int]]] = {}  # (kind, addr, len) -> hooks
+        # (kind, addr, len) -> its hooks; installed once and kept until detach (gdb removes and re-inserts
+        # every point at each stop: re-inserting one that is still installed changes no translation)
+        self._hooks: dict[tuple[int, int, int], list[tuple[Any, int]]] = {}
+        self._points: set[tuple[int, int, int]] = set()  # the points gdb has inserted now
         self._step: tuple[Any, int] | None = None
         self._step_from: int | None = None
+        self._in_hook: Vcpu | None = None  # the vCPU held inside a code hook (its engine is mid-block)
+        self._modified = False  # while held there: something requires its engine to stop at the instruction
         self._xml = _target_xml()
         machine.debugger = self
 
@@ -118,9 +128,8 @@ class Debugger:
     def after_slice(self, v: Vcpu) -> None:
         """After each slice of a vCPU: serve a stop, a Ctrl-C or a new connection (all-stop: nothing runs)."""
         self._skip.pop(v.index, None)
-        if self._step is not None and self._stop is not None:
-            self._end_step()
         if self._stop is not None:
+            self._end_step()
             vcpu, signal, extra = self._stop
             self._stop = None
             self._serve(vcpu, signal, extra)
@@ -158,17 +167,22 @@ class Debugger:
         if res.detach:
             self._detach()
             return
-        for o in self.m.vcpus:  # pass the breakpoint a vCPU sits on once
-            rip = int(o.uc.reg_read(X.UC_X86_REG_RIP))
-            if any(k[0] in (0, 1) and k[1] == rip for k in self._points):
-                self._skip[o.index] = rip
         if res.step is not None and 1 <= res.step <= len(self.m.vcpus):
             self._begin_step(self.m.vcpus[res.step - 1])
+        for o in self.m.vcpus:  # a vCPU whose engine stopped on a breakpoint passes it once when it goes on
+            if o is self._in_hook and not self._modified:
+                continue  # returning from the hook runs the instruction
+            rip = o._next_rip if o._next_rip is not None else int(o.uc.reg_read(X.UC_X86_REG_RIP))
+            if any(k[0] in (0, 1) and k[1] == rip for k in self._points):
+                self._skip[o.index] = rip
 
     def _detach(self) -> None:
         """Remove every point and hook; the guest goes on (gdb's detach)."""
-        for key in list(self._points):
-            self.remove_point(*key)
+        for hooks in self._hooks.values():
+            for uc, handle in hooks:
+                uc.hook_del(handle)
+        self._hooks.clear()
+        self._points.clear()
         self._end_step()
         self._skip.clear()
         if self.session is not None:
@@ -190,6 +204,22 @@ class Debugger:
         self.listener.close()
 
     # -- stops ------------------------------------------------------------------------------------------------
+    def _hold(self, v: Vcpu, signal: int, extra: str) -> None:
+        """A breakpoint or step inside its code hook: serve gdb right here, before the instruction runs."""
+        self._end_step()
+        self._in_hook, self._modified = v, False
+        try:
+            self._serve(v.index, signal, extra)
+        finally:
+            self._in_hook = None
+        if self._modified or self.m.done:
+            v._stop()  # the engine stops before this instruction (exit check after code hooks); the loop goes on
+
+    def _changed(self, v: Vcpu) -> None:
+        """What ``v``'s engine runs changed: if it is held inside a hook, stop it there when gdb resumes."""
+        if v is self._in_hook:
+            self._modified = True
+
     def _request_stop(self, v: Vcpu, signal: int, extra: str) -> None:
         if self._stop is None:
             self._stop = (v.index, signal, extra)
@@ -203,10 +233,12 @@ class Debugger:
             if address == self._step_from:
                 self._step_from = None  # the instruction being stepped: let it run
                 return
-            self._request_stop(v, SIGTRAP, "")
+            if self._step is not None:
+                self._hold(v, SIGTRAP, "")
 
         self._step = (v, v.uc.hook_add(4, hook, None, 1, 0))  # UC_HOOK_CODE on every address
         v.forget_code()  # translations made before carry no call to the new hook
+        self._changed(v)
 
     def _end_step(self) -> None:
         if self._step is not None:
@@ -230,7 +262,9 @@ class Debugger:
 
     def _read_reg(self, v: Vcpu, i: int) -> bytes:
         name, size, reg, _ = REGS[i]
-        if name == "efer":
+        if name == "rip" and v._next_rip is not None:
+            value = v._next_rip
+        elif name == "efer":
             value = int(v.uc.msr_read(EFER))
         elif reg is None:
             value = 0
@@ -257,7 +291,12 @@ class Debugger:
         _, _, reg, writable = REGS[regno]
         if not writable or reg is None:
             return False
-        v.uc.reg_write(reg, int.from_bytes(data, "little"))
+        value = int.from_bytes(data, "little")
+        if reg == X.UC_X86_REG_RIP and v is self._in_hook:  # engine rule: no RIP write inside a code hook
+            v._next_rip = value  # the run loop applies it once the engine stopped (vcpu.py _apply_deferred)
+            self._changed(v)
+            return True
+        v.uc.reg_write(reg, value)
         return True
 
     def write_registers(self, tid: int, data: bytes) -> bool:
@@ -292,45 +331,52 @@ class Debugger:
         for pa in pages:  # code coherence: every vCPU retranslates (and rescans) a written code page
             assert pa is not None
             for o in self.m.vcpus:
+                if pa & ~0xFFF in o.code_vas:
+                    self._changed(o)
                 o.forget_physical(pa & ~0xFFF, drop_cache=True)
         return True
 
     def add_point(self, kind: int, addr: int, length: int) -> bool:
         key = (kind, addr, 1 if kind in (0, 1) else max(1, length))
-        if key in self._points:
+        self._points.add(key)
+        if key in self._hooks:
             return True
         hooks: list[tuple[Any, int]] = []
         for v in self.m.vcpus:
             if kind in (0, 1):
-                hooks.append((v.uc, v.uc.hook_add(4, self._bp_hook(v), None, addr, addr)))
+                hooks.append((v.uc, v.uc.hook_add(4, self._bp_hook(v, key), None, addr, addr)))
             else:
                 types = {2: UC_HOOK_MEM_WRITE, 3: UC_HOOK_MEM_READ, 4: UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}[kind]
-                hooks.append((v.uc, v.uc.hook_add(types, self._watch_hook(v, kind), None, addr,
+                hooks.append((v.uc, v.uc.hook_add(types, self._watch_hook(v, key), None, addr,
                                                   addr + key[2] - 1)))
             v.forget_code()  # existing translations have no call to the new hook (nor slow-path accesses)
-        self._points[key] = hooks
+            self._changed(v)
+        self._hooks[key] = hooks
         return True
 
     def remove_point(self, kind: int, addr: int, length: int) -> bool:
         key = (kind, addr, 1 if kind in (0, 1) else max(1, length))
-        for uc, handle in self._points.pop(key, []):
-            uc.hook_del(handle)
+        self._points.discard(key)  # its hooks stay installed, inactive
         return True
 
-    def _bp_hook(self, v: Vcpu) -> Any:
+    def _bp_hook(self, v: Vcpu, key: tuple[int, int, int]) -> Any:
         def hook(uc: Any, address: int, size: int, _ud: Any) -> None:
+            if key not in self._points:
+                return
             if self._skip.get(v.index) == address:
                 del self._skip[v.index]
                 return
-            self._request_stop(v, SIGTRAP, "swbreak:;")
+            if self._in_hook is None:
+                self._hold(v, SIGTRAP, "swbreak:;")
 
         return hook
 
-    def _watch_hook(self, v: Vcpu, kind: int) -> Any:
-        label = {2: "watch", 3: "rwatch", 4: "awatch"}[kind]
+    def _watch_hook(self, v: Vcpu, key: tuple[int, int, int]) -> Any:
+        label = {2: "watch", 3: "rwatch", 4: "awatch"}[key[0]]
 
         def hook(uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> None:
-            self._request_stop(v, SIGTRAP, f"{label}:{address:x};")
+            if key in self._points:
+                self._request_stop(v, SIGTRAP, f"{label}:{address:x};")
 
         return hook
 
