@@ -111,3 +111,13 @@ def test_filter_rejects_unknown_kinds(text: str) -> None:
 
 def test_filter_needs_trace(guests: Path) -> None:
     assert main(["run", str(guests / "hello.elf"), "--trace-filter", "msr", "--quiet"]) == 2
+
+
+def test_extint_and_pic_eoi(guests: Path, tmp_path: Path) -> None:
+    """--machine pc: the 8259A's IRQ 0 reaches the BSP as ExtINT (its INTA vector, 0x20 here) and the guest
+    ends it with a specific EOI (OCW2, Intel 8259A data sheet) on the master's command port."""
+    recs = _trace(tmp_path, [str(guests / "pic_pit.elf"), "--machine", "pc", "--trace-filter", "interrupt,eoi"])
+    ext = [r for r in recs if r["event"] == "interrupt" and r["via"] == "extint"]
+    pic = [r for r in recs if r["event"] == "eoi" and r["via"] == "pic_ocw2"]
+    assert ext and {r["vector"] for r in ext} == {0x20}
+    assert len(pic) == len(ext) and {(r["pic"], r["specific"], r["level"]) for r in pic} == {("master", True, 0)}
