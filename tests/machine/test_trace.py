@@ -11,7 +11,7 @@ import pytest
 
 from viridian.cli.main import main
 from viridian.errors import UserError
-from viridian.machine.trace import KINDS, parse_filter
+from viridian.machine.trace import KINDS, msr_label, parse_filter
 
 
 def _trace(tmp_path: Path, argv: list[str], name: str = "t.jsonl") -> list[dict[str, Any]]:
@@ -121,3 +121,13 @@ def test_extint_and_pic_eoi(guests: Path, tmp_path: Path) -> None:
     pic = [r for r in recs if r["event"] == "eoi" and r["via"] == "pic_ocw2"]
     assert ext and {r["vector"] for r in ext} == {0x20}
     assert len(pic) == len(ext) and {(r["pic"], r["specific"], r["level"]) for r in pic} == {("master", True, 0)}
+
+
+@pytest.mark.parametrize(("index", "name"), [
+    (0x4000_0000, "HV_X64_MSR_GUEST_OS_ID"), (0x4000_0070, "HV_X64_MSR_EOI"), (0x80B, "x2APIC EOI"),
+    (0x1B, "IA32_APIC_BASE"), (0x1A0, "IA32_MISC_ENABLE"), (0x200, "IA32_MTRR_PHYSBASE0"),
+    (0x213, "IA32_MTRR_PHYSMASK9"), (0x26F, "IA32_MTRR_FIX4K_F8000"), (0x2FF, "IA32_MTRR_DEF_TYPE"),
+    (0x40D, "IA32_MC3_STATUS"), (0xC000_0082, "IA32_LSTAR"), (0x1234_5678, None)])
+def test_msr_names(index: int, name: str | None) -> None:
+    """TLFS names for the synthetic MSRs, SDM vol. 4 table 2-2 names for architectural ones."""
+    assert msr_label(index) == name

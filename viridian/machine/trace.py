@@ -37,6 +37,26 @@ KINDS = frozenset(REASON_KIND.values()) | {"interrupt", "eoi"}
 # EOI paths by the MSR written (SDM §11.12.1 x2APIC EOI; TLFS §10.5 HV_X64_MSR_EOI)
 _EOI_MSRS = {0x80B: "x2apic_msr", 0x4000_0070: "hv_eoi_msr"}
 _PIC_COMMAND = {0x20: "master", 0xA0: "slave"}  # 8259A OCW2 ports (Intel 8259A data sheet)
+# architectural MSRs the guests we run touch, by their SDM vol. 4 names (table 2-2), beyond the report's
+ARCH_NAMES = {0x3A: "IA32_FEATURE_CONTROL", 0x3B: "IA32_TSC_ADJUST", 0x48: "IA32_SPEC_CTRL", 0x49: "IA32_PRED_CMD",
+              0x8B: "IA32_BIOS_SIGN_ID", 0xCE: "MSR_PLATFORM_INFO", 0xE7: "IA32_MPERF", 0xE8: "IA32_APERF",
+              0xFE: "IA32_MTRRCAP", 0x10A: "IA32_ARCH_CAPABILITIES", 0x140: "MSR_MISC_FEATURES_ENABLES",
+              0x174: "IA32_SYSENTER_CS", 0x175: "IA32_SYSENTER_ESP", 0x176: "IA32_SYSENTER_EIP",
+              0x179: "IA32_MCG_CAP", 0x17A: "IA32_MCG_STATUS", 0x17B: "IA32_MCG_CTL", 0x1A0: "IA32_MISC_ENABLE",
+              0x1D9: "IA32_DEBUGCTL", 0x250: "IA32_MTRR_FIX64K_00000", 0x258: "IA32_MTRR_FIX16K_80000",
+              0x259: "IA32_MTRR_FIX16K_A0000", 0x2FF: "IA32_MTRR_DEF_TYPE", 0xDA0: "IA32_XSS",
+              0xC000_0081: "IA32_STAR", 0xC000_0082: "IA32_LSTAR", 0xC000_0083: "IA32_CSTAR",
+              0xC000_0084: "IA32_FMASK", 0xC000_0103: "IA32_TSC_AUX",
+              **{0x268 + i: f"IA32_MTRR_FIX4K_{0xC0000 + i * 0x8000:05X}" for i in range(8)},
+              **{0x200 + 2 * i + k: f"IA32_MTRR_PHYS{('BASE', 'MASK')[k]}{i}" for i in range(10) for k in (0, 1)},
+              **{0x400 + 4 * i + k: f"IA32_MC{i}_{('CTL', 'STATUS', 'ADDR', 'MISC')[k]}"
+                 for i in range(32) for k in range(4)}}
+
+
+def msr_label(index: int) -> str | None:
+    """The MSR's name, or None where neither the model nor the SDM table above knows it."""
+    name = msr_name(index)
+    return ARCH_NAMES.get(index) if name.startswith("MSR 0x") else name
 
 
 def parse_filter(text: str | None) -> frozenset[str] | None:
@@ -113,10 +133,8 @@ class Tracer:
 
     def msr(self, v: Vcpu, index: int, write: bool, value: int, result: Any) -> None:
         """An MSR access answered (``result``: a Fault, or None; a read's value in ``value``)."""
-        name = msr_name(index)
         fault = getattr(result, "vector", None)
-        self._emit(v, v.index, "msr", "msr", msr=_hex(index),
-                   name=None if name.startswith("MSR 0x") else name, dir="write" if write else "read",
+        self._emit(v, v.index, "msr", "msr", msr=_hex(index), name=msr_label(index), dir="write" if write else "read",
                    value=None if fault is not None else _hex(value),
                    result="ok" if fault is None else f"#{'GP' if fault == 13 else 'UD' if fault == 6 else fault}")
 
