@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz linux linux-matrix pyc qemu
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz linux linux-matrix pyc qemu gdb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,14 @@ qemu:
 		--no-install-recommends qemu-system-x86 >/dev/null; } \
 		|| echo "make qemu: qemu-system-x86_64 not installed (apt-get install qemu-system-x86); QEMU comparisons skip"
 
-test: $(STAMP) fixtures pyc qemu
+# gdb for the --gdb test that drives real gdb (tests/machine/test_gdbstub.py), the same way; else it skips
+gdb:
+	@command -v gdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends gdb >/dev/null; } \
+		|| echo "make gdb: gdb not installed (apt-get install gdb); the real-gdb test skips"
+
+test: $(STAMP) fixtures pyc qemu gdb
 	$(BIN)/ruff check viridian msr tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
