@@ -211,6 +211,29 @@ def test_ctrl_c_detach_and_no_ack(guests: Path) -> None:
             stub.proc.kill()
 
 
+HOSTILE = ["g1", "Gzz", "p", "pffffffff", "P1", "Pzz=00", "m", "m1,", "mzz,1", "m" + "f" * 40 + ",10",
+           "M0,2:00", "M1000,1:zz", "X1000,5:ab", "Z9,0,1", "Z0", "Z2,x,8", "H", "Hgzz", "Hg99", "T", "Tzz",
+           "vCont;s:zz", "vCont;", "qXfer:features:read:other.xml:0,10", "qXfer:features:read:target.xml:zz",
+           "qThreadExtraInfo,zz", "qThreadExtraInfo,99", "Q", "\xff\xfe", "z0,1,1"]
+
+
+@pytest.mark.parametrize("start", [0, 15])
+def test_hostile_packets(guests: Path, start: int) -> None:
+    """Malformed or out-of-range packets get an error or an empty reply; the session goes on."""
+    stub = Stub([str(guests / "hello.elf")])
+    c = Client(stub.port)
+    try:
+        for pkt in HOSTILE[start:start + 15]:
+            reply = c.ask(pkt.encode("latin-1"))
+            assert reply == b"" or reply.startswith(b"E") or reply in (b"OK", b"l") or reply.startswith(b"m") \
+                or all(ch in b"0123456789abcdef" for ch in reply), (pkt, reply)
+        assert c.ask("?").startswith(b"T05") and c.ask("c") == b"W00"
+        assert stub.finish()[0] == 0
+    finally:
+        if stub.proc.poll() is None:
+            stub.proc.kill()
+
+
 def test_kill(guests: Path) -> None:
     stub = Stub([str(guests / "hello.elf")])
     c = Client(stub.port)

@@ -11,10 +11,13 @@ binary data; a bare 0x03 byte is an interrupt request (Ctrl-C). The commands ans
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 PACKET_SIZE = 0x4000  # the largest packet we accept (qSupported PacketSize)
 INTERRUPT = b"\x03"
@@ -160,7 +163,13 @@ class Session:
             pkt = self.conn.read_packet()
             if pkt == INTERRUPT:
                 continue  # already stopped
-            result = self.handle(pkt)
+            try:
+                result = self.handle(pkt)
+            except Disconnected:
+                raise
+            except Exception:  # a bug answering a packet ends neither the session nor the guest
+                log.exception("gdb packet %r", pkt[:64])
+                result = b"E01"
             if isinstance(result, Resume):
                 return result
             if result is not None:
@@ -246,6 +255,8 @@ class Session:
             for action in body[5:].split(b";"):
                 verb, _, thread = action.partition(b":")
                 tid = _hexint(thread) if thread and thread != b"-1" else None
+                if verb[:1] not in (b"c", b"C", b"s", b"S"):
+                    return b"E01"  # "t" and "r" (range stepping) are not offered by vCont?
                 if verb[:1] in (b"s", b"S"):
                     step = self._tid(tid or 0)
             return Resume(step=step)
