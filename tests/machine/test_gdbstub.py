@@ -234,6 +234,32 @@ def test_hostile_packets(guests: Path, start: int) -> None:
             stub.proc.kill()
 
 
+def test_step_over_rdmsr(guests: Path) -> None:
+    """Stepping over RDMSR HV_X64_MSR_TIME_REF_COUNT shows the model's answer in RAX:RDX, and the count grows
+    from one loop iteration to the next (TLFS §12.4: a monotonic 100 ns counter)."""
+    elf = guests / "loop_rdmsr.elf"
+    main_at = symbols(elf)["guest_main"]
+    at = main_at + elf_bytes(elf, main_at, 0x30).index(b"\xb9\x20\x00\x00\x40\x0f\x1f\x00\x0f\x32") + 8
+    stub = Stub([str(elf)])
+    c = Client(stub.port)
+    try:
+        assert c.ask(f"Z0,{at:x},1") == b"OK"
+        assert c.ask("c").startswith(b"T05") and c.reg("rip") == at and c.reg("rcx") == 0x4000_0020
+        assert c.ask(f"z0,{at:x},1") == b"OK"
+        assert c.ask("s").startswith(b"T05") and c.reg("rip") == at + 2
+        counts = [c.reg("rax") | c.reg("rdx") << 32]
+        assert c.ask(f"Z0,{at + 2:x},1") == b"OK"
+        for _ in range(2):
+            assert c.ask("c").startswith(b"T05") and c.reg("rip") == at + 2
+            counts.append(c.reg("rax") | c.reg("rdx") << 32)
+        assert 0 < counts[0] < counts[1] < counts[2]
+        assert c.ask("D") == b"OK"
+        assert stub.finish()[0] == 0
+    finally:
+        if stub.proc.poll() is None:
+            stub.proc.kill()
+
+
 def test_kill(guests: Path) -> None:
     stub = Stub([str(guests / "hello.elf")])
     c = Client(stub.port)

@@ -15,8 +15,8 @@ by :meth:`Debugger.after_slice` (called by Machine.run_vcpu after every slice): 
 with its run loop's yield (stop_requested + yield_pending), at the end of the translation block that made
 the access (accesses run without exit checks, docs/architecture.md), so gdb sees the value written.
 Without a debugger attached and without points nothing is installed, so a run with --gdb gives the same stats
-as one without. Limit: a breakpoint on the instruction right after an RDMSR/WRMSR translated before the
-breakpoint was set is served before the machine completes that MSR access.
+as one without. A stop on the instruction right after an RDMSR/WRMSR completes that MSR access first (the model's
+answer is in RAX:RDX when gdb looks).
 """
 
 from __future__ import annotations
@@ -204,8 +204,11 @@ class Debugger:
         self.listener.close()
 
     # -- stops ------------------------------------------------------------------------------------------------
-    def _hold(self, v: Vcpu, signal: int, extra: str) -> None:
+    def _hold(self, v: Vcpu, signal: int, extra: str, address: int) -> None:
         """A breakpoint or step inside its code hook: serve gdb right here, before the instruction runs."""
+        site = int(v._native.pending_site)
+        if site and address - site in (2, 3):  # an RDMSR/WRMSR just ran: complete it first (vcpu.py _msr_done)
+            v._guard(v._msr_done)(v.uc, address, 0, None)
         self._end_step()
         self._in_hook, self._modified = v, False
         try:
@@ -234,7 +237,7 @@ class Debugger:
                 self._step_from = None  # the instruction being stepped: let it run
                 return
             if self._step is not None:
-                self._hold(v, SIGTRAP, "")
+                self._hold(v, SIGTRAP, "", address)
 
         self._step = (v, v.uc.hook_add(4, hook, None, 1, 0))  # UC_HOOK_CODE on every address
         v.forget_code()  # translations made before carry no call to the new hook
@@ -367,7 +370,7 @@ class Debugger:
                 del self._skip[v.index]
                 return
             if self._in_hook is None:
-                self._hold(v, SIGTRAP, "swbreak:;")
+                self._hold(v, SIGTRAP, "swbreak:;", address)
 
         return hook
 
