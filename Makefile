@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz linux linux-matrix pyc qemu gdb
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz fuzz-inputs linux linux-matrix pyc qemu gdb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench-linux: $(STAMP) pyc
 
 fuzz: $(STAMP)
 	$(BIN)/viridian fuzz --ops 1000000 --seed $${SEED:-1}
+
+# 100,000 generated bad host inputs (records, libvirt XML, images, kernels, snapshots, special files, argument
+# vectors) through main(argv) in-process: no traceback, no stray write or execution (viridian/fuzz/inputs.py)
+fuzz-inputs: $(STAMP) fixtures pyc
+	$(BIN)/python -m viridian.fuzz.inputs --cases $${CASES:-100000} --seed $${SEED:-1}
 
 # every fixture guest at 1/2/4 vCPUs with each engine fast path forced off == all on (engine_build.py)
 fastpath-matrix: $(STAMP) fixtures

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from viridian.machine.linux_machine import linux_machine
     from viridian.machine.trace import open_tracer
 
+    _check_ranges(args)
     config = boot_config(args)
     initrd = str(guest_path(args.initrd)) if args.initrd and is_guest_name(args.initrd) else args.initrd  # by name
     tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
@@ -127,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"--stats-json {args.stats_json}: {exc.strerror}") from None
     return _status(result)
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    """vCPUs, RAM and time as viridian run checks them (record_schema), before any file is opened."""
+    from viridian.machine.record_schema import check_options
+
+    check_options({k: getattr(args, k) for k in ("vcpus", "mem", "max_ticks", "quantum")}, "the command line")
 
 
 def _status(result: Any) -> int:

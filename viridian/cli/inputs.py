@@ -68,15 +68,21 @@ def open_input(path: str | os.PathLike[str], what: str, cap: int) -> tuple[IO[by
 def read_input(path: str | os.PathLike[str], what: str, cap: int) -> bytes:
     """The bytes of an input file (see open_input); the read itself is bounded to ``cap`` + 1 bytes, so a file
     that grows while it is read is refused too."""
-    fh, _size = open_input(path, what, cap)
+    fh, size = open_input(path, what, cap)
+    parts, total = [], 0
     with fh:
         try:
-            data = fh.read(cap + 1)
+            while total <= cap:  # at most cap + 1 bytes, in pieces no larger than the file claims to be
+                chunk = fh.read(min(cap + 1 - total, max(size + 1 - total, 1 << 16)))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
         except OSError as exc:
             raise UserError(f"cannot read {what} {os.fspath(path)}: {_reason(exc)}") from None
-    if len(data) > cap:
+    if total > cap:
         raise UserError(f"{what} {os.fspath(path)} is too large (more than {cap:,} bytes)")
-    return data
+    return b"".join(parts)
 
 
 def sha256_input(path: str | os.PathLike[str], what: str, cap: int = IMAGE_MAX) -> str:
@@ -127,9 +133,10 @@ def check_text(value: str, what: str) -> str:
 
 
 def check_output(path: str, what: str, *, dash: bool = True) -> str:
-    """An output file the command will write: '-' (when allowed), an existing regular file (or a device or
-    FIFO the user named, e.g. /dev/null or a process substitution) that is writable, or a new file in an
-    existing, writable directory. Checked before any guest runs."""
+    """An output file the command will write: '-' (when allowed), an existing writable regular file (or a
+    character device such as /dev/null), or a new file in an existing, writable directory; never a directory,
+    a FIFO (it would block without a reader), a socket, or anything under /proc or /sys. Checked before any
+    guest runs."""
     if path == "-":
         if dash:
             return path
@@ -149,7 +156,7 @@ def check_output(path: str, what: str, *, dash: bool = True) -> str:
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise UserError(f"{what} {path} is a directory (give a file name)")
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):  # a FIFO without a reader blocks forever
             raise UserError(f"{what} {path} is {_kind(st.st_mode)}")
         if not os.access(full, os.W_OK):
             raise UserError(f"{what} {path} is not writable (permission denied)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import traceback
@@ -108,8 +109,16 @@ def _internal(exc: BaseException, debug: bool) -> int:
     return EXIT_INTERNAL
 
 
+@functools.cache
+def _parser(only: str | None) -> argparse.ArgumentParser:
+    """build_parser, once per process (main(argv) called in-process many times: the input fuzzer)."""
+    return build_parser(only)
+
+
 def _dispatch(words: list[str]) -> int:
     for i, word in enumerate(words, 1):
+        if "\0" in word:  # not from a real command line; main(argv) in-process
+            raise UserError(f"argument {i} contains a NUL character")
         try:
             word.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8, smuggled in by surrogateescape
@@ -117,7 +126,7 @@ def _dispatch(words: list[str]) -> int:
             raise UserError(f"argument {i} ({shown!r}) is not valid UTF-8; give text and file names in UTF-8"
                             ) from None
     command = words[0].replace("-", "_") if words and not words[0].startswith("-") else None
-    parser = build_parser(command if command in _SUBCOMMANDS else None)
+    parser = _parser(command if command in _SUBCOMMANDS else None)
     args = parser.parse_args(words)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:

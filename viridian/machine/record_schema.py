@@ -113,6 +113,9 @@ def check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
     if record:
         for name, (_check, default) in OPTION_SCHEMA.items():
             out.setdefault(name, list(default) if isinstance(default, list) else default)
+    vcpus, mem = out.get("vcpus"), out.get("mem")
+    if vcpus is not None and mem is not None and L.reserved_top(vcpus, mem << 20) <= L.IMAGE_MIN:
+        raise UserError(f"{where}: {mem} MiB of RAM is too small for {vcpus} vCPU stacks; raise the memory")
     return out
 
 
