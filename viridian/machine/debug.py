@@ -16,7 +16,9 @@ with its run loop's yield (stop_requested + yield_pending), at the end of the tr
 the access (accesses run without exit checks, docs/architecture.md), so gdb sees the value written.
 Without a debugger attached and without points nothing is installed, so a run with --gdb gives the same stats
 as one without. A stop on the instruction right after an RDMSR/WRMSR completes that MSR access first (the model's
-answer is in RAX:RDX when gdb looks).
+answer is in RAX:RDX when gdb looks). Not reached: the 16/32-bit code a multiboot kernel or a SIPI-started AP
+runs before long mode (realmode.py runs it in separate engines at once); its vCPU's registers are those of
+its 64-bit engine until then.
 """
 
 from __future__ import annotations
