@@ -300,3 +300,55 @@ def hook_code_raw(uc: Any, fn: Any, begin: int, end: int) -> tuple[int, object]:
     if status != 0:
         raise UcError(status)
     return handle.value, cb
+
+
+# Measured on Unicorn 2.1.4: uc_reg_write of RIP sets a mark in the engine ("skip the PC sync on the next
+# exit", so a PC a hook writes survives the exit it requests) and asks the CPU to exit. Written in the INTR
+# hook, that exit request is consumed by the engine's own loop before any block checks it, so the mark
+# outlived the hook: the next stop at a block start (slice budget, new sites, a store into code) kept the
+# PC the engine had last stored -- after directly chained blocks, a block that had already run -- and the
+# vCPU ran those instructions again. Debian on 2 vCPUs: a call executed twice left RSP 8 bytes low
+# ("stack-protector: Kernel stack is corrupted"; fixtures/guests/machine/exc_resume.S reproduces it).
+_CHECK_EXIT = "helper_check_exit_request_x86_64"
+
+
+@cache
+def pc_mark_offset() -> int | None:
+    """Offset of that mark in the engine handle: the byte the exit-request helper tests (cmpb $0, d(%rdi)) and
+    clears (movb $0, d(%rdi)), checked by behaviour on a scratch engine (set by a RIP write only)."""
+    sym = getattr(uclib, _CHECK_EXIT, None)
+    fn = ctypes.cast(sym, ctypes.c_void_p).value if sym is not None else None
+    if fn is None:
+        return None
+    code, off = ctypes.string_at(fn, 0x60), None
+    at = code.find(b"\x80\xbf")
+    while at >= 0 and off is None:
+        disp = code[at + 2:at + 6]
+        if code[at + 6:at + 7] == b"\0" and b"\xc6\x87" + disp + b"\0" in code:
+            off = struct.unpack("<i", disp)[0]
+        at = code.find(b"\x80\xbf", at + 1)
+    if off is None:
+        return None
+    try:
+        uc = new_uc(UC_MODE_64)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_write(0x1000, b"\x90\xf4")
+        uc.emu_start(0x1000, 0x1001)
+        mark = ctypes.c_uint8.from_address(uc._uch.value + off)
+        before = mark.value
+        uc.reg_write(X.UC_X86_REG_RAX, 1)
+        after_gpr = mark.value
+        uc.reg_write(X.UC_X86_REG_RIP, 0x1000)
+        if (before, after_gpr, mark.value) != (0, 0, 1):
+            return None
+    except UcError:
+        return None
+    return off
+
+
+def drop_pc_mark(uc: Any) -> None:
+    """A RIP written in the INTR hook needs no mark: the exception ended the block and the engine fetches the
+    next one at that RIP. Cleared so it cannot reach a later exit."""
+    off = pc_mark_offset()
+    if off is not None:
+        ctypes.c_uint8.from_address(uc._uch.value + off).value = 0

@@ -79,6 +79,7 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int) -> bool:
         v.uc.reg_write(X.UC_X86_REG_SS, d.ss)
     v._sp_flags.write(d.rsp, d.rflags)
     v.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
+    E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
 
 
