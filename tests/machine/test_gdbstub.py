@@ -174,6 +174,11 @@ def test_session_on_two_vcpus(hello2: tuple[Stub, Client, dict[str, int], Path])
     assert c.ask(f"m{0x7f00_0000_0000:x},8") == b"E14"  # not mapped in the guest's page tables
     assert c.ask(f"P{REGNO['r15']:x}=" + (0x1122334455667788).to_bytes(8, "little").hex()) == b"OK"
     assert c.reg("r15") == 0x1122334455667788
+    blob = bytearray(c.regs())  # G: the whole set back with R14 changed; read-only registers unchanged pass
+    blob[OFFSET["r14"]:OFFSET["r14"] + 8] = (0xCAFE).to_bytes(8, "little")
+    assert c.ask("G" + blob.hex()) == b"OK" and c.reg("r14") == 0xCAFE and c.regs() == bytes(blob)
+    blob[OFFSET["cr3"]:OFFSET["cr3"] + 8] = (0x5000).to_bytes(8, "little")
+    assert c.ask("G" + blob.hex()).startswith(b"E") and c.reg("cr3") != 0x5000  # CR3 is not writable from gdb
 
     # run to the end: the guest exits 0 and gdb is told so
     assert c.ask("c") == b"W00"
