@@ -51,8 +51,8 @@ def test_record_options_are_the_schema() -> None:
 
 @settings(max_examples=300)
 @given(edits=st.lists(st.tuples(st.sampled_from(["options", "images", "outcome", "host_events", "top"]),
-                                st.sampled_from(KEYS + ["path", "sha256", "result", "wall_clock", "format",
-                                                        "version"]), json_value), min_size=1, max_size=4))
+                                st.sampled_from([*KEYS, "path", "sha256", "result", "wall_clock", "format",
+                                                 "version"]), json_value), min_size=1, max_size=4))
 def test_mutated_records_are_inert(genuine: tuple[Path, dict[str, Any]], edits: list[tuple[str, str, Any]]) -> None:
     d, base = genuine
     data = json.loads(json.dumps(base))
