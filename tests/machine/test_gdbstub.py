@@ -222,13 +222,12 @@ HOSTILE = ["g1", "Gzz", "p", "pffffffff", "P1", "Pzz=00", "m", "m1,", "mzz,1", "
            "qThreadExtraInfo,zz", "qThreadExtraInfo,99", "Q", "\xff\xfe", "z0,1,1"]
 
 
-@pytest.mark.parametrize("start", [0, 15])
-def test_hostile_packets(guests: Path, start: int) -> None:
+def test_hostile_packets(guests: Path) -> None:
     """Malformed or out-of-range packets get an error or an empty reply; the session goes on."""
     stub = Stub([str(guests / "hello.elf")])
     c = Client(stub.port)
     try:
-        for pkt in HOSTILE[start:start + 15]:
+        for pkt in HOSTILE:
             reply = c.ask(pkt.encode("latin-1"))
             assert reply == b"" or reply.startswith(b"E") or reply in (b"OK", b"l") or reply.startswith(b"m") \
                 or all(ch in b"0123456789abcdef" for ch in reply), (pkt, reply)
@@ -285,13 +284,13 @@ def test_gdb_without_debugger_changes_nothing(guests: Path, capsys: pytest.Captu
     assert debugged["per_vcpu"] == plain["per_vcpu"]
 
 
-def test_breakpoint_hits_change_nothing(guests: Path) -> None:
+def test_breakpoint_hits_change_nothing(guests: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A vCPU held at a breakpoint waits inside the code hook; continuing returns from it: the run's exits,
     per-vCPU stats and virtual time are those of a run without a debugger (2 vCPUs, every timer EOI)."""
     elf = guests / "win7.elf"
     argv = [str(elf), "--vcpus", "2", "--json"]
-    plain = json.loads(subprocess.run([sys.executable, "-m", "viridian", "run", *argv], capture_output=True,
-                                      text=True, check=True).stdout)
+    assert main(["run", *argv]) == 0
+    plain = json.loads(capsys.readouterr().out)
     stub = Stub(argv)
     c = Client(stub.port)
     at = symbols(elf)["hv_assist_eoi_skip"]
