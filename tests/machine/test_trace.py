@@ -131,3 +131,16 @@ def test_extint_and_pic_eoi(guests: Path, tmp_path: Path) -> None:
 def test_msr_names(index: int, name: str | None) -> None:
     """TLFS names for the synthetic MSRs, SDM vol. 4 table 2-2 names for architectural ones."""
     assert msr_label(index) == name
+
+
+def test_auto_eoi(guests: Path, tmp_path: Path) -> None:
+    """A SynIC SINT with AutoEOI (TLFS "SINTx register", bit 17): the delivery says auto_eoi and its EOI
+    (via auto_eoi, at delivery) comes with it; the conformance suite's synic area has such a test."""
+    recs = _trace(tmp_path, [str(guests / "conformance.elf"), "--hv", "hv-synic,hv-stimer,hv-vpindex,hv-time",
+                             "--cmdline", "only=synic", "--trace-filter", "interrupt,eoi"])
+    auto = [i for i, r in enumerate(recs) if r["event"] == "interrupt" and r["auto_eoi"]]
+    assert auto
+    for i in auto:  # the AutoEOI happens at acknowledge, just before the IDT delivery
+        assert recs[i - 1]["event"] == "eoi" and recs[i - 1]["via"] == "auto_eoi"
+        assert recs[i - 1]["vector"] == recs[i]["vector"]
+    assert all(r["via"] != "unknown" for r in recs if r["event"] == "eoi")
