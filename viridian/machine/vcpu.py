@@ -99,6 +99,8 @@ class Vcpu:
         self._pending_exc: tuple[int, int | None, int] | None = None
         self._shadow = False
         self._window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
+        self._hidden: D.HiddenFlags | None = None  # the engine's hflags/hflags2 (vcpu_delivery.hidden_flags)
+        self._nmi_window = False  # an NMI waits for the IRET that unblocks NMIs: run one block at a time
         self._run_end = 0  # this run ends once the clock (bytes) reaches it
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
@@ -275,7 +277,7 @@ class Vcpu:
             if self.halted or self.idle or self.m.done:
                 break
             self.traps.set_window(D.has_interrupt(self))
-            limit = self._run_end
+            limit = self._run_end if not self._nmi_window else min(self._run_end, int(n.bytes) + 1)
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
@@ -504,8 +506,11 @@ class Vcpu:
         if self.idle or self.stop_requested:
             self.uc.emu_stop()
             return
-        if D.has_interrupt(self) and self.interruptible():
-            self._stop()  # the run loop injects it before the next instruction
+        if D.has_interrupt(self):
+            if self.interruptible():
+                self._stop()  # the run loop injects it before the next instruction
+            else:  # e.g. an EOI with IF = 0 unmasked one: open the window now, the IRET or STI is near
+                self.traps.set_window(True)
 
     # -- exceptions and interrupts (viridian/machine/vcpu_delivery.py) --------------------------------------
     def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
@@ -536,7 +541,7 @@ class Vcpu:
             self.m.poll_vcpu(self)
             if self.apic.irr_vectors():
                 self.idle = False
-        if self.nmi_pending:
+        if self.nmi_pending and not D.nmi_blocked(self):
             return True
         if self.halted:
             self.m.poll_vcpu(self)

@@ -8,6 +8,7 @@ import ctypes
 from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.machine import engine as E
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
@@ -82,6 +83,42 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int) -> bool:
     E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
 
+HF_INHIBIT_IRQ, HF2_NMI = 1 << 3, 1 << 2  # QEMU's hflags bit for the STI/MOV SS shadow; hflags2's NMI blocking
+
+
+class HiddenFlags:
+    """QEMU's hidden ``hflags``/``hflags2`` words of one engine (engine.hflags_offset), read and written through
+    one reusable context with raw calls (~2 us, where the binding's context_save costs ~10 us)."""
+
+    def __init__(self, uc: Any, offset: int) -> None:
+        self._uch, self._ctx = uc._uch, uc.context_save()
+        self._words = ctypes.cast(self._ctx.context, ctypes.POINTER(ctypes.c_uint32))
+        self._i = offset // 4
+
+    def read(self) -> tuple[int, int]:
+        uclib.uc_context_save(self._uch, self._ctx.context)
+        return int(self._words[self._i]), int(self._words[self._i + 1])
+
+    def set_hflags2(self, bits: int, on: bool) -> None:
+        uclib.uc_context_save(self._uch, self._ctx.context)
+        w = self._words[self._i + 1]
+        self._words[self._i + 1] = (w | bits) if on else (w & ~bits)
+        uclib.uc_context_restore(self._uch, self._ctx.context)
+
+
+def hidden_flags(v: Vcpu) -> HiddenFlags | None:
+    if v._hidden is None and (off := E.hflags_offset()) is not None:
+        v._hidden = HiddenFlags(v.uc, off)
+    return v._hidden
+
+
+def nmi_blocked(v: Vcpu) -> bool:
+    """NMIs are blocked from an NMI's delivery until the next IRET (SDM vol. 3 §6.7.1). The engine keeps the
+    bit where QEMU does (hflags2 HF2_NMI_MASK), and its IRET clears it."""
+    h = hidden_flags(v)
+    return h is not None and bool(h.read()[1] & HF2_NMI)
+
+
 
 def interruptible(v: Vcpu) -> bool:
     rip, rflags = v._rip_flags.read()
@@ -115,10 +152,13 @@ def inject_pending(v: Vcpu) -> bool:
     v.m.poll_vcpu(v)
     if v.idle and (apic.irr_vectors() or v.nmi_pending):
         v.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
-    if v.nmi_pending:  # NMI: not maskable by IF or TPR (SDM §6.7); blocking until IRET is not modelled
+    v._nmi_window = v.nmi_pending and nmi_blocked(v)  # held until IRET: the run loop runs block by block
+    if v.nmi_pending and not v._nmi_window:  # NMI: not maskable by IF or TPR (SDM §6.7)
         v.nmi_pending = False
         v.halted = False
         rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+            if (h := hidden_flags(v)) is not None:
+                h.set_hflags2(HF2_NMI, True)  # blocked until the handler's IRET (SDM vol. 3 §6.7.1)
         if enter(v, 2, None, rip):
             v.stats.interrupts_delivered += 1
             v.stats.events["nmi"] += 1
