@@ -88,7 +88,8 @@ class Debugger:
             raise UserError(f"--gdb {spec}: give [HOST:]PORT") from None
         self.m = machine
         try:
-            self.listener = socket.create_server((host, port), reuse_port=False)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.listener = socket.create_server((host, port), family=family)
         except OSError as exc:
             raise UserError(f"--gdb {spec}: cannot listen: {exc.strerror}") from None
         self.listener.setblocking(False)
@@ -109,8 +110,9 @@ class Debugger:
 
     # -- connection ---------------------------------------------------------------------------------------
     def announce(self) -> None:
-        print(f"viridian: gdb server on {self.address[0]}:{self.address[1]} (target remote "
-              f"{self.address[0]}:{self.address[1]})", file=sys.stderr, flush=True)
+        host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
+        print(f"viridian: gdb server on {host}:{self.address[1]} (target remote {host}:{self.address[1]})",
+              file=sys.stderr, flush=True)
 
     def wait(self) -> None:
         """--gdb-wait: block until gdb connects, stopped before vCPU 0's first instruction."""
