@@ -144,3 +144,18 @@ def test_auto_eoi(guests: Path, tmp_path: Path) -> None:
         assert recs[i - 1]["event"] == "eoi" and recs[i - 1]["via"] == "auto_eoi"
         assert recs[i - 1]["vector"] == recs[i]["vector"]
     assert all(r["via"] != "unknown" for r in recs if r["event"] == "eoi")
+
+
+def test_mmio_detail(guests: Path, tmp_path: Path) -> None:
+    """xAPIC MMIO (SDM §11.4.1): the timer set-up writes (divide 0x3E0, LVT timer 0x320, initial count 0x380)
+    and the EOI register write (0xB0, value 0) each follow their exit, the write line before its EOI."""
+    recs = _trace(tmp_path, [str(guests / "lab.elf"), "--preset", "none", "--cmdline",
+                             "exp=eoi n=2 apic=xapic eoi=xapic", "--trace-filter", "mmio,eoi"])
+    writes = [r for r in recs if r["event"] == "mmio" and r["dir"] == "write"]
+    assert {"0x3e0", "0x320", "0x380", "0xb0"} <= {r["reg"] for r in writes}
+    assert all(r["gpa"] == hex(0xFEE0_0000 + int(r["reg"], 16)) for r in writes)
+    for i, r in enumerate(recs):
+        if r["event"] == "mmio":
+            assert recs[i - 1]["event"] == "exit" and recs[i - 1]["reason"] == "mmio"
+        if r["event"] == "eoi":
+            assert recs[i - 1]["event"] == "mmio" and recs[i - 1]["reg"] == "0xb0" and recs[i - 1]["value"] == "0x0"

@@ -4,11 +4,11 @@ Every line has ``event``, ``kind``, ``vcpu`` and ``tsc``. ``exit`` lines (one pe
 instruction there; KVM ``kvm_exit``) are followed by the detail the machine learns while handling it:
 ``msr`` (index, name, direction, value, result; KVM ``kvm_msr``), ``hypercall`` (code, name, fast/slow,
 rep count/start, status; KVM ``kvm_hv_hypercall`` + ``kvm_hv_hypercall_done``), ``io`` (port, direction,
-size, value; KVM ``kvm_pio``), ``exception`` (vector, error code), ``interrupt`` (vector, APIC/ExtINT/NMI,
-auto-EOI; KVM ``kvm_inj_virq``) and ``eoi`` (vector and the way it was EOIed; KVM ``kvm_eoi``).
-``--trace-filter`` keeps the lines of some kinds only. The EOI and port detail comes from callbacks this
-module adds to the machine's APICs, APIC-assist state and port bus when a tracer is attached; without
-``--trace`` none of it exists.
+size, value; KVM ``kvm_pio``), ``mmio`` (APIC register, direction, value; KVM ``kvm_mmio``),
+``exception`` (vector, error code), ``interrupt`` (vector, APIC/ExtINT/NMI, auto-EOI; KVM ``kvm_inj_virq``)
+and ``eoi`` (vector and the way it was EOIed; KVM ``kvm_eoi``). ``--trace-filter`` keeps the lines of some
+kinds only. The EOI, MMIO and port detail comes from callbacks this module adds to the machine's APICs,
+APIC-assist state and port bus when a tracer is attached; without ``--trace`` none of it exists.
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ class Tracer:
         self.machine = m
         for apic, vp in zip(m.apics, m.partition.vps, strict=True):
             apic.on_eoi = self._on_eoi(vp.index, apic.on_eoi)
+            apic.read_register = self._apic_access(vp.index, apic.read_register, False)  # type: ignore[method-assign]
+            apic.write_register = self._apic_access(vp.index, apic.write_register, True)  # type: ignore[method-assign]
             apic.auto_eoi = self._labelled(apic.auto_eoi, "auto_eoi")  # type: ignore[method-assign]
             vp.assist.retire_lazy_eoi = self._labelled(vp.assist.retire_lazy_eoi,  # type: ignore[method-assign]
                                                        "apic_assist")
@@ -183,14 +185,37 @@ class Tracer:
 
         return call
 
+    def _in_exit(self, vp: int, via: str) -> bool:
+        """Is vCPU ``vp`` inside the handler of an exit of kind ``via`` (no guest code ran since)?"""
+        m = self.machine
+        ticks, last = self._exit_at.get(vp, (-1, None))
+        return m is not None and last == via and m.vcpus[vp].ticks == ticks
+
+    def _apic_access(self, vp: int, fn: Any, write: bool) -> Any:
+        """xAPIC MMIO detail (KVM ``kvm_mmio``/``kvm_apic``): the register, direction and 32-bit value."""
+        def emit(offset: int, value: int) -> None:
+            v = self.machine.vcpus[vp] if self.machine is not None else None
+            self._emit(v, vp, "mmio", "mmio", gpa=_hex(0xFEE0_0000 + offset), reg=_hex(offset),
+                       dir="write" if write else "read", value=_hex(value))
+
+        def access(offset: int, *value: int) -> Any:
+            mine = self._in_exit(vp, "mmio")
+            if mine and write:  # before its effects (an EOI, an IPI...)
+                emit(offset, value[0])
+            result = fn(offset, *value)
+            if mine and not write:
+                emit(offset, result)
+            return result
+
+        return access
+
     def _on_eoi(self, vp: int, chained: Any) -> Any:
         def on_eoi(vector: int) -> None:
             if self._eoi_via:
                 via: str | None = self._eoi_via[-1]
             else:  # inside the handler of this vCPU's last exit (no guest code ran since)?
-                m = self.machine
-                ticks, via = self._exit_at.get(vp, (-1, None))
-                if m is None or m.vcpus[vp].ticks != ticks:
+                via = self._exit_at.get(vp, (-1, None))[1]
+                if via is None or not self._in_exit(vp, via):
                     via = None
             self._emit(None, vp, "eoi", "eoi", vector=vector, via=via or "unknown")
             if chained is not None:
