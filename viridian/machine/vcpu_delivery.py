@@ -83,6 +83,7 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int) -> bool:
     E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
 
+
 HF_INHIBIT_IRQ, HF2_NMI = 1 << 3, 1 << 2  # QEMU's hflags bit for the STI/MOV SS shadow; hflags2's NMI blocking
 
 
@@ -117,7 +118,6 @@ def nmi_blocked(v: Vcpu) -> bool:
     bit where QEMU does (hflags2 HF2_NMI_MASK), and its IRET clears it."""
     h = hidden_flags(v)
     return h is not None and bool(h.read()[1] & HF2_NMI)
-
 
 
 def interruptible(v: Vcpu) -> bool:
@@ -157,9 +157,9 @@ def inject_pending(v: Vcpu) -> bool:
         v.nmi_pending = False
         v.halted = False
         rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+        if enter(v, 2, None, rip):
             if (h := hidden_flags(v)) is not None:
                 h.set_hflags2(HF2_NMI, True)  # blocked until the handler's IRET (SDM vol. 3 §6.7.1)
-        if enter(v, 2, None, rip):
             v.stats.interrupts_delivered += 1
             v.stats.events["nmi"] += 1
             if v.m.tracer is not None:
