@@ -60,3 +60,24 @@ def test_guests_that_never_touch_the_pc_see_the_same(guests: Path, name: str, vc
     a = outcome(run(guests / f"{name}.elf", "minimal", preset, vcpus))
     b = outcome(run(guests / f"{name}.elf", "pc", preset, vcpus))
     assert a == b and a[:2] == ("exit", 0)
+
+
+@pytest.mark.parametrize("vcpus", [2, 3])
+def test_ioapic_physical_logical_and_lowest_priority_destinations(guests: Path, vcpus: int) -> None:
+    m = run(guests / "ioapic_smp.elf", vcpus=vcpus)
+    out = m.ports.serial.text()
+    assert (m.result.status, m.result.code) == ("exit", 0), out
+    assert "physical: vcpu0=0 vcpu1=5\n" in out and "lowest priority: vcpu1=0\n" in out
+
+
+def test_cli_machine_option(guests: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> int:
+        return subprocess.run([sys.executable, "-m", "viridian", "run", str(guests / "pic_pit.elf"), "--quiet",
+                               *args], capture_output=True, check=False).returncode
+
+    assert cli() == 0  # pc is the default
+    assert cli("--machine", "minimal") == 140
+    assert cli("--machine", "isa") == 2
