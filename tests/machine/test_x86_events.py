@@ -33,3 +33,14 @@ def test_window_reopened_by_an_eoi_in_a_hook(guests: Path, mode: str, preset: st
     at the first boundary after the handler's IRETQ, not left in IRR across the main code's CLI."""
     m, res = run(guests, "w" + mode, preset)
     assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
+
+
+def test_mov_ss_shadow(guests: Path) -> None:
+    """SDM vol. 3 §6.8.3: no interrupt is taken right after MOV SS. A one-shot timer re-armed with varying
+    counts interrupts a stream of `mov ss, cx; nop` pairs ~120 times; none lands on a nop (without the shadow,
+    about half did), and each shadowed boundary asked for the interrupt window instead."""
+    m, res = run(guests, "s")
+    assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
+    ticks = int(m.ports.serial.text().split("stream ticks=")[1].split()[0])
+    assert ticks >= 100
+    assert m.total_stats().by_reason["interrupt_window"] >= ticks // 4

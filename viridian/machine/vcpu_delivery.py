@@ -130,11 +130,18 @@ def interruptible(v: Vcpu) -> bool:
 
 
 def in_sti_shadow(v: Vcpu) -> bool:
-    """RIP is the first instruction after an STI (SDM: interrupts wait one instruction). QEMU ends a block
-    after STI, so that is exactly: stopped at a block start, and the block that ran last ended with 0xFB."""
+    """RIP is the first instruction after an STI, MOV SS or POP SS (SDM vol. 3 §6.8.3: interrupts wait one
+    instruction). QEMU ends a block after each and marks the boundary (hflags HF_INHIBIT_IRQ, cleared by the
+    next block), so that is exactly: stopped at a block start with the mark set. Without the hflags offset:
+    the block that ran last ended with STI (0xFB)."""
     n = v._native
     rip = v._rip_flags.read()[0]
-    return bool(rip == n.block_start and v._lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
+    if rip != n.block_start:
+        return False
+    h = hidden_flags(v)
+    if h is not None:
+        return bool(h.read()[0] & HF_INHIBIT_IRQ)
+    return bool(v._lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
 
 
 def has_interrupt(v: Vcpu) -> bool:
