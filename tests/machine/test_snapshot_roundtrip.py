@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unicorn import x86_const as X
 
 from viridian.config.presets import load_config
+from viridian.errors import UserError
 from viridian.machine import snapshot
 from viridian.machine.host import MIN_SLICE, Host
 from viridian.machine.loader import load_image
@@ -145,3 +147,34 @@ def test_a_stop_inside_an_sti_shadow_moves_past_it(viridian_asm: Any, tmp_path: 
     assert not m.vcpus[0].in_sti_shadow() and m.clock.tsc() > at
     snapshot.save(m, str(tmp_path / "s.snap"), options(image, 1), at)
     assert resume_fresh(tmp_path / "s.snap") == continue_here(m)
+
+
+def test_a_device_without_the_state_protocol_refuses_the_snapshot(guests: Path, tmp_path: Path) -> None:
+    class Opaque:
+        def read(self, port: int, size: int) -> int:
+            return 0
+
+        def write(self, port: int, size: int, value: int) -> None:
+            return None
+
+    m = build(guests / "hello.elf", 1)
+    m.ports.attach((0x700,), Opaque())
+    m.stop_at = 1000
+    assert m.run().status == "snapshot"
+    with pytest.raises(UserError, match="opaque@0x700 has no save_state"):
+        snapshot.save(m, str(tmp_path / "x.snap"), options(guests / "hello.elf", 1), 1000)
+    assert not (tmp_path / "x.snap").exists()
+
+
+def test_a_vcpu_in_compatibility_mode_refuses_the_snapshot(guests: Path, tmp_path: Path) -> None:
+    """SDM vol. 3 §5.2.1: EFER.LMA with CS.L = 0 is compatibility mode, which the register API cannot
+    restore (a CS write sets only the selector): the descriptor the vCPU runs on is read and refused."""
+    m = build(guests / "hello.elf", 1)
+    m.stop_at = 1000
+    assert m.run().status == "snapshot"
+    v = m.vcpus[0]
+    gdt, cs = v.uc.reg_read(X.UC_X86_REG_GDTR)[1], v.uc.reg_read(X.UC_X86_REG_CS)
+    desc = int.from_bytes(m.ram[gdt + (cs & ~7) : gdt + (cs & ~7) + 8], "little")
+    m.ram[gdt + (cs & ~7) : gdt + (cs & ~7) + 8] = (desc & ~(1 << 53) | 1 << 54).to_bytes(8, "little")
+    with pytest.raises(UserError, match="compatibility-mode"):
+        snapshot.save(m, str(tmp_path / "x.snap"), options(guests / "hello.elf", 1), 1000)
