@@ -220,3 +220,10 @@ def test_a_section_of_millions_of_items_is_refused_before_parsing(genuine: bytes
     parts = unpack(genuine)
     parts.set_data("vcpus", b"[" + b"0," * 3_000_000 + b"0]")
     assert "items" in refused(tmp_path, parts.pack())
+
+
+def test_a_named_msr_in_the_negotiation_log_is_refused(genuine: bytes, tmp_path: Path) -> None:
+    """Only events are keyed by name; an MSR keyed by a string would break the report after the run."""
+    parts = unpack(genuine)
+    parts.set_state("machine", _set(parts.state("machine"), "negotiation.first", [["rdmsr", "abc", 0, 0, "ok"]]))
+    refused(tmp_path, parts.pack())

@@ -139,7 +139,8 @@ class NegotiationLog:
 def _key(item: Any, length: int, at: str) -> tuple[str, int | str]:
     if type(item) is not list or len(item) != length or item[0] not in KINDS:
         raise StateError(f"{at}: expected [kind, id, ...] with kind one of {', '.join(KINDS)}")
-    ident = item[1]
-    if type(ident) is str and len(ident) <= 64:
-        return item[0], ident
-    return item[0], check_int(ident, 0, (1 << 64) - 1, at)
+    if item[0] == "event":  # events are named; every other kind is keyed by a number (leaf, MSR, code, offset)
+        if type(item[1]) is not str or len(item[1]) > 64:
+            raise StateError(f"{at}: expected an event name")
+        return item[0], item[1]
+    return item[0], check_int(item[1], 0, (1 << 64) - 1, at)

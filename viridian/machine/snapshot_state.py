@@ -101,7 +101,7 @@ def load_sections(m: Machine, snap: SnapshotFile) -> int:
         return _apply(m, values)
     except StateError as exc:
         raise SnapshotError(f"{snap.path}: {exc}") from None
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:  # a device's own check
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:  # a device's check
         raise SnapshotError(f"{snap.path}: a saved field is invalid ({exc})") from None
 
 
