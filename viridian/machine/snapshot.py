@@ -61,16 +61,10 @@ OPTION_KEYS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem
 
 @cache
 def engine_identity() -> dict[str, str]:
-    """The Unicorn release and libunicorn's sha256 (a note on resume if they differ; nothing depends on it)."""
-    import unicorn
-    from unicorn.unicorn_py3.unicorn import uclib
+    """The Unicorn release and libunicorn's sha256 (engine_build.py); a note on resume if they differ."""
+    from viridian.machine.engine_build import installed_version, libunicorn_sha256
 
-    try:
-        with open(uclib._name, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    except (OSError, AttributeError, TypeError):
-        digest = ""
-    return {"unicorn": str(unicorn.__version__), "libunicorn_sha256": digest}
+    return {"unicorn": installed_version(), "libunicorn_sha256": libunicorn_sha256()}
 
 
 def file_sha256(path: str, what: str) -> str:
