@@ -81,3 +81,15 @@ def test_cli_machine_option(guests: Path) -> None:
     assert cli() == 0  # pc is the default
     assert cli("--machine", "minimal") == 140
     assert cli("--machine", "isa") == 2
+
+
+@pytest.mark.parametrize(("cmdline", "status", "code", "detail"), [
+    ("k", "reset", None, "i8042 command 0xfe (pulse reset)"),
+    ("a", "reset", None, "port 0x92 bit 0 (fast reset)"),
+    ("p", "exit", 0, ""),
+])
+def test_reset_paths_and_port_80(guests: Path, cmdline: str, status: str, code: int | None, detail: str) -> None:
+    m = Machine(load_config(preset="none"), load_image(guests / "pc_reset.elf"), board="pc", cmdline=cmdline,
+                max_ticks=1_000_000_000)
+    m.run()
+    assert m.result is not None and (m.result.status, m.result.code, m.result.detail) == (status, code, detail)
