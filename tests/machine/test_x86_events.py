@@ -44,3 +44,13 @@ def test_mov_ss_shadow(guests: Path) -> None:
     ticks = int(m.ports.serial.text().split("stream ticks=")[1].split()[0])
     assert ticks >= 100
     assert m.total_stats().by_reason["interrupt_window"] >= ticks // 4
+
+
+def test_gate_code_segment_checks(guests: Path) -> None:
+    """SDM vol. 2A "INT n" (IA-32e mode), vol. 3 §6.12.1.1: a gate whose selector is null -> #GP(0); outside
+    the GDT, a data segment, 32-bit code or DPL-3 code -> #GP(selector); a not-present code segment ->
+    #NP(selector), with EXT set when an interrupt (a self-IPI) met it; an RPL-3 selector of the kernel code
+    segment delivers at DPL 0. The guest checks each vector and error code exactly."""
+    m, res = run(guests, "g")
+    assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
+    assert m.ports.serial.text().endswith("gates ok\n")

@@ -11,7 +11,7 @@ from viridian.machine.paging import PageWalker
 
 ERROR_CODE_VECTORS: Final = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 CONTRIBUTORY: Final = frozenset({0, 10, 11, 12, 13})
-DF, GP, PF = 8, 13, 14
+DF, NP, GP, PF = 8, 11, 13, 14
 IF, TF, NT, RF = 1 << 9, 1 << 8, 1 << 14, 1 << 16
 
 
@@ -33,6 +33,8 @@ class CpuView:
     idt_base: int
     idt_limit: int
     tss_base: int
+    gdt_base: int | None = None  # None: the gate's code segment is not checked (engine-free tests)
+    gdt_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,16 @@ class _Fail(Exception):
         self.vector, self.error = vector, error
 
 
-def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, return_rip: int) -> Delivery:
-    """Enter the handler of ``vector``; a failing delivery becomes #GP/#PF, then #DF, then TripleFault
-    (SDM Table 6-5: a contributory or page fault while delivering one is a double fault)."""
+def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, return_rip: int, *,
+            external: bool = False) -> Delivery:
+    """Enter the handler of ``vector``; a failing delivery becomes #GP/#NP/#PF, then #DF, then TripleFault
+    (SDM Table 6-5: a contributory or page fault while delivering one is a double fault). ``external``: the
+    event is not the program's (an interrupt, an NMI, a CPU exception): its delivery errors set EXT."""
     first = vector
+    ext = int(external)
     for _attempt in range(3):
         try:
-            return _deliver_once(walker, cpu, vector, error, return_rip)
+            return _deliver_once(walker, cpu, vector, error, return_rip, ext)
         except _Fail as fail:
             if vector == DF:
                 raise TripleFault(f"double fault delivery failed (first vector {first})") from None
@@ -66,11 +71,13 @@ def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, re
                 vector, error = fail.vector, fail.error
             else:
                 vector, error = DF, 0
+            ext = 1  # an exception while delivering an event: external to the program (SDM §6.13)
     raise TripleFault(f"exception delivery failed for vector {first}")
 
 
-def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, rip: int) -> Delivery:
-    idt_error = vector * 8 + 2  # IDT flag; EXT is 0 for guest-caused events
+def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, rip: int,
+                  ext: int = 0) -> Delivery:
+    idt_error = vector * 8 + 2 + ext  # IDT flag, EXT
     if cpu.idt_limit < vector * 16 + 15:
         raise _Fail(GP, idt_error)
     gate = walker.read(cpu.cr3, cpu.cr0, cpu.idt_base + vector * 16, 16)
@@ -83,6 +90,9 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
     target = (lo & 0xFFFF) | ((lo >> 48) & 0xFFFF) << 16 | (hi & 0xFFFF_FFFF) << 32
     selector, ist = (lo >> 16) & 0xFFFF, (lo >> 32) & 7
     cpl, new_cpl = cpu.cs & 3, selector & 3
+    if cpu.gdt_base is not None:  # the handler runs at the segment's DPL (conforming: at CPL); RPL is ignored
+        new_cpl = _check_code_segment(walker, cpu, selector, ext)
+        selector = (selector & ~3) | new_cpl
     rsp, ss = cpu.rsp, None
     if ist:
         rsp = _tss_qword(walker, cpu, 0x24 + 8 * (ist - 1))
@@ -102,6 +112,30 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
     if gate_type == 0xE:
         flags &= ~IF
     return Delivery(target, rsp, flags, selector, ss)
+
+
+def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: int) -> int:
+    """The gate's code segment (SDM vol. 2A "INT n" pseudo-code, IA-32e mode; vol. 3 §6.12.1.1): a null
+    selector is #GP(EXT); one outside the GDT, an LDT selector (no LDT is modelled), a non-code segment, a DPL
+    above CPL or one that is not 64-bit code is #GP(selector + EXT); a not-present segment is #NP(selector + EXT)."""
+    if selector & ~3 == 0:
+        raise _Fail(GP, ext)
+    error = (selector & 0xFFFC) | ext
+    index = selector & ~7
+    if selector & 4 or cpu.gdt_base is None or index + 7 > cpu.gdt_limit:
+        raise _Fail(GP, error)
+    raw = walker.read(cpu.cr3, cpu.cr0, cpu.gdt_base + index, 8)
+    if raw is None:
+        raise _Fail(PF, 0)
+    desc: int = struct.unpack("<Q", raw)[0]
+    code = (desc >> 43) & 3 == 3  # S = 1 and type bit 3 (code)
+    if not code or (desc >> 45) & 3 > cpu.cs & 3:
+        raise _Fail(GP, error)
+    if not (desc >> 47) & 1:
+        raise _Fail(NP, error)
+    if not (desc >> 53) & 1 or (desc >> 54) & 1:  # L = 1, D = 0
+        raise _Fail(GP, error)
+    return cpu.cs & 3 if (desc >> 42) & 1 else (desc >> 45) & 3  # the new CPL
 
 
 def _tss_qword(walker: PageWalker, cpu: CpuView, offset: int) -> int:

@@ -176,6 +176,7 @@ class Vcpu:
         self.guest_cr2 = 0  # the guest's CR2 across a run (engine.SPURIOUS_CR2)
         self._sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
         self._idtr, self._tr = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
+        self._gdtr = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
         self._efer = int(uc.msr_read(E.EFER))
 
     # -- setup ---------------------------------------------------------------------------------------------

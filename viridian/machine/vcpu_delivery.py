@@ -33,7 +33,16 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
         v.guest_cr2 = cr2
         error = pf_error_code(v, cr2)
     v.settle_clock(rip)  # the rest of the block does not run (a fault: nor does the instruction at rip)
-    raise_exception(v, intno, error, rip, count_exit=True, deferred=False)
+    raise_exception(v, intno, error, rip, count_exit=True, deferred=False, external=not software_interrupt(v, intno, rip))
+
+
+def software_interrupt(v: Vcpu, intno: int, rip: int) -> bool:
+    """INT n / INT3 / INTO / INT1 (the engine reports them after the instruction, like traps): their delivery
+    errors have EXT = 0; a CPU exception's have EXT = 1 (SDM vol. 2A "INT n" pseudo-code)."""
+    before = v._read_virt(rip - 2, 2) if rip >= 2 else None
+    if before is None:
+        return False
+    return before == bytes((0xCD, intno)) or before[1:] == {3: b"\xcc", 4: b"\xce", 1: b"\xf1"}.get(intno)
 
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:
@@ -44,7 +53,7 @@ def pf_error_code(v: Vcpu, cr2: int) -> int:
 
 
 def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
-                    deferred: bool = True) -> None:
+                    deferred: bool = True, external: bool = True) -> None:
     """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
     ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
     if count_exit:
@@ -58,16 +67,18 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
         v._pending_exc = (vector, error, rip)
         v._stop()
     else:
-        enter(v, vector, error, rip)
+        enter(v, vector, error, rip, external=external)
 
 
-def enter(v: Vcpu, vector: int, error: int | None, rip: int) -> bool:
+def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool = True) -> bool:
     vals = v._view.read()  # raw batch reads: interrupt delivery is an exit hot path
     idtr = v._idtr.read()
     tr = v._tr.read()
-    cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1])
+    gdtr = v._gdtr.read()
+    cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1], gdtr[1],
+                  gdtr[2])
     try:
-        d = deliver(v.m.walker, cpu, vector, error, rip)
+        d = deliver(v.m.walker, cpu, vector, error, rip, external=external)
     except TripleFault as tf:
         v.m.finish("triple-fault", vcpu=v.index, detail=str(tf), disasm=v.m.disassemble(v, rip))
         v.uc.emu_stop()
