@@ -131,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
-    """vCPUs, RAM and time as viridian run checks them (record_schema), before any file is opened."""
+    """vCPUs, RAM and time as viridian run checks them (record_schema), and the kernel a regular file of bounded
+    size, before any output file is created."""
+    from viridian.cli.inputs import IMAGE_MAX, open_input
     from viridian.machine.record_schema import check_options
 
     check_options({k: getattr(args, k) for k in ("vcpus", "mem", "max_ticks", "quantum")}, "the command line")
+    open_input(args.kernel, "kernel", IMAGE_MAX)[0].close()
 
 
 def _status(result: Any) -> int:
