@@ -55,7 +55,7 @@ class VcpuStats:
         return out
 
     def load_state(self, f: Fields) -> None:
-        counters = {name: Counter(f.counter(name, int_keys=name not in ("by_reason", "events"), max_len=1 << 16))
+        counters = {name: Counter(f.counter(name, int_keys=name not in ("by_reason", "events")))
                     for name in COUNTERS}
         totals = {name: f.uint(name, 0, 1 << 63) for name in TOTALS}
         for name, value in (*counters.items(), *totals.items()):
