@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     check_snapshot_args(args)
     image = load_image(args.image, getattr(args, "initrd", None))
     others = [_other(spec) for spec in args.others]
+    fresh_trace = args.trace not in (None, "-") and not os.path.lexists(args.trace)
     tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
                   ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start,
@@ -148,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
                 w.close()
             if debugger is not None:
                 debugger.close(machine.result)
+    except UserError:  # refused while building the machine: a refusal leaves no file behind
+        if tracer is not None and fresh_trace:
+            tracer.close()
+            os.unlink(args.trace)
+        raise
     finally:
         if tracer is not None:
             tracer.close()
