@@ -29,6 +29,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "latin1.xml").write_bytes(b"<domain>\xe9</domain>")
     (d / "README.md").write_text("a file, not a directory\n")
     (d / "out").mkdir()
+    (d / "big.bin").write_bytes(b"\x90" * 9_000_000)  # a flat image larger than 8 MiB of RAM
     rec = d / "genuine.rec"
     assert main(["run", str(HELLO), "--quiet", "--mem", "8", "--max-ticks", "2000", "--record", str(rec)]) in (0, 103)
     return d
@@ -103,6 +104,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["run", str(HELLO), "--vcpus", "x"], 2, "invalid int value"),
     (["run", str(HELLO), "--vcpus", "100000", "--stats-json", OUT], 2, "--vcpus must be 1..256"),
     (["run", str(HELLO), "--with", f"{HELLO}:²", "--stats-json", OUT], 2, "cannot read guest image"),
+    (["run", "{w}/big.bin", "--mem", "8", "--trace", "{out}/t.jsonl"], 2, "does not fit"),
     (["nonsense"], 2, "invalid choice"),
 ]
 
