@@ -337,7 +337,9 @@ def _image_case(rng: random.Random, c: Corpus) -> Case:
         blob = blob[:off] + hdr + blob[off + 48:]
     else:
         blob = _bytes_mutate(rng, blob, head=256)
-    return Case("image", ["run", "{case}/g.elf", "--quiet", "--max-ticks", "2000", "--mem", "8"], {"g.elf": blob})
+    outputs = ["--trace", str(c.out / "t.jsonl"), "--stats-json", str(c.out / "s.json")] if rng.random() < 0.3 else []
+    return Case("image", ["run", "{case}/g.elf", "--quiet", "--max-ticks", "2000", "--mem", "8", *outputs],
+                {"g.elf": blob})
 
 
 def _kernel_case(rng: random.Random, c: Corpus) -> Case:
