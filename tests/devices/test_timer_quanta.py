@@ -28,7 +28,8 @@ class Clock:
 
 class Rises:
     def __init__(self, clock: Clock) -> None:
-        self.clock, self.at = clock, []  # type: list[int]
+        self.clock = clock
+        self.at: list[int] = []
 
     def set_irq(self, irq: int, level: bool) -> None:
         if level:
