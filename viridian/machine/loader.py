@@ -64,12 +64,11 @@ def read_modules(spec: str | None) -> tuple[Module, ...]:
     """The multiboot modules named by ``--initrd`` (QEMU syntax), read from disk."""
     if not spec:
         return ()
+    from viridian.cli.inputs import IMAGE_MAX, read_input
+
     mods = []
-    for path, string in parse_initrd(spec):
-        try:
-            mods.append(Module(string, Path(path).read_bytes()))
-        except OSError as exc:
-            raise UserError(f"cannot read multiboot module {path}: {exc.strerror}") from None
+    for path, string in parse_initrd(spec):  # regular files of bounded size (issue 17)
+        mods.append(Module(string, read_input(path, "multiboot module", IMAGE_MAX)))
     return tuple(mods)
 
 
