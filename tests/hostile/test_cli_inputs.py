@@ -79,6 +79,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["run", "{w}/dir", "--stats-json", OUT], 2, "directory"),
     (["boot", "/dev/zero"], 2, "character device"),
     (["boot", str(HELLO), "--initrd", "{w}/fifo"], 2, "FIFO"),
+    (["run", str(ROOT / "fixtures/build/multiboot.elf"), "--initrd", "{w}/fifo", "--stats-json", OUT], 2, "FIFO"),
     (["run", str(HELLO), "--libvirt", "/dev/zero", "--stats-json", OUT], 2, "character device"),
     (["run", str(HELLO), "--libvirt", "{w}/fifo", "--stats-json", OUT], 2, "FIFO"),
     (["run", str(HELLO), "--libvirt", "{w}/bad.xml", "--stats-json", OUT], 2, "state"),
