@@ -29,10 +29,11 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
 from viridian.machine import engine as E
-from viridian.machine import engine_build, pc_machine, vcpu_io
+from viridian.machine import engine_build, pc_machine, unassigned, vcpu_io
 from viridian.machine import layout as L
 from viridian.machine import vcpu_code as C
 from viridian.machine import vcpu_delivery as D
+from viridian.machine.arch_faults import ended_in_hlt
 from viridian.machine.boot import BootRegisters
 from viridian.machine.engine_build import new_uc
 from viridian.machine.lost_fault import recover_lost_fault
@@ -91,6 +92,7 @@ class Vcpu:
         self.cr8_sites: dict[int, tuple[bool, int]] = {}  # MOV CR8 address -> (is write, GPR register id)
         self._hooked_pages: set[int] = set()
         self.pause_sites: set[int] = set()  # PAUSE hooks (without vn_svm_check): one per address, ever
+        self.df_retry: int | None = None  # arch_faults.py: the instruction an engine #DF is run again at
         self._stub_hooks: set[int] = set()
         self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
         # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
@@ -125,6 +127,9 @@ class Vcpu:
         self._lib = lib
         self._native_ref = ctypes.byref(n)
         self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
+        self._settle, self._uch = lib.vn_settle, uc._uch
+        self._settle.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState), ctypes.c_uint64]
+        self._settle.restype = ctypes.c_uint64
         self._site_fn = function_address(lib, "vn_site")
         msr_done = self._guard(self._msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
         self._msr_slow = E.CODE_CB(lambda _h, address, size, _ud: msr_done(uc, address, size, None))
@@ -161,6 +166,7 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
         uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
+        unassigned.install(self)  # beyond RAM: reads all-ones, writes dropped (QEMU's PCI master abort)
         self._wp_fault: int | None = None
         self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
         self._map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
@@ -246,13 +252,7 @@ class Vcpu:
         back -- they run, and count, in a later block. Whether the engine stops right after an access or at
         the next block start, and however the translator split the code into blocks, the count is the same
         (tests/machine/test_fastpath_equivalence.py)."""
-        n = self._native
-        if n.pend_valid and n.block_start <= rip <= n.pend_end:
-            n.bytes -= n.pend_end + 1 - rip
-            if rip == n.block_start:  # none of it ran
-                n.pend_valid = n.hot = 0
-            else:
-                n.pend_end = rip - 1  # the last byte that ran (the STI-shadow test reads it)
+        self._settle(self._uch, self._native_ref, rip & MASK64)  # csrc vn_settle
 
     def _stop(self) -> None:
         self.stop_requested = True
@@ -296,7 +296,7 @@ class Vcpu:
                     self._engine_error(exc)
             finally:
                 self._engine_leave()
-                self.settle_clock(self._rip_flags.read()[0])
+                self._settle(self._uch, self._native_ref, MASK64)  # settle_clock at the engine's RIP
                 if n.wp_fault:  # vn_tbipf stopped a store into a read-only overlay (set_protected)
                     self._wp_fault, n.wp_fault = int(n.wp_fault) - 1, 0
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
@@ -347,7 +347,7 @@ class Vcpu:
                 continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
-            if self._map_changed:
+            if self._map_changed and not ended_in_hlt(self):  # a HLT after the change still halts
                 self._map_changed = False
                 continue
             if code_written or patch_failed:

@@ -11,6 +11,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.machine import engine as E
+from viridian.machine.arch_faults import refine, write_access
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 
 if TYPE_CHECKING:
@@ -22,6 +23,10 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
     if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
         E.reset_old_exception(uc, off)
     rip = uc.reg_read(X.UC_X86_REG_RIP)
+    if (arch := refine(v, uc, intno, rip)) is None:  # arch_faults.py: an escalated first fault runs again
+        v._stop()
+        return
+    intno, rip = arch
     error = 0 if intno in ERROR_CODE_VECTORS else None
     if intno == PF:
         cr2 = uc.reg_read(X.UC_X86_REG_CR2)
@@ -49,7 +54,8 @@ def pf_error_code(v: Vcpu, cr2: int) -> int:
     cr3, cr0 = v._paging()
     present = v.m.walker.translate(cr3, cr0, cr2) is not None
     cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
-    return (1 if present else 0) | (2 if present else 0) | (4 if cpl == 3 else 0)
+    write = write_access(v)  # arch_faults.py: decoded (the engine does not report it)
+    return (1 if present else 0) | (2 if (present if write is None else write) else 0) | (4 if cpl == 3 else 0)
 
 
 def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_exit: bool = False,

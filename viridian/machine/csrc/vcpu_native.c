@@ -187,6 +187,22 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
 
 static int window_block(void *uc, uint64_t address, vn_state *s);
 
+/* The clock counts bytes of instructions that ran, whatever path entered their block (engine_build.py): a
+ * block is counted when it starts, so when the engine (or an exception) leaves it at rip inside it, the bytes
+ * from rip on are taken back -- they run, and count, in a later block. rip = ~0: read RIP here. */
+uint64_t vn_settle(void *uc, vn_state *s, uint64_t rip) {
+    if (rip == ~0ULL)
+        s->reg_read(uc, s->rip_reg, &rip);
+    if (s->pend_valid && rip >= s->block_start && rip <= s->pend_end) {
+        s->bytes -= s->pend_end + 1 - rip;
+        if (rip == s->block_start)
+            s->pend_valid = s->hot = 0;  /* none of it ran */
+        else
+            s->pend_end = rip - 1;       /* the last byte that ran (the STI-shadow test reads it) */
+    }
+    return rip;
+}
+
 /* A block was just translated for a vCPU with block entry (engine_watch.c vn_tb_gen_code): its pages are
  * searched for sites now, as vn_block does at a block's first run -- a page with candidates stops the engine,
  * so the block's entry check leaves before it runs and the machine hooks the sites (dropping the page's

@@ -1,0 +1,77 @@
+"""Guest actions that hardware answers architecturally (issue 17 item 7): the run never ends "error" (a host
+bug) or "hung" for them. Each case of fixtures/guests/machine/hostile_arch.S checks the answer itself and exits
+0; the cases whose answer is a shutdown end "triple-fault"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from viridian.config.presets import load_config
+from viridian.machine.loader import load_image
+from viridian.machine.machine import Machine
+
+# case -> (status, code, the first vector of a triple fault, what the SDM / QEMU give)
+CASES = {
+    "j": ("exit", 0, None, "JMP/RET/CALL to a non-canonical target: #GP(0) at the branch, nothing pushed/popped"),
+    "u": ("exit", 0, None, "beyond RAM through the guest's page tables: reads all-ones, writes dropped"),
+    "x": ("exit", 0, None, "XSAVE running off the last mapped page: #PF(W) at the first unmapped byte"),
+    "g": ("exit", 0, None, "GDTR beyond RAM: the all-ones descriptor is readable conforming code; DS loads it"),
+    "c": ("triple-fault", None, 14, "CR3 beyond RAM: all-ones entries (reserved bits) -> #PF -> #DF -> shutdown"),
+    "a": ("triple-fault", None, 14, "CR3 on the APIC page: the same"),
+    "i": ("triple-fault", None, 6, "every gate on an IST slot holding 0: the frame faults -> #DF -> shutdown"),
+}
+
+
+def _run(guests: Path, case: str, mem_mib: int = 128) -> Machine:
+    m = Machine(load_config(preset="recommended"), load_image(guests / "hostile_arch.elf"), cmdline=case,
+                mem_mib=mem_mib, max_ticks=200_000_000)
+    m.run()
+    return m
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_architectural_answer(guests: Path, case: str) -> None:
+    status, code, first, what = CASES[case]
+    m = _run(guests, case)
+    res = m.result
+    assert res is not None and res.status == status, (what, res, m.ports.serial.text())
+    if code is not None:
+        assert res.code == code, (what, m.ports.serial.text())
+    if first is not None:
+        assert f"first vector {first}" in res.detail, (what, res.detail)
+
+
+def test_a_non_canonical_branch_faults_at_the_branch(guests: Path) -> None:
+    """Three #GP(0) (jmp, ret, call), each reported at the branch with the stack as before it (the guest checks
+    RIP and RSP); the engine's own report is a fault at the target, escalated to #DF."""
+    m = _run(guests, "j")
+    assert m.total_stats().exceptions == {13: 3}
+    assert m.ports.serial.text().count("vec=13 err=0x0") == 3
+
+
+@pytest.mark.parametrize("mem_mib", [64, 128, 1024])
+def test_unassigned_memory_reads_all_ones_at_any_ram_size(guests: Path, mem_mib: int) -> None:
+    m = _run(guests, "u", mem_mib)
+    assert (m.result.status, m.result.code) == ("exit", 0) if m.result else False
+    assert "value=0xffffffffffffffff after-write=0xffffffffffffffff" in m.ports.serial.text()
+    assert all(v.stats.events["unassigned memory mapped"] >= 1 for v in m.vcpus[:1])
+
+
+@pytest.mark.parametrize("mem_mib", [64, 256])
+def test_xsave_faults_where_the_mapping_ends(guests: Path, mem_mib: int) -> None:
+    m = _run(guests, "x", mem_mib)
+    assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
+    assert f"vec=14 err=0x2 cr2={(mem_mib << 20):#x}" in m.ports.serial.text()
+
+
+def test_unassigned_blocks_never_cover_ram_or_the_apic() -> None:
+    from viridian.machine.unassigned import free_block
+
+    ram, apic = (0, (128 << 20) - 1), (0xFEE00000, 0xFEE00FFF)
+    assert free_block([ram, apic], 0xC0000000) == (0xC0000000, 1 << 21)  # the 1 GiB block holds the APIC
+    assert free_block([ram, apic], 128 << 20) == (128 << 20, 1 << 21)
+    assert free_block([ram, apic], 0xFEE01000) == (0xFEE01000, 1 << 12)
+    assert free_block([ram, apic], 5 << 30) == (5 << 30, 1 << 30)
+    assert free_block([ram, apic], 1 << 40) is None  # beyond MAXPHYADDR
