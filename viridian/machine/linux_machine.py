@@ -87,5 +87,6 @@ def linux_machine(config: Enlightenments, kernel: str | Path, *, initrd: str | P
     image = load_linux(kernel, initrd)
     machine_args.setdefault("board", "pc")  # a kernel gets the PC (viridian.machine.pc_machine) unless told
     machine = Machine(config, image, vcpus=vcpus, mem_mib=mem_mib, cmdline=append, **machine_args)
-    attach_acpi_sleep(machine)
+    if machine.platform is None:  # HW-reduced ACPI's sleep registers; the PC powers off through PM1a_CNT
+        attach_acpi_sleep(machine)
     return machine

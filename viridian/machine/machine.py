@@ -141,7 +141,8 @@ class Machine:
                 self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
             from viridian.machine.linux_machine import attach_acpi_sleep
 
-            attach_acpi_sleep(self)  # the FADT's sleep registers (linux_acpi.py): S5 ends the run, code 0
+            if self.platform is None:  # the HW-reduced FADT's sleep registers (linux_acpi.py): S5 ends the run
+                attach_acpi_sleep(self)
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)
