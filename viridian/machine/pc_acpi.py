@@ -3,7 +3,7 @@ its FACS, and the "HPET" table. The DSDT, MADT, XSDT and RSDP are viridian.machi
 
 The fixed hardware is viridian.devices.pm_timer (the PIIX4 PM block at 0xB000, as QEMU pc with SeaBIOS): PM1a
 event block 0xB000 (4 bytes), PM1a control block 0xB004 (2 bytes), PM timer 0xB008 (4 bytes, 24-bit unless
-TMR_VAL_EXT), SCI on IRQ 9, no SMI_CMD (the platform is always in ACPI mode, §4.8.2.5), no GPE blocks. The
+TMR_VAL_EXT), SCI on IRQ 9, no SMI_CMD (§5.2.9 SMI_CMD = 0: no mode transition, always in ACPI mode), no GPE blocks. The
 DSDT's \\_S5_ SLP_TYPa goes to PM1a_CNT.SLP_TYP (§7.4.2). RESET_REG is the PIIX reset control register, I/O port
 0xCF9, value 0x06 (hard reset + reset CPU; QEMU q35's register, the pc machine has none), so Linux's first
 reboot attempt (reboot=acpi) works. The FADT stays revision 6 (ACPI 6.5), so Linux reads IAPC_BOOT_ARCH: the
