@@ -27,7 +27,6 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from viridian.machine import vcpu_code as C
 from viridian.machine.engine import EFER
 from viridian.machine.engine_build import new_uc
 
@@ -74,9 +73,6 @@ def bring_up(v: Vcpu, vector: int) -> bool:
         return False
     ctx = uc.context_save()
     v.uc.context_restore(ctx)
-    if v._native.tb_patch:  # known gap (docs/architecture.md): a vCPU started by SIPI counts with the block hook
-        v._native.tb_patch = 0
-        C.hook_blocks(v)
     v.uc.ctl_flush_tb()
     v._efer = int(v.uc.msr_read(EFER))
     v.stats.events["sipi_start"] += 1
