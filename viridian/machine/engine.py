@@ -316,6 +316,14 @@ _CHECK_EXIT = "helper_check_exit_request_x86_64"
 def pc_mark_offset() -> int | None:
     """Offset of that mark in the engine handle: the byte the exit-request helper tests (cmpb $0, d(%rdi)) and
     clears (movb $0, d(%rdi)), checked by behaviour on a scratch engine (set by a RIP write only)."""
+    off = _find_pc_mark()
+    if off is None:
+        log.warning("engine: the PC mark of a RIP write was not found; a stop after an exception may resume at "
+                    "a stale PC (docs/architecture.md)")
+    return off
+
+
+def _find_pc_mark() -> int | None:
     sym = getattr(uclib, _CHECK_EXIT, None)
     fn = ctypes.cast(sym, ctypes.c_void_p).value if sym is not None else None
     if fn is None:
