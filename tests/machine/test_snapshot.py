@@ -26,7 +26,7 @@ def test_reference_time_survives_a_snapshot(guests: Path, tmp_path: Path) -> Non
     assert "timecheck: 400 rounds" in res.stdout
 
 
-@pytest.mark.parametrize(("image", "vcpus", "at"), [("win8.elf", 2, 1_500_000), ("hv_ipi.elf", 4, 400_000)])
+@pytest.mark.parametrize(("image", "vcpus", "at"), [("win8.elf", 2, 1_500_000), ("hv_ipi.elf", 4, 100_000)])
 def test_resumed_guests_finish(guests: Path, tmp_path: Path, image: str, vcpus: int, at: int) -> None:
     snap = tmp_path / "g.snap"
     whole = cli("run", str(guests / image), "--vcpus", str(vcpus), "--quiet")
