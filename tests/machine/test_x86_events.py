@@ -54,3 +54,16 @@ def test_gate_code_segment_checks(guests: Path) -> None:
     m, res = run(guests, "g")
     assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
     assert m.ports.serial.text().endswith("gates ok\n")
+
+
+@pytest.mark.parametrize("pcpus", [None, 1])
+def test_ipi_to_a_waiting_vcpu_ends_the_senders_slice(guests: Path, pcpus: int | None) -> None:
+    """An NMI to a vCPU waiting for a CPU (halted, or behind the sender on one CPU) ends the sender's run soon
+    and the target runs first next (KVM kicks it): a 1,000-round NMI ping-pong costs a few thousand ticks a
+    round, not a 200,000-tick quantum or two -- so 100,000 rounds fit the default budget (2e10 ticks)."""
+    m, res = run(guests, "p3", vcpus=2, pcpus=pcpus)
+    assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
+    assert "rounds=1000" in m.ports.serial.text()
+    per_round = m.clock.tsc() // 1000
+    assert per_round <= 10_000, per_round
+    assert 100_000 * per_round < m.max_ticks

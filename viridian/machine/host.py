@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
 
 MIN_SLICE = 64
+KICK_QUANTUM = 20_000  # ticks (10 us): a quantum that starts with an event pending for a vCPU (Machine.kick)
 SOLO_QUANTUM = 20_000_000  # ticks (10 ms at 2 GHz): the quantum of a host with a single vCPU
 
 
@@ -102,6 +103,9 @@ class Host:
                 self.T = max(self.T, deadline)
                 continue
             q = min(m.quantum for m in live)
+            kicked = [mv for mv in runnable if mv[1].event_pending()] if self.vcpu_count > 1 else []
+            if kicked:  # KVM kicks an IPI's target onto a CPU: it runs first, and the others only briefly
+                q = min(q, KICK_QUANTUM)
             if self.vcpu_count == 1:  # nothing to interleave: run to the deadline (timers clip a run, vcpu.py)
                 q = max(q, min(SOLO_QUANTUM, max(MIN_SLICE, live[0].max_ticks - self.T)))
             if deadline is not None and deadline > self.T:
@@ -113,6 +117,8 @@ class Host:
                     slice_min = min(MIN_SLICE, q)
             k = self.rr % len(runnable)
             order = runnable[k:] + runnable[:k]
+            if kicked:
+                order = [mv for mv in order if mv in kicked] + [mv for mv in order if mv not in kicked]
             self.rr += 1
             longest = 0
             for _pcpu in range(min(self.pcpus, len(order))):

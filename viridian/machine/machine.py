@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUANTUM = 200_000
+KICK_TICKS = 2_000  # (1 us) a vCPU that kicks another runs on this long at most (an IPI's latency)
 
 
 @dataclass
@@ -383,6 +384,11 @@ class Machine:
         v = self._running
         if v is not None and v.index == vp:
             v.stop_requested = True  # deliver before more guest code runs
+        elif v is not None and 0 <= vp < len(self.vcpus) and not self.vcpus[vp].wait_sipi:
+            # another vCPU gained an event: KVM kicks it onto its CPU at once; here the sender's run ends
+            # KICK_TICKS later and the next quantum runs the target first (Host: KICK_QUANTUM), so the target
+            # answers within a bounded virtual time however many vCPUs wait (deterministic: virtual ticks)
+            v.end_run_within(KICK_TICKS)
 
     def _on_init(self, vp: int) -> None:
         """INIT IPI (SDM §8.4.4): the target waits for a SIPI (its APIC was reset by the bus)."""

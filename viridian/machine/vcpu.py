@@ -499,6 +499,20 @@ class Vcpu:
             n = self._native
             n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
 
+    def end_run_within(self, ticks: int) -> None:
+        """End this run at the first block start ``ticks`` from now (Machine.kick)."""
+        n = self._native
+        at = int(n.bytes) + ticks
+        if at < self._run_end:
+            self._run_end = at
+            n.limit = min(int(n.limit), at)
+
+    def event_pending(self) -> bool:
+        """An NMI or a deliverable interrupt waits (IF = 1): the host runs this vCPU first (Host._schedule)."""
+        if self.nmi_pending:
+            return not D.nmi_blocked(self)
+        return not self.wait_sipi and D.has_interrupt(self) and self._if_set()
+
     def _after_exit(self) -> None:
         """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""
         if self.m.done:
