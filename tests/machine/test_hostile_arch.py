@@ -21,6 +21,8 @@ CASES = {
     "c": ("triple-fault", None, 14, "CR3 beyond RAM: all-ones entries (reserved bits) -> #PF -> #DF -> shutdown"),
     "a": ("triple-fault", None, 14, "CR3 on the APIC page: the same"),
     "i": ("triple-fault", None, 6, "every gate on an IST slot holding 0: the frame faults -> #DF -> shutdown"),
+    "o": ("triple-fault", None, 14, "hypercall page over the PML4: the walk reads the overlay -> #PF (fetch)"),
+    "d": ("triple-fault", None, 13, "hypercall page over the GDT: DS loads a system descriptor -> #GP(0x10)"),
 }
 
 

@@ -119,3 +119,52 @@ def write_access(v: Vcpu) -> bool | None:
     if insn.mnemonic.startswith(("push", "call", "enter")):
         return True
     return any(op.type == X86_OP_MEM and op.access & CS_AC_WRITE for op in insn.operands)
+
+
+_SREG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
+         "ss": X.UC_X86_REG_SS}
+
+
+def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None:
+    """(vector, error code) a MOV to DS/ES/FS/GS/SS at ``rip`` raises, when the engine stopped on it without
+    reporting (a descriptor table the guest overlaid, read from the GDT as it is in memory). SDM vol. 2B "MOV"
+    (protected/64-bit mode): beyond the table limit or a system descriptor -> #GP(sel); DS/ES/FS/GS: an
+    execute-only code segment, or a data / non-conforming code segment with DPL < max(CPL, RPL) -> #GP(sel),
+    not present -> #NP(sel); SS: not a writable data segment with DPL = RPL = CPL -> #GP(sel), not present ->
+    #SS(sel). None: not such an instruction, or it loads fine."""
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    insn = next(md.disasm(code, rip, 1), None)
+    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
+        return None
+    dest = insn.reg_name(insn.operands[0].reg) if insn.operands[0].type == 1 else None
+    if dest not in _SREG:
+        return None
+    src = insn.operands[1]
+    if src.type != 1:  # a selector from memory: not modelled here
+        return None
+    sel = int(v.uc.reg_read(getattr(X, "UC_X86_REG_" + insn.reg_name(src.reg).upper()))) & 0xFFFF
+    cpl, rpl, err = int(v.uc.reg_read(X.UC_X86_REG_CS)) & 3, sel & 3, sel & 0xFFFC
+    if sel & ~3 == 0:
+        return (GP, 0) if dest == "ss" else None  # a null selector: DS/ES/FS/GS load it (SS in 64-bit CPL 0 too)
+    _s, base, limit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
+    if sel & 4 or (sel | 7) > limit:
+        return GP, err
+    raw = v._read_virt(base + (sel & ~7), 8)
+    if raw is None:
+        return PF, 0  # the table itself is not mapped: a #PF on the descriptor read (CR2 left to the walker)
+    access = raw[5]
+    present, dpl, system, code_seg = access >> 7, (access >> 5) & 3, not access & 0x10, bool(access & 8)
+    if system:
+        return GP, err
+    if dest == "ss":
+        if code_seg or not access & 2 or not (dpl == rpl == cpl):
+            return GP, err
+        return (0x0C, err) if not present else None
+    if code_seg and not access & 2:
+        return GP, err
+    if (not code_seg or not access & 4) and dpl < max(cpl, rpl):
+        return GP, err
+    return (0x0B, err) if not present else None

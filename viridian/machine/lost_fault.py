@@ -12,6 +12,8 @@ import capstone
 from capstone import x86_const as CX
 from unicorn import x86_const as X
 
+from viridian.machine.arch_faults import refine, segment_load_fault
+
 if TYPE_CHECKING:
     from viridian.machine.vcpu import Vcpu
 
@@ -48,7 +50,10 @@ def memory_operands(uc: Any, code: bytes, rip: int) -> list[tuple[int, int, bool
             elif m.segment == CX.X86_REG_GS:
                 addr += uc.msr_read(0xC000_0101)
             write = bool(op.access & capstone.CS_AC_WRITE)
-            out.append((addr & 0xFFFF_FFFF_FFFF_FFFF, max(1, op.size), write))
+            size = max(1, op.size)
+            if insn.mnemonic.startswith(("xsave", "xrstor", "fxsave", "fxrstor")):
+                size = 512 if insn.mnemonic.startswith("fx") else 576  # SDM vol. 1 §13.4: legacy area + header
+            out.append((addr & 0xFFFF_FFFF_FFFF_FFFF, size, write))
         if insn.mnemonic.startswith("push") or insn.mnemonic.startswith("call"):
             out.append(((uc.reg_read(X.UC_X86_REG_RSP) - 8) & 0xFFFF_FFFF_FFFF_FFFF, 8, True))
     return out
@@ -82,7 +87,7 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
     """Deliver the exception the engine swallowed at ``rip`` (#PF, #UD, #DE, #BP, INT n, or a hypercall)."""
     code = v._read_virt(rip, 15) or v._read_virt(rip, 1)
     if not code:
-        return False
+        return fetch_fault(v, rip)
     cr3, cr0 = v._paging()
     operands = memory_operands(v.uc, code, rip)
     for addr, size, _write in operands:  # SDM 3.3.7.1: a non-canonical address raises #GP(0) (#SS for RSP)
@@ -91,8 +96,8 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
             v.stats.events["lost_fault_recovered"] += 1
             v.raise_exception(13, 0, rip, deferred=False)
             return True
-    for addr, size, write in operands:
-        for probe in {addr, addr + size - 1}:
+    for addr, size, write in operands:  # the first byte of each page the access touches, in order
+        for probe in [addr, *range((addr & ~0xFFF) + 0x1000, addr + size, 0x1000)]:
             if v.m.walker.translate(cr3, cr0, probe, write) is None:
                 v.uc.reg_write(X.UC_X86_REG_CR2, probe)
                 present = v.m.walker.translate(cr3, cr0, probe) is not None
@@ -102,6 +107,12 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
                 v.stats.events["lost_fault_recovered"] += 1
                 v.raise_exception(14, err, rip, deferred=False)
                 return True
+    seg = segment_load_fault(v, code, rip)  # arch_faults.py: a descriptor the guest's own table made invalid
+    if seg is not None and seg[0] != 14:
+        v.stats.exit("exception")
+        v.stats.events["lost_fault_recovered"] += 1
+        v.raise_exception(seg[0], seg[1], rip, deferred=False)
+        return True
     kind, length = classify(v.uc, code, rip)
     if kind == "hypercall":
         v.traps._invalid(v.uc, None)
@@ -114,4 +125,29 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
         return False
     v.stats.events["lost_fault_recovered"] += 1
     v.raise_exception(vector, None, ret, count_exit=True, deferred=False)
+    return True
+
+
+def fetch_fault(v: Vcpu, rip: int) -> bool:
+    """The instruction at ``rip`` cannot be fetched through the guest's page tables (e.g. they were overlaid):
+    #PF at ``rip`` with CR2 = ``rip`` (SDM vol. 3A §4.7: I/D set for a fetch when NXE or SMEP is on)."""
+    if not _canonical(rip):  # a branch to a non-canonical target: #GP(0) at the branch (arch_faults.py)
+        arch = refine(v, v.uc, 13, rip)
+        if arch is None:
+            return False
+        v.stats.exit("exception")
+        v.stats.events["lost_fault_recovered"] += 1
+        v.raise_exception(arch[0], 0, arch[1], deferred=False)
+        return True
+    cr3, cr0 = v._paging()
+    if v.m.walker.translate(cr3, cr0, rip) is not None:
+        return False  # mapped (the read failed for another reason): not a fetch fault we can name
+    cr4 = int(v.uc.reg_read(X.UC_X86_REG_CR4))
+    cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
+    fetch = 0x10 if (v._efer >> 11) & 1 or (cr4 >> 20) & 1 else 0
+    v.uc.reg_write(X.UC_X86_REG_CR2, rip)
+    v.guest_cr2 = rip
+    v.stats.exit("exception")
+    v.stats.events["lost_fault_recovered"] += 1
+    v.raise_exception(14, fetch | (4 if cpl == 3 else 0), rip, deferred=False)
     return True

@@ -93,6 +93,7 @@ class Vcpu:
         self._hooked_pages: set[int] = set()
         self.pause_sites: set[int] = set()  # PAUSE hooks (without vn_svm_check): one per address, ever
         self.df_retry: int | None = None  # arch_faults.py: the instruction an engine #DF is run again at
+        self._unexplained_stop: tuple[int, int] | None = None  # (RIP, clock) of an engine stop resumed once
         self._stub_hooks: set[int] = set()
         self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
         # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
@@ -387,6 +388,11 @@ class Vcpu:
             self.halted = True
             return
         if recover_lost_fault(self, rip):
+            return
+        here = (rip, int(self._native.bytes))
+        if self._unexplained_stop != here:  # measured: a page MSR moving an overlay onto the GDT's page stops
+            self._unexplained_stop = here   # the engine after the WRMSR with nothing to report; go on once
+            self.stats.events["engine stop resumed"] += 1
             return
         self.m.finish("error", vcpu=self.index, detail=f"engine stopped unexpectedly at {rip:#x}",
                       disasm=self.m.disassemble(self, rip))
