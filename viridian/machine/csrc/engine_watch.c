@@ -182,8 +182,10 @@ void vn_tbipf(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr)
             code_store(uc, s, gpa, len > 0 ? (uint64_t)len : 0);
             /* a store into watched code stops the writer at once, as the exit check after it did: stores are
              * translated without one, so leave before it (it runs again when the machine has synced the other
-             * vCPUs; nothing else runs meanwhile). Letting the writer run on to its next block start broke a
-             * 4-vCPU Linux boot (it jumped into its stack at ~0.3 s); not understood. */
+             * vCPUs; nothing else runs meanwhile). Letting the writer run on to its next block start once broke a
+             * 4-vCPU Linux boot (it jumped into its stack at ~0.3 s) -- only by moving where runs stop: the
+             * cause was the stale PC mark of a RIP written in the INTR hook (engine.py drop_pc_mark); with
+             * that fixed, running on boots 2 and 4 vCPUs to the initramfs exit too. */
             if (s->dirty_count != before && quiet_stores && retaddr && vn_real_check_exit)
                 leave_at(uc, retaddr);
         }
