@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     _check_ranges(args)
     config = boot_config(args)
     initrd = str(guest_path(args.initrd)) if args.initrd and is_guest_name(args.initrd) else args.initrd  # by name
+    fresh_trace = args.trace not in (None, "-") and not os.path.lexists(args.trace)
     tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
     t0 = time.perf_counter()
     try:
@@ -100,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
                 writer.close()
             if debugger is not None:
                 debugger.close(machine.result)
+    except UserError:  # refused while the kernel is loaded: a refusal leaves no file behind
+        if tracer is not None and fresh_trace:
+            tracer.close()
+            os.unlink(args.trace)
+        raise
     finally:
         if tracer is not None:
             tracer.close()
