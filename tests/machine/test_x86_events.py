@@ -67,3 +67,14 @@ def test_ipi_to_a_waiting_vcpu_ends_the_senders_slice(guests: Path, pcpus: int |
     per_round = m.clock.tsc() // 1000
     assert per_round <= 10_000, per_round
     assert 100_000 * per_round < m.max_ticks
+
+
+@pytest.mark.parametrize("preset", ["none", "all"])
+def test_apic_base_relocation_and_the_disabled_apic(guests: Path, preset: str) -> None:
+    """SDM vol. 3 §10.4.3-§10.4.5: with IA32_APIC_BASE[11] = 0 CPUID.1:EDX[9] reads 0 and the xAPIC page is
+    memory-like (KVM: all-ones, then what was written -- kvm-unit-tests verify_disabled_apic_mmio); enabled at
+    a new base the APIC answers there and the old page is unassigned (all-ones); moving back works too."""
+    m, res = run(guests, "a", preset)
+    assert (res.status, res.code) == ("exit", 0), (res, m.ports.serial.text())
+    assert m.vcpus[0].apic_page == 0xFEE0_0000
+    assert m.total_stats().events["apic_base_not_mapped"] == 0

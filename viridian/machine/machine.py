@@ -314,6 +314,8 @@ class Machine:
                 other.forget_code()
         if index == HvMsr.GUEST_OS_ID:
             self._update_fast_paths()
+        if index == 0x1B and res is None:  # IA32_APIC_BASE: the xAPIC page follows the base (SDM §10.4.5)
+            v.map_apic(self.arch[v.index].apic_base_address)
         if index in (HvMsr.HYPERCALL, HvMsr.REFERENCE_TSC, HvMsr.GUEST_OS_ID):
             pages = {o.gpa for o in self.partition.overlays() if not o.writable}
             for other in self.vcpus:

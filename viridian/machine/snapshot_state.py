@@ -127,6 +127,7 @@ def _apply(m: Machine, values: dict[str, Any]) -> int:
     for v in m.vcpus:
         v._native.tsc_offset = v.apic.tsc_offset
         v.set_protected(pages)
+        v.map_apic(m.arch[v.index].apic_base_address)  # a relocated xAPIC page (IA32_APIC_BASE)
     m._update_fast_paths()
     return rr
 

@@ -112,6 +112,7 @@ class Vcpu:
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
+        self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
         pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET...
         self._native = VnState()
         self._table = (ctypes.c_uint64 * TABLE_PAGES)()
@@ -504,6 +505,27 @@ class Vcpu:
             self._run_end = at
             n = self._native
             n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
+
+    def map_apic(self, base: int) -> None:
+        """IA32_APIC_BASE moved this vCPU's xAPIC page (SDM vol. 3 §10.4.5): the engine maps it at ``base``; the
+        old page is left unmapped (unassigned.py answers it, as QEMU's PC); over a device page the APIC wins. A
+        base inside RAM is not mapped (QEMU overlays RAM with the APIC: not modelled)."""
+        if base == self.apic_page:
+            return
+        if self.apic_page is not None:
+            self.uc.mem_unmap(self.apic_page, 0x1000)
+            self.apic_page = None
+        mapped = [(b, e) for b, e, _p in self.uc.mem_regions() if b <= base + 0xFFF and e >= base]
+        try:
+            if mapped and base >= self.m.ram_size:  # an unassigned or device page there: the APIC wins (QEMU)
+                self.uc.mem_unmap(base, 0x1000)
+            self.uc.mmio_map(base, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
+            self.apic_page = base
+        except UcError:
+            self.stats.events["apic_base_not_mapped"] += 1
+        self.flush_tlb()
+        if self.m._running is self:  # a map change inside a hook makes emu_start return (vcpu_code.set_protected)
+            self._map_changed = True
 
     def end_run_within(self, ticks: int) -> None:
         """End this run at the first block start ``ticks`` from now (Machine.kick)."""

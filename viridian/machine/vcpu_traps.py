@@ -53,6 +53,7 @@ class InstructionTraps:
         self.v = v
         self._rdtscp_regs: E.FastRegs | None = None  # made on first use (the vCPU's engine comes later)
         self._tsc_aux: MsrReg | None = None
+        self._disabled_page = bytearray(b"\xff" * 0x1000)  # the xAPIC page while the APIC is disabled
 
     # -- hypercalls -----------------------------------------------------------------------------------------
     def _hypercall_regs(self) -> HypercallRegisters:
@@ -134,7 +135,8 @@ class InstructionTraps:
                           invariant_tsc=not self.v.m.partition.invariant_tsc_suppressed(),
                           limit_maxval=arch.limit_cpuid_maxval)
             if leaf == 1:
-                r = type(r)(r.eax, r.ebx, r.ecx, r.edx | (1 << 9 if self.v.apic.hw_enabled else 0))
+                # CPUID.1:EDX[9]: the APIC is present while IA32_APIC_BASE[11] enables it (SDM vol. 3 §10.4.3)
+                r = type(r)(r.eax, r.ebx, r.ecx, r.edx & ~(1 << 9) | (1 << 9 if self.v.apic.hw_enabled else 0))
         return r
 
     def _tsc(self) -> int:
@@ -239,6 +241,8 @@ class InstructionTraps:
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
             self.v._exit("mmio")
+            if not self.v.apic.hw_enabled:  # IA32_APIC_BASE[11] = 0: no APIC answers (SDM vol. 3 §10.4.3)
+                return int.from_bytes(self._disabled_page[offset:offset + size], "little")
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
             self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, False)
@@ -255,6 +259,9 @@ class InstructionTraps:
     def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
             self.v._exit("mmio")
+            if not self.v.apic.hw_enabled:  # plain memory then, as on KVM (kvm-unit-tests apic.c reads back
+                self._disabled_page[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                return  # what it wrote: verify_disabled_apic_mmio); all-ones before any write
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
             self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, True)
