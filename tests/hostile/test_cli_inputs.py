@@ -106,7 +106,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["run", str(HELLO), "--vcpus", "100000", "--stats-json", OUT], 2, "--vcpus must be 1..256"),
     (["run", str(HELLO), "--with", f"{HELLO}:²", "--stats-json", OUT], 2, "cannot read guest image"),
     (["run", "{w}/big.bin", "--mem", "8", "--trace", "{out}/t.jsonl"], 2, "does not fit"),
-    (["boot", "{w}/README.md", "--trace", "{out}/t.jsonl"], 2, "not a Linux bzImage"),
+    (["boot", "{w}/README.md", "--trace", "{out}/t.jsonl"], 2, "Linux bzImage"),
     (["nonsense"], 2, "invalid choice"),
 ]
 
