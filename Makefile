@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz fuzz-inputs linux linux-matrix pyc qemu gdb
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz fuzz-inputs linux linux-matrix linux-compare pyc qemu gdb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -75,8 +75,15 @@ linux-matrix: $(STAMP) pyc
 bench-fanout: $(STAMP) pyc
 	$(BIN)/python bench/bench_fanout.py
 
-bench-linux: $(STAMP) pyc
+# Debian to the root-mount panic, viridian --preset none (and recommended) vs QEMU TCG on 1 vCPU, and to the
+# initramfs exit on 4 vCPUs (recommended vs QEMU -smp 4): CPU and wall time, BENCH_LINUX_RUNS interleaved runs
+bench-linux: $(STAMP) fixtures pyc qemu
 	$(BIN)/python bench/bench_linux.py
+
+# README "What the enlightenments save on Debian's kernel": viridian compare (none, xen-3.4, recommended) with
+# the initramfs at 1 and 4 vCPUs, as Markdown tables (SAVE=DIR keeps the JSON, LOAD=DIR rebuilds from it)
+linux-compare: $(STAMP) fixtures pyc
+	$(BIN)/python -m viridian.lab.linux_compare $(if $(SAVE),--save $(SAVE)) $(if $(LOAD),--load $(LOAD))
 
 fuzz: $(STAMP)
 	$(BIN)/viridian fuzz --ops 1000000 --seed $${SEED:-1}
