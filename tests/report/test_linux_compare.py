@@ -66,3 +66,15 @@ def test_collect_notes_two_different_runs_of_one_offer() -> None:
     collect({("none", "recommended"): {"a": side(), "b": side(eoi=0)},
              ("xen-3.4", "recommended"): {"a": side(), "b": side(eoi=1)}}, 4, notes)
     assert notes == ["4 vCPU(s), recommended: two runs differ (not deterministic)"]
+
+
+def test_load_reports_missing_empty_and_malformed_documents(tmp_path: Any, capsys: Any) -> None:
+    from viridian.lab.linux_compare import main
+
+    (tmp_path / "none-recommended-1.json").write_text("")
+    (tmp_path / "xen-3.4-recommended-1.json").write_text('{"a": {"result": 1}, "b": []}')
+    assert main(["--load", str(tmp_path), "--vcpus", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "none vs recommended: not a compare document" in out
+    assert "none vs xen-3.4: no " in out
+    assert "a malformed compare document" in out

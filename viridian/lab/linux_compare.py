@@ -150,21 +150,32 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.exists():
                     notes.append(f"{vcpus} vCPU(s), {a} vs {b}: no {path}")
                     continue
-                pairs[(a, b)] = json.loads(path.read_text())
-                continue
-            assert kernel is not None
-            cmd = compare_cmd(kernel, a, b, vcpus)
-            print(f"linux-compare: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if res.returncode != 0:
-                err = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
-                notes.append(f"{vcpus} vCPU(s), {a} vs {b}: compare exit status {res.returncode}: {err}")
-                continue
-            pairs[(a, b)] = json.loads(res.stdout)
-            if args.save:
-                Path(args.save).mkdir(parents=True, exist_ok=True)
-                (Path(args.save) / name).write_text(res.stdout)
-        out += table(vcpus, collect(pairs, vcpus, notes), notes)
+                try:
+                    text = path.read_text()
+                except (OSError, UnicodeDecodeError) as exc:
+                    notes.append(f"{vcpus} vCPU(s), {a} vs {b}: {path}: {exc}")
+                    continue
+            else:
+                assert kernel is not None
+                cmd = compare_cmd(kernel, a, b, vcpus)
+                print(f"linux-compare: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+                res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if res.returncode != 0:
+                    err = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
+                    notes.append(f"{vcpus} vCPU(s), {a} vs {b}: compare exit status {res.returncode}: {err}")
+                    continue
+                text = res.stdout
+                if args.save:
+                    Path(args.save).mkdir(parents=True, exist_ok=True)
+                    (Path(args.save) / name).write_text(text)
+            try:
+                pairs[(a, b)] = json.loads(text)
+            except ValueError as exc:
+                notes.append(f"{vcpus} vCPU(s), {a} vs {b}: not a compare document ({exc})")
+        try:
+            out += table(vcpus, collect(pairs, vcpus, notes), notes)
+        except (KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
+            notes.append(f"{vcpus} vCPU(s): a malformed compare document ({type(exc).__name__}: {exc})")
     print("\n".join(out))
     for n in notes:
         print(f"linux-compare: {n}")
