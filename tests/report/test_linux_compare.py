@@ -14,7 +14,7 @@ def side(eoi: int = 10, irqs: int = 10, status: str = "exit", code: int | None =
     return {
         "result": {"status": status, "code": code, "detail": ""},
         "serial": serial,
-        "exits": {"total": 100, "by_reason": {"io": 60, "mmio": 30, "msr_write": 5, "pause": 5},
+        "exits": {"total": 100, "by_reason": {"io": 60, "mmio": 30, "msr_write": 5, "xsetbv": 5},
                   "by_msr": {"0x000006e0": {"read": 0, "write": 4}}},
         "apic": {"eoi_exits": eoi, "icr_exits": 6, "tpr_exits": 0, "eoi_avoided": irqs - eoi,
                  "interrupts_delivered": irqs, "ipis_sent": 3},
@@ -29,7 +29,7 @@ def side(eoi: int = 10, irqs: int = 10, status: str = "exit", code: int | None =
 def test_figures() -> None:
     f = figures(side(eoi=5, irqs=20))
     assert f["exits (total)"] == 100
-    assert f["  other"] == 5  # "pause" is not one of the listed reasons
+    assert f["  other"] == 5  # "xsetbv" is not one of the listed reasons
     assert f["EOI exits per interrupt"] == 0.25
     assert f["exits per interrupt"] == 5.0
     assert f["IPI exits per IPI"] == 2.0

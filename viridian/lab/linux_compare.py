@@ -26,7 +26,7 @@ INITRD = Path(__file__).resolve().parents[2] / "fixtures" / "build" / "initramfs
 INIT_EXIT = "viridian-init: exit 0"
 BAD = ("Oops", "BUG:", "WARNING:", "general protection", "Kernel panic", "Marking TSC unstable",
        "Unable to calibrate", "MP-BIOS bug", "unstable")
-REASONS = ("io", "mmio", "msr_read", "msr_write", "rdtsc", "cpuid", "hypercall", "hlt", "interrupt_window",
+REASONS = ("io", "mmio", "msr_read", "msr_write", "rdtsc", "cpuid", "hypercall", "hlt", "pause", "interrupt_window",
            "exception")
 
 
