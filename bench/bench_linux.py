@@ -109,6 +109,7 @@ def part(title: str, configs: list[tuple[str, list[str], str]], runs: int) -> li
                 return None
             s.cpu.append(cpu)
             s.wall.append(wall)
+            print(f"bench-linux:   CPU {cpu:.2f} s, wall {wall:.2f} s", file=sys.stderr, flush=True)
     print(f"  {runs} interleaved runs each; median [min .. max]:")
     for s in series:
         print(s.line())
