@@ -439,8 +439,10 @@ def campaign(cases: int, seed: int, guest: Path, progress: Callable[[int], None]
     rng = random.Random(seed)
     guard = Guard.get()
     out = Outcome()
-    with tempfile.TemporaryDirectory(prefix="viridian-fuzz-inputs-") as tmp:
-        corpus = Corpus.build(Path(tmp), guest)
+    with tempfile.TemporaryDirectory(prefix="viridian-fuzz-inputs-") as tmp, \
+            contextlib.chdir(tmp):  # relative output names in generated argv land in the corpus, not in cwd
+        corpus = Corpus.build(Path(tmp), guest.resolve())
+        os.chdir(corpus.out)
         _names, gens, weights = zip(*GENERATORS, strict=True)
         _import_everything()
         for gen in gens:  # warm up (imports, the engine library, cached parsers) before the clock starts
