@@ -37,6 +37,7 @@ from viridian.machine.negotiation import NegotiationLog
 from viridian.machine.paging import PageWalker
 from viridian.machine.pc_machine import BOARDS, attach_pc
 from viridian.machine.ports import PortBus
+from viridian.machine.ready import ReadySet
 from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
 from viridian.machine.stubs import hypercall_page
@@ -88,6 +89,7 @@ class Machine:
         self.memory = BytesMemory(self.ram)
         self.walker = PageWalker(self.ram, size)
         self.clock = VirtualClock()
+        self.ready = ReadySet(self, vcpus)  # the scheduler's cached runnable set and deadlines (ready.py)
         self.bus = ApicBus.create(vcpus, self.clock, on_kick=self.kick, on_init=self._on_init,
                                   on_sipi=self._on_sipi, on_nmi=self._on_nmi)
         self.apics = list(self.bus)
@@ -255,6 +257,8 @@ class Machine:
             self.sync_code(v)
             if self.debugger is not None:  # --gdb: a stop is served here, nothing runs meanwhile (debug.py)
                 self.debugger.after_slice(v)
+                self.ready.invalidate()  # the debugger may have changed any vCPU
+            self.ready.mark(v.index)
 
     def sync_code(self, v: Vcpu, slice_end: bool = True) -> None:
         """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
@@ -383,6 +387,7 @@ class Machine:
         self.vcpus[vp].uc.emu_stop()
 
     def kick(self, vp: int) -> None:
+        self.ready.mark(vp)
         v = self._running
         if v is not None and v.index == vp:
             v.stop_requested = True  # deliver before more guest code runs
@@ -396,12 +401,14 @@ class Machine:
         """INIT IPI (SDM §8.4.4): the target waits for a SIPI (its APIC was reset by the bus)."""
         v = self.vcpus[vp]
         v.wait_sipi, v.halted, v.idle, v.sipi_vector = True, False, False, None
+        self.ready.mark(vp)
         v.stats.events["init"] += 1
         if self._running is v:
             v.stop_requested = True
 
     def _on_nmi(self, vp: int) -> None:
         v = self.vcpus[vp]
+        self.ready.mark(vp)
         v.nmi_pending = True
         if self._running is v:
             v.stop_requested = True
@@ -411,6 +418,7 @@ class Machine:
         v = self.vcpus[vp]
         if v.wait_sipi:
             v.wait_sipi, v.sipi_vector = False, vector
+        self.ready.mark(vp)
 
     def enter_idle(self, vp: int) -> None:
         v = self.vcpus[vp]

@@ -139,7 +139,10 @@ class Partition:
 
     def poll(self, vp_index: int) -> int | None:
         """Deliver everything due on ``vp_index`` now; return its next deadline in reference time."""
-        return self.vps[vp_index].synic.poll(self.reference_time())
+        synic = self.vps[vp_index].synic
+        if synic.quiet():  # nothing live: skip computing the reference time
+            return None
+        return synic.poll(self.reference_time())
 
     def change_tsc_frequency(self, tsc_hz: int) -> None:
         """The virtual TSC rate changes (e.g. restore on another host): re-publish the TSC page with a

@@ -296,6 +296,14 @@ class SynIC:
     def now(self) -> int:
         return self.vp.partition.reference_time()
 
+    def quiet(self) -> bool:
+        """No timer armed or pending and nothing queued: :meth:`poll` would do nothing (issue 19: O(1) polls)."""
+        return not self._live_timers and not self._queued
+
+    def busy(self) -> bool:
+        """A timer message waits for a free slot, or messages are queued: every poll retries them."""
+        return bool(self._queued) or (bool(self._live_timers) and any(t.pending for t in self.timers))
+
     def poll(self, now: int) -> int | None:
         """Deliver what is due at reference time ``now``; return the next deadline (or None)."""
         if not self._live_timers and not self._queued:
