@@ -123,7 +123,7 @@ def test_sixteen_vcpus_fit_where_the_default_buffer_would_not(guests: Path) -> N
 
 
 def test_running_out_of_address_space_is_one_line(guests: Path) -> None:
-    proc = _run_limited(1_200_000, 16, guests / "hello.elf")  # room for the image, not 16 buffers
+    proc = _run_limited(1_200_000, 64, guests / "hello.elf")  # room for the image, not 64 buffers
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "cannot reserve" in lines[0] and "ulimit -v" in lines[0]
