@@ -25,6 +25,8 @@ CMDLINES = {"hostile_loops.elf": "c", "lab.elf": "exp=eoi n=20 apic=xapic eoi=xa
             "linux.elf": "ticks=20", "win7.elf": "ticks=20", "win8.elf": "ticks=20", "win10.elf": "ticks=20",
             "ws2008.elf": "ticks=20"}
 MAX_TICKS = {"hostile_loops.elf": 30_000_000, "loop_alu.elf": 400_000_000}
+PC_BOARD = {"hpet.elf", "ioapic.elf", "ioapic_smp.elf", "pc_reset.elf", "pic_pit.elf", "pit_calibrate.elf",
+            "pm_timer.elf", "rtc_irq.elf", "uart_irq.elf"}  # guests of the PC platform (--machine pc)
 SKIP = {"initramfs"}  # not a fixture guest of the machine (a Linux user program)
 FULL = os.environ.get("VIRIDIAN_FASTPATH_MATRIX", "") not in ("", "0")
 BUILD = Path(__file__).resolve().parents[2] / "fixtures" / "build"
@@ -34,7 +36,8 @@ def observable(guest: Path, vcpus: int) -> dict[str, Any]:
     """What a run shows: result, every exit count, serial output, time, each vCPU's clock."""
     name = guest.name
     m = Machine(load_config(preset="recommended"), load_image(guest), vcpus=vcpus,
-                max_ticks=MAX_TICKS.get(name, 4_000_000_000), cmdline=CMDLINES.get(name, ""))
+                max_ticks=MAX_TICKS.get(name, 4_000_000_000), cmdline=CMDLINES.get(name, ""),
+                board="pc" if name in PC_BOARD else "minimal")
     m.run()
     s = stats_json(m)
     exits = dict(s["exits"])
