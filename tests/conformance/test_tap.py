@@ -81,7 +81,7 @@ def test_cli_on_a_tap_guest(viridian_asm: Callable[..., Path], tmp_path: Path) -
     image = viridian_asm(GUEST, name="tap")
     junit, js = tmp_path / "r.xml", tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "viridian", "conformance", "--image", str(image), "--vcpus", "1",
-                          "--junit", str(junit), "--json", str(js)], capture_output=True, text=True)
+                          "--junit", str(junit), "--json-file", str(js)], capture_output=True, text=True)
     assert res.returncode == 1, res.stderr
     assert "FAIL 3 hypercall: c" in res.stdout and "expected 0x2, got 0x3" in res.stdout
     assert "conformance: FAIL" in res.stdout

@@ -63,7 +63,7 @@ def test_spin_and_idle_show_the_effect(guests: Path) -> None:
 
 def test_cli_json_csv_plot_and_report(guests: Path, tmp_path: Path) -> None:
     png, js, cs = tmp_path / "eoi.png", tmp_path / "r.json", tmp_path / "r.csv"
-    res = subprocess.run([*CLI, "eoi", "--vcpus", "1", "--param", "n=2", "--json", str(js), "--csv", str(cs),
+    res = subprocess.run([*CLI, "eoi", "--vcpus", "1", "--param", "n=2", "--json-file", str(js), "--csv", str(cs),
                           "--plot", str(png)], capture_output=True, text=True, check=True)
     assert "== eoi:" in res.stdout and "baseline" in res.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,15 +21,17 @@ def register(subparsers: Any) -> None:
                               f"Experiments: {', '.join(EXPERIMENTS)}, or all.")
     p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--configs", metavar="A,B,...", help="configurations to run (default: all of the experiment's)")
-    p.add_argument("--vcpus", metavar="N,N,...", help="vCPU counts, e.g. 1,2,4,8,16,64")
+    p.add_argument("--vcpus", metavar="N,N,...", help="vCPU counts to sweep, e.g. 1,2,4,8,16,64 (a list here, "
+                   "since measure sweeps; a single N means what it means elsewhere)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=V[,V...]",
                    help="set or sweep a parameter, e.g. n=100 or k=1,2,3 (repeatable)")
     p.add_argument("--list", action="store_true", help="list the experiments, configurations and parameters")
-    p.add_argument("--json", metavar="FILE", type=out_file, help="write the rows as JSON ('-' = stdout, no table)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout only (no table)")
+    p.add_argument("--json-file", metavar="FILE", type=out_file, help="write the rows as JSON ('-' = stdout, no table)")
     p.add_argument("--csv", metavar="FILE", type=out_file, help="write the rows as CSV ('-' = stdout, no table)")
     p.add_argument("--plot", metavar="FILE.png", type=out_file_named, help="write a chart (one experiment)")
     p.add_argument("--report", metavar="DIR", type=out_dir, help="write a Markdown write-up with charts into DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     from viridian.fanout.cli import add_arguments
 
     add_arguments(p)
@@ -88,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = configs if configs and len(names) == 1 else None
         usable = {k: v for k, v in sweeps.items() if k in e.params} if len(names) > 1 else sweeps
         plan[n] = points(e, cfg, vcpus if len(names) == 1 else None, usable)
-    quiet = args.quiet or args.json == "-" or args.csv == "-"
+    to_stdout = args.json or args.json_file == "-" or args.csv == "-"
+    quiet = args.quiet or to_stdout
     results = _sweep(args, plan, quiet)
     if args.json:
-        _write(args.json, output.to_json(results))
+        _write("-", output.to_json(results))
+    if args.json_file:
+        _write(args.json_file, output.to_json(results))
     if args.csv:
         _write(args.csv, output.to_csv(results))
     if args.plot:
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
         argv = shlex.join(["viridian", "measure", *sys.argv[2:]]) if len(sys.argv) > 1 else "viridian measure"
         print(f"viridian: wrote {write(results, Path(args.report), argv)}", file=sys.stderr)
-    if args.json != "-" and args.csv != "-":
+    if not quiet:
         for n, rows in results.items():
             print("\n".join(output.table_lines(EXPERIMENTS[n], rows)))
             print()
