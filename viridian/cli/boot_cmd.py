@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from viridian.cli.grammar import data_on_stdout
 from viridian.cli.inputs import out_file
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.enlightenments import Enlightenments
@@ -49,17 +50,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", action="store_true", help="print the negotiation report")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", type=out_file,
-                   help="write the exit statistics as JSON ('-' = stdout)")
+                   help="write the exit statistics as JSON ('-' = stdout, no console echo)")
     p.add_argument("--trace", metavar="FILE", type=out_file,
-                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail ('-' = stderr; "
-                   "schema: docs/trace.md)")
+                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail "
+                   "('-' = stdout, no console echo; schema: docs/trace.md)")
     p.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="serve the GDB remote protocol (one thread per vCPU; 127.0.0.1 unless HOST is given)")
     p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
     p.add_argument("--trace-filter", metavar="KIND[,KIND]",
                    help="keep only these kinds in the trace: msr, hypercall, io, mmio, cpuid, rdtsc, hlt, pause, "
                    "exception, interrupt_window, interrupt, eoi")
-    p.add_argument("--quiet", action="store_true", help="no console echo, no summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no console echo, no summary")
     p.set_defaults(func=run)
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                 board=args.machine)
         from viridian.cli.serial_out import LineWriter
 
-        writer = LineWriter(sys.stdout) if not (args.quiet or args.json) else None
+        writer = LineWriter(sys.stdout) if not (args.quiet or data_on_stdout(args)) else None
         machine.ports.serial.sink = writer  # the console reaches stdout line by line while the kernel runs
         from viridian.machine.debug import start_debugger
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"viridian: {wall:.2f} s wall, {machine.clock.tsc() / machine.clock.tsc_hz:.2f} s virtual",
               file=sys.stderr)
-    if args.report:
+    if args.report and not data_on_stdout(args):
         from viridian.report.text import negotiation_lines
 
         title = f"{args.kernel} on {machine.vcpu_count} vCPU(s)"

@@ -4,11 +4,11 @@ image (run as by ``viridian run``) or a Linux kernel (bzImage / vmlinux, booted 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from viridian.cli.grammar import add_json_options, emit_json
 from viridian.config.spec import CONFIG_HELP, parse_config
 from viridian.errors import UserError
 from viridian.machine.linux_machine import DEFAULT_APPEND
@@ -23,8 +23,8 @@ def register(subparsers: Any) -> None:
                               "the guest negotiated differently. A Linux kernel (bzImage or vmlinux) is booted "
                               "as by viridian boot (--initrd, --append).")
     p.add_argument("image", help="guest image (ELF64, multiboot or flat) or a Linux bzImage / vmlinux")
-    p.add_argument("--a", required=True, metavar="CONFIG", help=CONFIG_HELP)
-    p.add_argument("--b", required=True, metavar="CONFIG", help=CONFIG_HELP)
+    p.add_argument("-a", "--a", dest="a", required=True, metavar="CONFIG", help=CONFIG_HELP)
+    p.add_argument("-b", "--b", dest="b", required=True, metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("--vcpus", type=int, default=1, help="vCPUs in both runs (default 1)")
     p.add_argument("--mem", type=int, default=None, metavar="MiB",
                    help=f"guest RAM (default {GUEST_MEM}, {LINUX_MEM} for a Linux kernel)")
@@ -35,7 +35,8 @@ def register(subparsers: Any) -> None:
                    help=f"Linux kernel only: its command line (default {DEFAULT_APPEND!r})")
     p.add_argument("--max-ticks", type=int, default=20_000_000_000, metavar="N", help="virtual-time budget")
     p.add_argument("--report", action="store_true", help="also print both negotiation reports")
-    p.add_argument("--json", action="store_true", help="print {a, b, rows, negotiation} as JSON only")
+    add_json_options(p, "{a, b, rows, negotiation}")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on stdout (a --json-file FILE only)")
     from viridian.fanout.cli import add_arguments
 
     add_arguments(p)
@@ -96,10 +97,9 @@ def run(args: argparse.Namespace) -> int:
     linux, cmdline, _make = _factory(args)  # checks the options before anything runs
     del configs
     a, b = _sides(args, linux, cmdline)
-    if args.json:
-        print(json.dumps({"image": args.image, "kind": "linux" if linux else "guest", "vcpus": args.vcpus,
-                          "cmdline": cmdline, "initrd": args.initrd, "configs": {"a": args.a, "b": args.b},
-                          "a": a, "b": b, "rows": rows(a, b), "negotiation": negotiation_diff(a, b)}, indent=2))
+    if emit_json(args, {"image": args.image, "kind": "linux" if linux else "guest", "vcpus": args.vcpus,
+                        "cmdline": cmdline, "initrd": args.initrd, "configs": {"a": args.a, "b": args.b},
+                        "a": a, "b": b, "rows": rows(a, b), "negotiation": negotiation_diff(a, b)}) or args.quiet:
         return 0
     lines: list[str] = []
     if args.report:

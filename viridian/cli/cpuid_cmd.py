@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from enum import IntFlag
 from typing import Any
 
+from viridian.cli.grammar import add_json_options, emit_json
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
 from viridian.config.qemu import parse_int
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
                         help="GUEST_OS_ID value (Xen leaves 0x40000002/4 depend on it), e.g. 0x0001040A00004F7C")
     parser.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
                         help="edit a leaf after synthesis: LEAF.REG+BITS / -BITS / =VALUE (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the leaves as JSON only")
+    add_json_options(parser, "the leaves")
     parser.set_defaults(func=run)
 
 
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(cpuid_edits=tuple(parse_edit(e) for e in args.cpuid))
     guest_os_id = parse_int("--guest-os-id", args.guest_os_id, 64)
     leaves = hv_leaves(config, guest_os_id)
-    if args.json:
-        print(json.dumps(to_json(leaves)))
+    if emit_json(args, to_json(leaves), indent=None):
         return 0
     _print_table(leaves, config.style, guest_os_id)
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from viridian.cli.grammar import add_json_options, data_on_stdout, emit_json
 from viridian.errors import UserError
 
 
@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--presets", default="all,recommended,xen-defaults", help="partitions to fuzz, comma-separated")
     p.add_argument("--shard-seed", type=int, metavar="S",
                    help="run one shard alone with this seed (as printed by a campaign) on one preset")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_options(p, "the results")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no per-shard lines (the total only)")
     from viridian.fanout.cli import add_arguments
 
     add_arguments(p)
@@ -45,17 +46,15 @@ def run(args: argparse.Namespace) -> int:
         cells = [Cell("fuzz", {"seed": args.shard_seed, "operations": args.ops, "preset": presets[0]})]
     else:
         cells = fuzz_cells(args.ops, args.seed, presets)
-    done = fan_out(cells, workers, cluster, what="fuzz shards")
+    done = fan_out(cells, workers, cluster, what="fuzz shards", quiet=args.quiet or data_on_stdout(args))
     results = [r.value for r in done if r.value is not None]
     lost = [r for r in done if r.value is None]
     merged = merge_fuzz(results)
     failures = merged["failures"] + len(lost)
-    if args.json:
-        merged["failures"] = failures
-        merged["lost_shards"] = [{"shard": r.cell.kwargs, "error": r.error} for r in lost]
-        print(json.dumps(merged, indent=2))
-    else:
-        for r in results:
+    merged["failures"] = failures
+    merged["lost_shards"] = [{"shard": r.cell.kwargs, "error": r.error} for r in lost]
+    if not emit_json(args, merged):
+        for r in results if not args.quiet else []:
             rate = r["ops_per_second"] or 0
             print(f"fuzz: {r['preset']:13} seed {r['seed']}: {r['operations']:,} operations, {r['failures']} failures "
                   f"({rate:,} ops/s)")

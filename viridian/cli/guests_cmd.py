@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from viridian.cli.grammar import add_json_options, emit_json
 
 _ABOUT = {
     "conformance": "TLFS conformance suite (multiboot; also boots on QEMU/KVM, Xen, Hyper-V)",
@@ -24,7 +25,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("guests", help="list the guest images shipped with viridian and their paths",
                               description="List the guest images this installation ships. Any command that "
                               "takes an IMAGE also accepts a guest's name (e.g. 'viridian run win7').")
-    p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+    add_json_options(p, "the list")
     p.set_defaults(func=run)
 
 
@@ -42,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     entries = [_entry(p) for p in shipped_guests()]
     if not entries:
         raise UserError(f"no guests found in {guest_dir()} (this installation ships none)")
-    if args.json:
-        print(json.dumps({"guests": entries, "directory": str(guest_dir()), "runtime": str(runtime_dir())},
-                         indent=2))
+    if emit_json(args, {"guests": entries, "directory": str(guest_dir()), "runtime": str(runtime_dir())}):
         return 0
     width = max(len(e["name"]) for e in entries)
     for e in entries:

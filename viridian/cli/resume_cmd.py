@@ -25,9 +25,9 @@ def register(subparsers: Any) -> None:
                               "version 1 file is refused), rebuild the machine and run on; output and exit "
                               "status as viridian run.")
     p.add_argument("snapshot", help="a file written by viridian run --snapshot")
-    p.add_argument("--stats-json", metavar="FILE", type=out_file, help="write the stats JSON ('-' = stdout)")
+    p.add_argument("--stats-json", metavar="FILE", type=out_file, help="write the stats JSON ('-' = stdout, no serial echo)")
     p.add_argument("--json", action="store_true", help="print the stats JSON only")
-    p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return _status(result)
-    if not args.quiet:
+    if not (args.quiet or args.stats_json == "-"):
         sys.stdout.write(bytes(m.ports.serial.output[before:]).decode("utf-8", errors="replace"))
         sys.stdout.flush()
         print(f"viridian: resumed {args.snapshot} at tick {manifest['time']['tsc']}", file=sys.stderr)

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from viridian.cli.grammar import data_on_stdout
 from viridian.cli.inputs import out_file, out_file_named
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
@@ -65,10 +66,10 @@ def register(subparsers: Any) -> None:
                    help="print the negotiation report: what the guest asked for, used and fell back from")
     p.add_argument("--json", action="store_true", help="print the stats JSON (with the report) on stdout only")
     p.add_argument("--stats-json", metavar="FILE", type=out_file,
-                   help="write the exit statistics as JSON ('-' = stdout)")
+                   help="write the exit statistics as JSON ('-' = stdout, no serial echo)")
     p.add_argument("--trace", metavar="FILE", type=out_file,
-                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail ('-' = stderr; "
-                   "schema: docs/trace.md)")
+                   help="write JSON lines: each exit and its MSR/hypercall/port/interrupt/EOI detail "
+                   "('-' = stdout, no serial echo; schema: docs/trace.md)")
     p.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="serve the GDB remote protocol (one thread per vCPU; 127.0.0.1 unless HOST is given)")
     p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
@@ -87,7 +88,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--snapshot-at", type=int, metavar="TICKS",
                    help="stop at this virtual time (TSC ticks) and write a snapshot to --snapshot FILE")
     p.add_argument("--snapshot", metavar="FILE", type=out_file_named, help="where --snapshot-at writes (viridian resume FILE continues)")
-    p.add_argument("--quiet", action="store_true", help="no serial echo, no summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no serial echo, no summary")
     p.set_defaults(func=run)
 
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         machine.stop_at = args.snapshot_at  # the Host ends the quantum there (viridian.machine.snapshot)
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
-        writers = _stream_serial([machine, *extra]) if not (args.quiet or args.json) else []
+        writers = _stream_serial([machine, *extra]) if not (args.quiet or data_on_stdout(args)) else []
         from viridian.machine.debug import start_debugger
 
         debugger = start_debugger(machine, args.gdb, args.gdb_wait)  # --gdb (waits with --gdb-wait)
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         for i, m in enumerate(extra, 1):
             for line in summary_lines(m):
                 print(line.replace("viridian:", f"viridian: [partition {i}]", 1), file=sys.stderr)
-    if args.report:
+    if args.report and not data_on_stdout(args):
         from viridian.report.text import negotiation_lines
 
         print("\n".join(negotiation_lines(data["negotiation"], title=_title(args, machine))))

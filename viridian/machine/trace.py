@@ -242,14 +242,15 @@ class Tracer:
 
 
 def open_tracer(path: str | None, kinds: str | None = None) -> Tracer | None:
-    """The tracer for ``--trace PATH`` ('-' = stderr) and ``--trace-filter KINDS``."""
+    """The tracer for ``--trace PATH`` ('-' = stdout, as every FILE option: viridian.cli.grammar) and
+    ``--trace-filter KINDS``."""
     if path is None:
         if kinds is not None:
             raise UserError("--trace-filter needs --trace FILE")
         return None
     chosen = parse_filter(kinds)
     if path == "-":
-        return Tracer(sys.stderr, owned=False, kinds=chosen)
+        return Tracer(sys.stdout, owned=False, kinds=chosen)
     try:
         return Tracer(open(path, "w", encoding="utf-8"), owned=True, kinds=chosen)
     except OSError as exc:
