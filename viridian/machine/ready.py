@@ -32,6 +32,7 @@ class ReadySet:
         self.dirty: set[int] = set(range(n))
         self.runnable: set[int] = set()
         self.polls = [False] * n  # state after the last evaluation (what the scan would see next)
+        self.n_polls = 0  # how many of ``polls`` are set
         self.seq = [0] * n
         self.heap: list[tuple[int, int, int]] = []  # (wake TSC, vCPU, seq): valid while seq matches
         self.hot: set[int] = set()  # re-evaluated every quantum
@@ -78,8 +79,8 @@ class ReadySet:
         vcpus = m.vcpus
         if m.platform is not None:
             # the full scan polled the platform (inside the first halted or idle vCPU's wants_to_run)
-            dirty = self.dirty
-            if any(_polls(vcpus[i]) for i in dirty) or any(p for i, p in enumerate(self.polls) if i not in dirty):
+            dirty, polls = self.dirty, self.polls
+            if self.n_polls > sum(polls[i] for i in dirty) or any(_polls(vcpus[i]) for i in dirty):
                 m.platform.poll()
         todo = sorted(self.dirty)
         self.dirty = set()
@@ -114,7 +115,10 @@ class ReadySet:
         if ref is not None:
             t = m.clock.tsc_for_ref_time(ref)
             d = t if d is None else min(d, t)
-        self.polls[i] = _polls(v)
+        p = _polls(v)
+        if p != self.polls[i]:
+            self.polls[i] = p
+            self.n_polls += 1 if p else -1
         self.note(v)
         self.seq[i] += 1
         if d is not None:
