@@ -25,6 +25,8 @@ def register(subparsers: Any) -> None:
                               + ", ".join(f"{k}={v}" for k, v in EXIT_STATUS.items()) + ".")
     p.add_argument("image", nargs="?", help="multiboot kernel, ELF64 (loaded at p_paddr) or flat binary (loaded and "
                    "entered at 0x100000); not needed with --replay")
+    p.add_argument("--flat", action="store_true",
+                   help="load IMAGE as a flat binary whatever it holds (a text file is refused without it)")
     p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
     p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups, e.g. base,freq")
     p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from viridian.cli.resume_cmd import check_snapshot_args
 
     check_snapshot_args(args)
-    image = load_image(args.image, getattr(args, "initrd", None))
+    image = load_image(args.image, getattr(args, "initrd", None), flat=getattr(args, "flat", False))
     others = [_other(spec) for spec in args.others]
     fresh_trace = args.trace not in (None, "-") and not os.path.lexists(args.trace)
     tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))

@@ -72,9 +72,10 @@ def read_modules(spec: str | None) -> tuple[Module, ...]:
     return tuple(mods)
 
 
-def load_image(path: str | Path, initrd: str | None = None) -> Image:
+def load_image(path: str | Path, initrd: str | None = None, flat: bool = False) -> Image:
     """Read an image (a path, or the name of a shipped guest such as "win7": ``viridian guests``) and, for a
-    multiboot kernel, the ``initrd`` modules; UserError (one line, names the fix) for anything we cannot load."""
+    multiboot kernel, the ``initrd`` modules; UserError (one line, names the fix) for anything we cannot load.
+    ``flat`` (``--flat``) loads the file as a flat binary whatever it holds; without it a text file is refused."""
     p = Path(path)
     if not p.exists():
         from viridian.guests import guest_path, is_guest_name
@@ -86,6 +87,8 @@ def load_image(path: str | Path, initrd: str | None = None) -> Image:
     blob = read_input(p, "guest image", IMAGE_MAX)  # a regular file of bounded size (issue 17)
     if not blob:
         raise UserError(f"guest image {p} is empty")
+    if flat:
+        return Image(str(p), "flat", L.FLAT_LOAD, (Segment(L.FLAT_LOAD, blob, len(blob)),))
     mb = find_header(blob)
     if mb is not None:
         entry, segs = parse_multiboot(str(p), blob, mb)
@@ -96,7 +99,25 @@ def load_image(path: str | Path, initrd: str | None = None) -> Image:
                         "use viridian boot --initrd for a Linux bzImage)")
     if blob[:4] == b"\x7fELF":
         return _parse_elf(str(p), blob)
+    if looks_like_text(blob):
+        raise UserError(f"{p} is not an ELF or multiboot image; --flat to load it as a flat binary anyway")
     return Image(str(p), "flat", L.FLAT_LOAD, (Segment(L.FLAT_LOAD, blob, len(blob)),))
+
+
+def looks_like_text(blob: bytes) -> bool:
+    """True when the first 4 KiB are UTF-8 text (no NUL, at most 1 in 50 control characters besides tab, CR
+    and LF) -- a README or a script, never x86 code, which is full of NULs and bytes >= 0x80 that are not UTF-8."""
+    head = blob[:4096]
+    if b"\0" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(blob) <= len(head) or exc.start < len(head) - 3:  # only a character cut at 4 KiB is text
+            return False
+        text = head[: exc.start].decode("utf-8")
+    controls = sum(1 for ch in text if ord(ch) < 0x20 and ch not in "\t\r\n\f")
+    return bool(text) and controls * 50 <= len(text)
 
 
 def _parse_elf(path: str, blob: bytes) -> Image:
