@@ -301,6 +301,8 @@ class Machine:
             # hot path: the Hyper-V range goes straight to its provider (same answer as the chain)
             res = self.partition.msr_table.rdmsr(v.vp, index)
             return gp(f"unknown MSR {index:#x}") if res is NOT_MINE else res  # type: ignore[return-value]
+        if 0x800 <= index <= 0x8FF:  # an x2APIC register: settle a skipped EOI first (KVM syncs PV EOI per exit)
+            v.vp.assist.retire_lazy_eoi()
         res = self.chains[v.index].rdmsr(index)
         self._count_apic_msr(v, index)
         return res
@@ -310,6 +312,8 @@ class Machine:
             self.partition.hypercall_page.contents = hypercall_page(long_mode=True)
             before = self.partition.hypercall_page_gpa
         self._count_apic_msr(v, index)
+        if 0x800 <= index <= 0x8FF:  # x2APIC EOI/ICR/TPR...: settle a skipped EOI first (as rdmsr)
+            v.vp.assist.retire_lazy_eoi()
         res = self.chains[v.index].wrmsr(index, value)
 
         if index == HvMsr.HYPERCALL and (gpa := self.partition.hypercall_page_gpa) is not None \

@@ -241,6 +241,7 @@ class InstructionTraps:
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
             self.v._exit("mmio")
+            self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
             if not self.v.apic.hw_enabled:  # IA32_APIC_BASE[11] = 0: no APIC answers (SDM vol. 3 §10.4.3)
                 return int.from_bytes(self._disabled_page[offset:offset + size], "little")
             reg = offset & ~0xF
@@ -259,6 +260,7 @@ class InstructionTraps:
     def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
             self.v._exit("mmio")
+            self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
             if not self.v.apic.hw_enabled:  # plain memory then, as on KVM (kvm-unit-tests apic.c reads back
                 self._disabled_page[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
                 return  # what it wrote: verify_disabled_apic_mmio); all-ones before any write
