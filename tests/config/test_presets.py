@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from viridian.config import PRESETS, Enlightenments, get_preset, load_config, parse_qemu, parse_xen, resolve
-from viridian.errors import ConfigError
+from viridian.errors import ConfigError, UserError
 
 
 def test_preset_names() -> None:
@@ -76,9 +76,9 @@ def test_load_config_needs_exactly_one(kwargs: dict[str, str]) -> None:
 
 def test_unreadable_libvirt_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.xml"
-    with pytest.raises(ConfigError, match=r"nope\.xml"):
+    with pytest.raises(UserError, match=r"nope\.xml"):  # one line through the CLI (ConfigError is a UserError)
         load_config(libvirt_path=str(missing))
-    with pytest.raises(ConfigError, match=re.escape(tmp_path.name)):
+    with pytest.raises(UserError, match=re.escape(tmp_path.name)):
         load_config(libvirt_path=str(tmp_path))  # a directory
 
 
