@@ -128,7 +128,7 @@ def _report(args: argparse.Namespace, image: str, runs: list[dict[str, Any]]) ->
 
 def lines(runs: list[dict[str, Any]], verbose: bool = False) -> list[str]:
     from viridian.conformance.runner import by_area
-    from viridian.report.text import table
+    from viridian.report.text import table_wrapped
 
     areas = sorted({t["area"] for r in runs for t in r["tests"]})
     per = [by_area(r) for r in runs]
@@ -136,7 +136,7 @@ def lines(runs: list[dict[str, Any]], verbose: bool = False) -> list[str]:
     head = ["area", *[r["name"] for r in runs]]
     body = [[a, *[("{pass}/{fail}/{skip}".format(**p[a]) if a in p else "-") for p in per]] for a in areas]
     body.append(["total", *["{pass}/{fail}/{skip}".format(**r["counts"]) for r in runs]])
-    out += table(head, body, right=tuple(range(1, len(head))))
+    out += table_wrapped(head, body, right=tuple(range(1, len(head))))  # a matrix wraps to the terminal width
     for r in runs:
         bad = [t for t in r["tests"] if t["outcome"] == "fail"]
         if not r["hyperv_present"]:

@@ -1,25 +1,81 @@
-"""Plain-text rendering of the negotiation report (fixed-width tables that fit 100 columns)."""
+"""Plain-text rendering of the negotiation report and of every table (rich, fitting the terminal width)."""
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
+import sys
 import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def terminal_width() -> int | None:
+    """The width tables must fit: $COLUMNS, else the terminal's when stdout is one, else None (no limit: a
+    pipe or a file gets every table at its natural width, the same on every machine)."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) >= 20:
+        return int(cols)
+    try:
+        if sys.stdout.isatty():
+            return shutil.get_terminal_size((100, 24)).columns
+    except (AttributeError, ValueError, OSError):  # a replaced or closed stdout
+        pass
+    return None
+
+
+# header, a rule of dashes under it, then the rows: plain ASCII, no frame (rich's box layout, 8 lines of 4)
+_RULE = box.Box("    \n    \n -  \n    \n    \n -  \n    \n    \n", ascii=True)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ",
-          right: Sequence[int] = ()) -> list[str]:
-    """Left-aligned columns; numeric columns and those in ``right`` right-aligned."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+          right: Sequence[int] = (), width: int | None = None) -> list[str]:
+    """Left-aligned columns; numeric columns and those in ``right`` right-aligned. Rendered by rich to fit
+    ``width`` (default :func:`terminal_width`): cells wrap when the table is wider than that."""
+    limit = width if width is not None else terminal_width()
     numeric = [i in right or (all(isinstance(r[i], int | float) for r in rows) and bool(rows))
                for i in range(len(headers))]
+    t = Table(box=_RULE, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for i, h in enumerate(headers):
+        t.add_column(Text(str(h)), justify="right" if numeric[i] else "left", overflow="fold")
+    for r in rows:
+        t.add_row(*[Text("" if c is None else str(c)) for c in r])
+    buf = io.StringIO()
+    console = Console(file=buf, width=max(20, (limit or 100_000) - len(indent)), color_system=None,
+                      force_terminal=False, highlight=False, emoji=False, markup=False)
+    console.print(t)
+    return [(indent + line).rstrip() for line in buf.getvalue().splitlines()]
 
-    def line(r: Sequence[str]) -> str:
-        return indent + "  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
-                                  for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
 
-    return [line(cells[0]), indent + "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
+def table_wrapped(headers: Sequence[str], rows: Sequence[Sequence[Any]], keep: int = 1, indent: str = "  ",
+                  right: Sequence[int] = (), width: int | None = None) -> list[str]:
+    """A wide table (a matrix) as several tables, each with the first ``keep`` columns and as many of the
+    others as fit ``width`` (default :func:`terminal_width`; no limit: one table)."""
+    limit = width if width is not None else terminal_width()
+    whole = table(headers, rows, indent, right, width=10**5)
+    if limit is None or max(map(len, whole), default=0) <= limit:
+        return whole
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) + 2 for i in range(len(headers))]
+    groups: list[list[int]] = []
+    room = limit - len(indent) - sum(widths[:keep])
+    for i in range(keep, len(headers)):
+        if not groups or sum(widths[j] for j in groups[-1]) + widths[i] > room:
+            groups.append([])
+        groups[-1].append(i)
+    out: list[str] = []
+    for g in groups:
+        cols = list(range(keep)) + g
+        right_g = [n for n, c in enumerate(cols) if c in right]
+        out += ([""] if out else []) + table([headers[c] for c in cols], [[r[c] for c in cols] for r in rows],
+                                             indent, right_g, width=limit)
+    return out
 
 
 def wrap(text: str, width: int = 100) -> list[str]:
