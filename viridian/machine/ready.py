@@ -52,11 +52,13 @@ class ReadySet:
 
     def mark(self, vp: int) -> None:
         """Something about vCPU ``vp`` changed: evaluate it in this scan if it is still ahead, else the next."""
-        if 0 <= vp < len(self.m.vcpus):
-            self.note(self.m.vcpus[vp])
+        vcpus = getattr(self.m, "vcpus", ())  # a kick while the machine is still being built
+        if not 0 <= vp < len(vcpus):
+            return
+        self.note(vcpus[vp])
         if self._todo is not None and vp > self._cur:
             heapq.heappush(self._todo, vp)
-        elif 0 <= vp < len(self.polls):
+        else:
             self.dirty.add(vp)
 
     def invalidate(self) -> None:
