@@ -217,7 +217,7 @@ _OPTIONS: dict[str, list[str]] = {
     "boot": ["--initrd", "--append", "--hv", "--preset", "--cpuid", "--vcpus", "--mem", "--max-ticks",
              "--stats-json", "--trace", "--libvirt"],
     "compare": ["--a", "--b", "--vcpus", "--mem", "--pcpus", "--cmdline", "--initrd", "--append", "--max-ticks"],
-    "cpuid": ["--hv", "--xen", "--libvirt", "--preset", "--guest-os-id", "--cpuid"],
+    "cpuid": ["--hv", "--xen", "--libvirt", "--preset", "--guest-os-id", "--cpuid", "--json-file"],
     "guest-os-id": [],
     "conformance": ["--hv", "--xen", "--libvirt", "--preset", "--cpuid", "--vcpus", "--mem", "--cmdline",
                     "--image", "--json-file", "--junit"],
@@ -226,7 +226,7 @@ _OPTIONS: dict[str, list[str]] = {
     "fuzz": ["--ops", "--seed", "--presets"],
     "fetch-kernel": ["--package"],
 }
-_FLAGS = ["--quiet", "--json", "--report", "--fast", "--stop-others", "--matrix", "--verbose", "--list", "--help",
+_FLAGS = ["--quiet", "-q", "--flat", "--json", "--report", "--fast", "--stop-others", "--matrix", "--verbose", "--list", "--help",
           "--bogus", "--", "-x"]
 _LATE = ["--vcpus", "256", "--mem", "2", "--quiet"]  # refused after every file was read, before a guest runs
 _SLOW = {"conformance", "measure", "fuzz", "fetch-kernel", "compare"}  # commands that must not get to run
