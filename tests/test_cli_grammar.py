@@ -133,3 +133,10 @@ def test_top_level_help_is_for_users(capsys: pytest.CaptureFixture[str]) -> None
     assert "examples:" in out and "viridian run win10" in out
     for command in ("run", "boot", "compare", "cpuid", "conformance", "measure", "fuzz", "guests", "resume"):
         assert f"\n    {command}" in out
+
+
+@pytest.mark.parametrize("words", [["--stats-json", "-"], ["--json"]])
+def test_stats_on_stdout_are_one_json_document(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(HELLO_ELF), *words]) == 0
+    data = json.loads(capsys.readouterr().out)  # no serial echo before it
+    assert data["exits"]["total"] > 0
