@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
     p.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
                    help="edit the offered leaves: LEAF.REG+BITS / -BITS / =VALUE (repeatable)")
-    p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1; APs start by INIT-SIPI)")
+    p.add_argument("--vcpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1; APs start by INIT-SIPI)")
     p.add_argument("--mem", type=int, default=256, metavar="MiB", help="guest RAM in MiB (default 256)")
     p.add_argument("--max-ticks", dest="max_ticks", type=int, default=60_000_000_000, metavar="N",
                    help="virtual-time budget in TSC ticks (2 GHz; default 30 s of guest time)")

@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("image", help="guest image (ELF64, multiboot or flat) or a Linux bzImage / vmlinux")
     p.add_argument("-a", "--a", dest="a", required=True, metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("-b", "--b", dest="b", required=True, metavar="CONFIG", help=CONFIG_HELP)
-    p.add_argument("--vcpus", type=int, default=1, help="vCPUs in both runs (default 1)")
+    p.add_argument("--vcpus", type=int, default=1, metavar="N", help="vCPUs in both runs (default 1)")
     p.add_argument("--mem", type=int, default=None, metavar="MiB",
                    help=f"guest RAM (default {GUEST_MEM}, {LINUX_MEM} for a Linux kernel)")
     p.add_argument("--pcpus", type=int, default=None, help="simulated physical CPUs (default: one per vCPU)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from viridian.cli.inputs import out_file, out_file_named
+from viridian.config.presets import PRESETS
 from viridian.errors import UserError
 
 
@@ -20,9 +21,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags")
     p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups")
     p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML")
-    p.add_argument("--preset", metavar="NAME", help="a preset (default recommended)")
+    p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)} (default recommended)")
     p.add_argument("--cpuid", action="append", default=[], metavar="EDIT", help="CPUID edit (see viridian run)")
-    p.add_argument("--vcpus", type=int, default=2, help="number of vCPUs (default 2, not 1 as elsewhere: the "
+    p.add_argument("--vcpus", type=int, default=2, metavar="N", help="number of vCPUs (default 2, not 1 as elsewhere: the "
                    "IPI, INIT-SIPI and cross-vCPU flush tests need a second vCPU and are skipped on one)")
     p.add_argument("--mem", type=int, default=None, metavar="MiB", help="guest RAM (default 128)")
     p.add_argument("--cmdline", default="", metavar="TEXT", help="suite options, e.g. 'only=hypercall'")

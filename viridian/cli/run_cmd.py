@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cpuid", action="append", default=[], metavar="EDIT",
                    help="edit the offered leaves: LEAF.REG+BITS / -BITS / =VALUE, e.g. 0x40000003.eax-0x10 "
                    "(repeatable; gating follows the edited bits)")
-    p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--vcpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
     p.add_argument("--mem", type=int, default=128, metavar="MiB", help="guest RAM in MiB (default 128)")
     p.add_argument("--max-ticks", "--max-instructions", dest="max_ticks", type=int, default=20_000_000_000,
                    metavar="N",
