@@ -3,7 +3,6 @@ budgets end it cleanly ("timeout"), host memory stays bounded, nothing hangs the
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -35,11 +34,11 @@ def test_endless_guests_end_at_their_budget(guests: Path, mode: str, preset: str
     and a spin with IF = 0 over a pending interrupt: each ends "timeout" at the virtual-time budget."""
     m = Machine(load_config(preset=preset), load_image(guests / "hostile_loops.elf"), cmdline=mode,
                 max_ticks=20_000_000)
-    t0 = time.perf_counter()
     res = m.run()
-    wall = time.perf_counter() - t0
     assert res.status == "timeout", res
-    assert wall < 30, f"{wall:.1f} s wall for 10 ms of virtual time"
+    # the host's work is bounded by virtual time, not by how hostile the guest is: every exit costs 1000 ticks,
+    # and an interrupt-window exit (counted, not charged) comes with at most one of them
+    assert m.total_stats().total <= 2 * (m.vcpu_count * 20_000_000 // 1000 + m.vcpu_count)
     assert m.clock.tsc() >= 20_000_000
     assert sum(vp.synic.queued for vp in m.partition.vps) <= 16 * 16  # bounded queues
     assert len(m.neg.first) <= MAX_DISTINCT
