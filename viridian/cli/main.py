@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state.signum is not None:
         _say(f"viridian: {interrupt.describe()}")
         status = 128 + state.signum
+        state.signum = None  # handled: a later run in this process (main is callable in-process) starts clean
     return status
 
 
