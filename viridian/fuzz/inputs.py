@@ -439,9 +439,10 @@ def campaign(cases: int, seed: int, guest: Path, progress: Callable[[int], None]
     rng = random.Random(seed)
     guard = Guard.get()
     out = Outcome()
+    guest = guest.resolve()  # before the working directory changes
     with tempfile.TemporaryDirectory(prefix="viridian-fuzz-inputs-") as tmp, \
             contextlib.chdir(tmp):  # relative output names in generated argv land in the corpus, not in cwd
-        corpus = Corpus.build(Path(tmp), guest.resolve())
+        corpus = Corpus.build(Path(tmp), guest)
         os.chdir(corpus.out)
         _names, gens, weights = zip(*GENERATORS, strict=True)
         _import_everything()
