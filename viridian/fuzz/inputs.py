@@ -87,7 +87,10 @@ class Guard:
 
 def _importing() -> bool:
     """Inside the import system (a module body, its dataclasses and named tuples): not input-driven code."""
-    frame = sys._getframe(2)
+    try:
+        frame = sys._getframe(2)
+    except ValueError:  # an event raised from a shallow stack (a finalizer run by the collector)
+        return False
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
             return True

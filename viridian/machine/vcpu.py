@@ -127,7 +127,7 @@ class Vcpu:
         n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
         self._lib = lib
-        self._native_ref = ctypes.pointer(n)  # not byref: a CArgObject hides n from the cycle collector (issue 19)
+        self._native_ref = ctypes.byref(n)
         self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
         self._settle, self._uch = lib.vn_settle, uc._uch
         self._settle.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState), ctypes.c_uint64]
