@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -63,8 +64,9 @@ def test_spin_and_idle_show_the_effect(guests: Path) -> None:
 
 def test_cli_json_csv_plot_and_report(guests: Path, tmp_path: Path) -> None:
     png, js, cs = tmp_path / "eoi.png", tmp_path / "r.json", tmp_path / "r.csv"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # piped: the table keeps its natural width
     res = subprocess.run([*CLI, "eoi", "--vcpus", "1", "--param", "n=2", "--json-file", str(js), "--csv", str(cs),
-                          "--plot", str(png)], capture_output=True, text=True, check=True)
+                          "--plot", str(png)], capture_output=True, text=True, check=True, env=env)
     assert "== eoi:" in res.stdout and "baseline" in res.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(js.read_text())
