@@ -259,8 +259,15 @@ void (*vn_real_check_exit)(void *uc, int flag);
 /* Only tail calls below (a leaf on the hot path; the engine's check must see the block's return address). */
 __attribute__((noinline)) static void tb_enter_slow(vn_state *s, int flag, uint64_t pc, uint32_t size) {
     block_enter(s->uc, s, pc, size);
-    if (*s->exit_request < 0)
+    if (*s->exit_request < 0) {
+        /* block_enter stopped the engine before this block: leave with RIP at its start. The engine's check
+         * finds the PC from the return address; after a hook dropped the translations (a page MSR moving an
+         * overlay onto the running code page) it did not (measured: RIP stayed at the hooked jmp before this
+         * block, which ran and counted again). The RIP write marks the PC for that exit (engine.py). */
+        if (!s->pend_valid)
+            s->reg_write(s->uc, s->rip_reg, &pc);
         vn_real_check_exit(s->uc, flag);
+    }
 }
 
 void vn_tb_enter(void *arg, int flag) {
