@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from device_harness import Clock
 
 from viridian.devices.hpet import (
     ENABLE_CNF,
@@ -34,14 +35,6 @@ def tconf(n: int) -> int:
 
 def tcmp(n: int) -> int:
     return 0x108 + 0x20 * n
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
 
 
 class Lines:

@@ -4,18 +4,11 @@ gate 2 through port 0x61, IRQ 0 edges from channel 0 (engine-free)."""
 from __future__ import annotations
 
 import pytest
+from device_harness import Clock
 
 from viridian.devices.pit import PIT_HZ, Pit
 
 HZ = PIT_HZ * 10  # 10 TSC ticks per PIT clock: exact arithmetic in the tests
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
 
 
 class Irqs:

@@ -5,6 +5,7 @@ deadline of the next SCI, SLP_EN, byte-composed accesses, snapshots."""
 from __future__ import annotations
 
 import pytest
+from device_harness import Clock, Lines
 
 from viridian.devices.pm_timer import (
     PM_BASE,
@@ -19,22 +20,6 @@ from viridian.devices.pm_timer import (
 
 HZ = 2_000_000_000
 STS, EN, CNT, TMR = PM_BASE, PM_BASE + 2, PM_BASE + 4, PM_BASE + 8
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.log: list[tuple[int, bool]] = []
-
-    def set_irq(self, irq: int, level: bool) -> None:
-        self.log.append((irq, level))
 
 
 def make(ext: bool = False) -> tuple[AcpiPm, Clock, Lines]:

@@ -6,6 +6,7 @@ don't-care bytes, deadlines; the clock's existing behaviour without ``now`` is u
 from __future__ import annotations
 
 import pytest
+from device_harness import Clock, Lines
 
 from viridian.devices.cmos import (
     B_24H,
@@ -27,22 +28,6 @@ from viridian.devices.cmos import (
 )
 
 HZ = 2_000_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.log: list[tuple[int, bool]] = []
-
-    def set_irq(self, irq: int, level: bool) -> None:
-        self.log.append((irq, level))
 
 
 def make() -> tuple[Cmos, Clock, Lines]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from device_harness import Clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,14 +17,6 @@ from viridian.devices.hpet import Hpet
 from viridian.devices.pm_timer import PM_BASE, TMR_EN, TMR_STS, AcpiPm
 
 HZ = 2_000_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
 
 
 class Rises:

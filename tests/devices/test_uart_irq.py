@@ -6,6 +6,7 @@ receiver), the receive FIFO trigger and timeout, LSR error clearing, and the nat
 from __future__ import annotations
 
 import pytest
+from device_harness import Clock, Lines
 
 from viridian.devices.uart16550 import (
     COM1,
@@ -25,22 +26,6 @@ from viridian.devices.uart16550 import (
 
 HZ = 2_000_000_000
 THR, IER, IIR, FCR, LCR, MCR, LSR, MSR = (COM1 + i for i in (0, 1, 2, 2, 3, 4, 5, 6))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        return self.t
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.log: list[tuple[int, bool]] = []
-
-    def set_irq(self, irq: int, level: bool) -> None:
-        self.log.append((irq, level))
 
 
 def make() -> tuple[Serial16550, Clock, Lines]:
