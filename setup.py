@@ -4,8 +4,8 @@ build_py also
   * runs ``make -C fixtures`` and copies the built guests (fixtures/build/*.elf, *.bin, initramfs.cpio) into
     ``viridian/_data/guests`` and the assembler runtime (guest.inc, guest.ld) into ``viridian/_data/runtime``
     (viridian.guests finds them with importlib.resources);
-  * compiles the vCPU hot path (viridian/machine/csrc) into ``viridian/machine/_native`` with the same recipe
-    viridian.machine.native uses at run time, so an installed viridian needs no compiler.
+  * compiles the vCPU hot path (viridian/machine/unicorn/csrc) into ``viridian/machine/unicorn/_native`` with the same recipe
+    viridian.machine.unicorn.native uses at run time, so an installed viridian needs no compiler.
 The wheel is therefore platform-specific. Editable installs skip both: a checkout uses fixtures/ directly.
 """
 
@@ -37,7 +37,7 @@ class BuildWithGuests(build_py):
             return
         pkg = Path(self.build_lib) / "viridian"
         self._guests(pkg / "_data")
-        self._native(pkg / "machine" / "_native")
+        self._native(pkg / "machine" / "unicorn" / "_native")
 
     def _guests(self, data: Path) -> None:
         fixtures = ROOT / "fixtures"
@@ -56,9 +56,9 @@ class BuildWithGuests(build_py):
         shutil.copyfile(fixtures / "guests" / "guest.ld", runtime / "guest.ld")
 
     def _native(self, out_dir: Path) -> None:
-        sys.path.insert(0, str(ROOT))  # viridian.machine.native holds the one compile recipe
+        sys.path.insert(0, str(ROOT))  # viridian.machine.unicorn.native holds the one compile recipe
         try:
-            from viridian.machine import native
+            from viridian.machine.unicorn import native
         finally:
             sys.path.pop(0)
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -25,9 +25,9 @@ from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_64, UC_PROT
 from unicorn import x86_const as X
 
 from viridian.config.presets import load_config
-from viridian.machine.engine import c_function, hook_add_native
 from viridian.machine.loader import load_image, place_image
 from viridian.machine.machine import Machine
+from viridian.machine.unicorn.engine import c_function, hook_add_native
 
 BUILD = Path(__file__).resolve().parents[1] / "fixtures" / "build"
 

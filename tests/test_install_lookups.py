@@ -13,8 +13,8 @@ import pytest
 
 from viridian.errors import UserError
 from viridian.guests import guest_path, is_guest_name, runtime_dir
-from viridian.machine import native
 from viridian.machine.loader import load_image
+from viridian.machine.unicorn import native
 
 CLI = [sys.executable, "-m", "viridian"]
 

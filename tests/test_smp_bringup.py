@@ -12,7 +12,7 @@ from unicorn import x86_const as X
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.realmode import bring_up
+from viridian.machine.unicorn.realmode import bring_up
 
 # A real -> long mode trampoline for vector 0x99 (linked at 0x99000, as Linux's real-mode blob ends up below the
 # EBDA), assembled from:

@@ -108,7 +108,7 @@ def test_installed_wheel_works_from_anywhere(tmp_path: Path) -> None:
                  "viridian/_data/guests/win7.elf", "viridian/_data/guests/initramfs.cpio",
                  "viridian/_data/runtime/include/guest.inc", "viridian/_data/runtime/guest.ld", "viridian/py.typed"):
         assert need in names
-    assert any(n.startswith("viridian/machine/_native/vcpu_native-") for n in names)
+    assert any(n.startswith("viridian/machine/unicorn/_native/vcpu_native-") for n in names)
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from viridian.config.presets import load_config
-from viridian.machine import store_watch
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
+from viridian.machine.unicorn import store_watch
 
 
 def test_sipi_started_vcpu_enters_blocks_natively(guests: Path) -> None:

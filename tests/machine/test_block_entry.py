@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from viridian.config.presets import load_config
-from viridian.machine import store_watch
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.native import library
 from viridian.machine.report import stats_json
+from viridian.machine.unicorn import store_watch
+from viridian.machine.unicorn.native import library
 
 
 def _run(path: Path, vcpus: int) -> tuple[Machine, dict[str, Any]]:
@@ -108,7 +108,7 @@ def test_translation_filter_index_finds_what_the_walk_finds(guests: Path) -> Non
     for every page the guest ran on (and its neighbours), it finds the same hooks in the same order."""
     from unicorn import UC_HOOK_CODE
 
-    from viridian.machine import engine as E
+    from viridian.machine.unicorn import engine as E
 
     m, _ = _run(guests / "conformance.elf", 1)
     v = m.vcpus[0]

@@ -1,4 +1,4 @@
-"""The engine build (viridian/machine/engine_build.py): the pinned Unicorn is checked at start-up, records name
+"""The engine build (viridian/machine/unicorn/engine_build.py): the pinned Unicorn is checked at start-up, records name
 the build they were made on, and every engine instance gets a bounded translator buffer -- an address-space
 shortage is one line, not an exit inside libunicorn."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from viridian.cli.main import main
 from viridian.errors import UserError
-from viridian.machine import engine_build
+from viridian.machine.unicorn import engine_build
 
 ROOT = Path(__file__).resolve().parents[2]
 

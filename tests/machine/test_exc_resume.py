@@ -19,10 +19,10 @@ from unicorn import UC_MODE_64
 from unicorn import x86_const as X
 
 from viridian.config.presets import load_config
-from viridian.machine import engine as E
-from viridian.machine.engine_build import new_uc
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn.engine_build import new_uc
 
 
 @pytest.mark.parametrize("vcpus", [2, 4])

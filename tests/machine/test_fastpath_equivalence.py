@@ -1,4 +1,4 @@
-"""Virtual time and exits do not depend on the engine's fast paths (viridian/machine/engine_build.py).
+"""Virtual time and exits do not depend on the engine's fast paths (viridian/machine/unicorn/engine_build.py).
 
 Every fast path with a fallback can be forced off (``VIRIDIAN_DISABLE``); a guest must then give exactly the
 same result, exits (by reason, MSR, hypercall, port, exception), serial output, partition time and per-vCPU
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from viridian.config.presets import load_config
-from viridian.machine import engine_build
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.report import stats_json
+from viridian.machine.unicorn import engine_build
 
 # Guests whose defaults run forever or need a command line, and bounds that keep each run short
 CMDLINES = {"hostile_loops.elf": "c", "lab.elf": "exp=eoi n=20 apic=xapic eoi=xapic", "fuzz_ops.elf": "7",

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from viridian.cli.main import main
-from viridian.machine.debug import REGS
 from viridian.machine.gdbstub import checksum, escape, parse_address, unescape
+from viridian.machine.unicorn.debug import REGS
 
 REGNO = {name: i for i, (name, *_rest) in enumerate(REGS)}
 OFFSET = {name: sum(r[1] for r in REGS[:i]) for i, (name, *_rest) in enumerate(REGS)}

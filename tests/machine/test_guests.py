@@ -12,10 +12,10 @@ import pytest
 
 from viridian.config.presets import load_config
 from viridian.errors import UserError
-from viridian.machine import store_watch
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.report import stats_json
+from viridian.machine.unicorn import store_watch
 
 
 def run_guest(path: Path, preset: str = "recommended", vcpus: int = 1, xen: str | None = None,
@@ -331,7 +331,7 @@ def test_init_sipi_starts_an_ap_in_real_mode(guests: Path, ap_start: str) -> Non
 
 def test_bad_trampoline_is_a_clear_error(tmp_path: Path) -> None:
     """An AP whose SIPI page holds garbage ends the run "error" naming the trampoline, never a crash."""
-    from viridian.machine.realmode import bring_up
+    from viridian.machine.unicorn.realmode import bring_up
 
     img = tmp_path / "hlt.bin"
     img.write_bytes(b"\xfa\xf4")

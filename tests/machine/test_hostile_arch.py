@@ -69,7 +69,7 @@ def test_xsave_faults_where_the_mapping_ends(guests: Path, mem_mib: int) -> None
 
 
 def test_unassigned_blocks_never_cover_ram_or_the_apic() -> None:
-    from viridian.machine.unassigned import free_block
+    from viridian.machine.unicorn.unassigned import free_block
 
     ram, apic = (0, (128 << 20) - 1), (0xFEE00000, 0xFEE00FFF)
     assert free_block([ram, apic], 0xC0000000) == (0xC0000000, 1 << 21)  # the 1 GiB block holds the APIC

@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from viridian.machine import native
+from viridian.machine.unicorn import native
 
 
 def test_the_mirror_matches_the_compiled_structure() -> None:

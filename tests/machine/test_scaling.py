@@ -13,7 +13,7 @@ from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.ready import ReadySet
 from viridian.machine.report import stats_json
-from viridian.machine.vcpu import Vcpu
+from viridian.machine.unicorn.vcpu import Vcpu
 
 
 def _machine(guests: Path, name: str, vcpus: int, preset: str = "recommended", cmdline: str = "",

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         writer = LineWriter(sys.stdout) if not (args.quiet or data_on_stdout(args)) else None
         machine.ports.serial.sink = writer  # the console reaches stdout line by line while the kernel runs
-        from viridian.machine.debug import start_debugger
+        from viridian.machine.unicorn.debug import start_debugger
 
         debugger = start_debugger(machine, args.gdb, args.gdb_wait)  # --gdb (waits with --gdb-wait)
         try:

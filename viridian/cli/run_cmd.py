@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         common["cmdline"] = args.with_cmdline
         extra = [Machine(config, img, vcpus=n, **common) for img, n in others]
         writers = _stream_serial([machine, *extra]) if not (args.quiet or data_on_stdout(args)) else []
-        from viridian.machine.debug import start_debugger
+        from viridian.machine.unicorn.debug import start_debugger
 
         debugger = start_debugger(machine, args.gdb, args.gdb_wait)  # --gdb (waits with --gdb-wait)
         try:

@@ -84,7 +84,7 @@ def identity() -> dict[str, Any]:
 
     out: dict[str, Any] = {"viridian": viridian.__version__}
     try:
-        from viridian.machine.engine_build import engine_identity
+        from viridian.machine.unicorn.engine_build import engine_identity
 
         ident = engine_identity()
         out["engine"] = {k: ident[k] for k in ("unicorn", "libunicorn_sha256") if k in ident}

@@ -6,7 +6,7 @@ binary data; a bare 0x03 byte is an interrupt request (Ctrl-C). The commands ans
 "Packets", "General Query Packets" and "Stop Reply Packets" sections an all-stop stub needs: ``?``, ``g/G``,
 ``p/P``, ``m/M/X``, ``c/s``, ``vCont``, ``Z0-Z4/z0-z4``, ``H``, ``T``, ``qSupported``, ``qfThreadInfo``,
 ``qsThreadInfo``, ``qC``, ``qAttached``, ``qThreadExtraInfo``, ``qXfer:features:read``, ``QStartNoAckMode``,
-``D``, ``k``. The machine side is a :class:`Target` (viridian.machine.debug); threads are vCPUs, numbered from 1.
+``D``, ``k``. The machine side is a :class:`Target` (viridian.machine.unicorn.debug); threads are vCPUs, numbered from 1.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Resume:
 
 
 class Target(Protocol):
-    """The machine side (viridian.machine.debug.Debugger)."""
+    """The machine side (viridian.machine.unicorn.debug.Debugger)."""
 
     def threads(self) -> list[int]: ...
     def thread_info(self, tid: int) -> str: ...

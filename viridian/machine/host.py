@@ -19,7 +19,7 @@ from viridian.machine import interrupt
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine, RunResult
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 MIN_SLICE = 64
 KICK_QUANTUM = 100_000  # ticks: a quantum that starts with an event pending for a vCPU (Machine.kick); measured

@@ -41,7 +41,7 @@ from viridian.machine.ready import ReadySet
 from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
 from viridian.machine.stubs import hypercall_page
-from viridian.machine.vcpu import Vcpu
+from viridian.machine.unicorn.vcpu import Vcpu
 from viridian.partition.partition import Partition
 from viridian.tlfs.msrs import HvMsr
 
@@ -108,7 +108,7 @@ class Machine:
         self.max_ticks, self.quantum = max_ticks, max(MIN_SLICE, quantum)
         self.pcpus = pcpus or vcpus
         self.tracer = tracer
-        self.debugger: Any = None  # --gdb (viridian.machine.debug.Debugger)
+        self.debugger: Any = None  # --gdb (viridian.machine.unicorn.debug.Debugger)
         self.ple_gap, self.ple_window = ple_gap, ple_window  # pause-loop exiting (0 window = off)
         self.result: RunResult | None = None
         self.stop_at: int | None = None  # --snapshot-at: the Host stops this partition once its time reaches it

@@ -19,7 +19,7 @@ from viridian.devices.pc_platform import LINT0_EXTINT, LINT1_NMI, MmioRegion, Pc
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 BOARDS = ("pc", "minimal")
 PAGE = 0x1000

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from viridian.errors import UserError
-from viridian.machine.engine_build import engine_identity, identity_note
+from viridian.machine.unicorn.engine_build import engine_identity, identity_note
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine

@@ -62,7 +62,7 @@ OPTION_KEYS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem
 @cache
 def engine_identity() -> dict[str, str]:
     """The Unicorn release and libunicorn's sha256 (engine_build.py); a note on resume if they differ."""
-    from viridian.machine.engine_build import installed_version, libunicorn_sha256
+    from viridian.machine.unicorn.engine_build import installed_version, libunicorn_sha256
 
     return {"unicorn": installed_version(), "libunicorn_sha256": libunicorn_sha256()}
 

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
-from viridian.machine.snapshot_cpu import load_cpu, save_cpu
 from viridian.machine.snapshot_format import SnapshotError, SnapshotFile
+from viridian.machine.unicorn.snapshot_cpu import load_cpu, save_cpu
 from viridian.state import Fields, StateError
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 STATE_SECTIONS = ("machine", "partition", "apics", "arch", "vcpus", "devices")
 _NATIVE = ("bytes", "pauses", "pause_last", "pause_loop_start", "blocks")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from viridian.abi.dispatch import HypercallOutcome
     from viridian.abi.registers import HypercallRegisters
     from viridian.machine.machine import Machine
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 # exit reason -> kind (the --trace-filter vocabulary)
 REASON_KIND = {"msr_read": "msr", "msr_write": "msr", "hypercall": "hypercall", "io": "io", "mmio": "mmio",
@@ -121,7 +121,7 @@ class Tracer:
                 rip = v.uc.reg_read(X.UC_X86_REG_RIP)
             self._emit(v, v.index, kind, "exit", reason=reason, rip=_hex(rip), insn=v.m.disassemble(v, rip))
         if index is not None:
-            from viridian.machine.vcpu import NATIVE_MSRS
+            from viridian.machine.unicorn.vcpu import NATIVE_MSRS
 
             if index in NATIVE_MSRS:  # the engine keeps these; the model never sees them (vcpu.py)
                 if reason == "msr_write":

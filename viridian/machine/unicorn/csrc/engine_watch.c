@@ -1,4 +1,4 @@
-/* The engine watch (viridian/machine/store_watch.py, docs/architecture.md "code coherence"): functions
+/* The engine watch (viridian/machine/unicorn/store_watch.py, docs/architecture.md "code coherence"): functions
  * the engine library calls through its own PLT, redirected here, plus the fallback write hook.
  *  - vn_tbipf (tb_invalidate_phys_page_fast): every store into a page the engine considers clean -- with its
  *    dirty tracking stubbed out, every writable RAM page -- passes here with the store's RAM offset; a store

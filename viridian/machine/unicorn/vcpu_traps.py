@@ -1,5 +1,5 @@
 """The vCPU traps that answer one instruction each: hypercalls (page stub and VMCALL/VMMCALL), CPUID,
-RDTSC/RDTSCP, port I/O and xAPIC MMIO. Mixed into :class:`~viridian.machine.vcpu.Vcpu`, whose state they use."""
+RDTSC/RDTSCP, port I/O and xAPIC MMIO. Mixed into :class:`~viridian.machine.unicorn.vcpu.Vcpu`, whose state they use."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
-
 from viridian.abi.registers import HypercallRegisters
-from viridian.machine import engine as E
-from viridian.machine import pc_machine, vcpu_io
+from viridian.machine import pc_machine
 from viridian.machine.cpuid_base import base_leaf
-from viridian.machine.native import MSR_REFERENCE, MSR_TSC_OFFSET
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn import vcpu_io
+from viridian.machine.unicorn.native import MSR_REFERENCE, MSR_TSC_OFFSET
 from viridian.partition.cpuid import CpuidRegs
 from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 VMCALL, VMMCALL = b"\x0f\x01\xc1", b"\x0f\x01\xd9"
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 PHYS_BITS = 40  # the engine's CPU model: MAXPHYADDR (CPUID.80000008H:EAX[7:0] on its qemu64 model)
 ALL_ONES = (1 << 64) - 1

@@ -14,6 +14,7 @@ import logging
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from msr.faults import Fault
 from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -26,19 +27,20 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
-
-from msr.faults import Fault
-from viridian.machine import engine as E
-from viridian.machine import engine_build, pc_machine, unassigned, vcpu_io
 from viridian.machine import layout as L
-from viridian.machine import vcpu_code as C
-from viridian.machine import vcpu_delivery as D
-from viridian.machine.arch_faults import ended_in_hlt
+from viridian.machine import pc_machine
 from viridian.machine.boot import BootRegisters
-from viridian.machine.engine_build import new_uc
-from viridian.machine.lost_fault import recover_lost_fault
 from viridian.machine.multiboot import BOOT_MAGIC
-from viridian.machine.native import (
+from viridian.machine.ports import ExitRequested
+from viridian.machine.stats import VcpuStats
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn import engine_build, unassigned, vcpu_io
+from viridian.machine.unicorn import vcpu_code as C
+from viridian.machine.unicorn import vcpu_delivery as D
+from viridian.machine.unicorn.arch_faults import ended_in_hlt
+from viridian.machine.unicorn.engine_build import new_uc
+from viridian.machine.unicorn.lost_fault import recover_lost_fault
+from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
     STOP_PAUSE,
     STOP_TABLE_FULL,
@@ -48,11 +50,9 @@ from viridian.machine.native import (
     function_address,
     library,
 )
-from viridian.machine.ports import ExitRequested
-from viridian.machine.realmode import bring_up, enter_multiboot
-from viridian.machine.stats import VcpuStats
-from viridian.machine.syscall import enter_syscall
-from viridian.machine.vcpu_traps import NATIVE_READS, InstructionTraps
+from viridian.machine.unicorn.realmode import bring_up, enter_multiboot
+from viridian.machine.unicorn.syscall import enter_syscall
+from viridian.machine.unicorn.vcpu_traps import NATIVE_READS, InstructionTraps
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
@@ -412,7 +412,7 @@ class Vcpu:
         cr3, cr0 = self._paging()
         return self.m.walker.read(cr3, cr0, vaddr, length)
 
-    # -- code: MSR sites, translation coherence (viridian/machine/vcpu_code.py) ---------------------------------
+    # -- code: MSR sites, translation coherence (viridian/machine/unicorn/vcpu_code.py) ---------------------------------
     def _hook_page(self, page: int, full: bool = False) -> None:
         C.hook_page(self, page, full)
 
@@ -555,7 +555,7 @@ class Vcpu:
             else:  # e.g. an EOI with IF = 0 unmasked one: open the window now, the IRET or STI is near
                 self.traps.set_window(True)
 
-    # -- exceptions and interrupts (viridian/machine/vcpu_delivery.py) --------------------------------------
+    # -- exceptions and interrupts (viridian/machine/unicorn/vcpu_delivery.py) --------------------------------------
     def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         D.interrupt(self, uc, intno, _ud)
 

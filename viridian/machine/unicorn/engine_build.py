@@ -105,12 +105,12 @@ def libunicorn_sha256() -> str:
 
 def active_fast_paths() -> list[str]:
     """The fast paths this process uses: allowed by the engine build and not forced off."""
-    from viridian.machine import store_watch
+    from viridian.machine.unicorn import store_watch
 
     off = disabled()
     on = []
     if store_watch._installed is None:  # decided on first use: decide now (a scratch engine, no machine)
-        from viridian.machine.native import library
+        from viridian.machine.unicorn.native import library
 
         store_watch.install(library())
     watch = bool(store_watch._installed) and "store_watch" not in off

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UcError
 from unicorn import x86_const as X
 
-from viridian.machine import engine as E
+from viridian.machine.unicorn import engine as E
 from viridian.state import Fields, StateError
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 M64 = (1 << 64) - 1
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{i}" for i in range(8, 16)))

@@ -1,4 +1,4 @@
-/* Block entry without a block hook (viridian/machine/store_watch.py, docs/architecture.md "machine").
+/* Block entry without a block hook (viridian/machine/unicorn/store_watch.py, docs/architecture.md "machine").
  *
  * Unicorn 2.1.4 starts every translation block with a call of its exit-request check:
  *     movabs $uc, %rdi ; xor %esi, %esi ; call helper_check_exit_request   (rel32, or *pool(%rip) when far)

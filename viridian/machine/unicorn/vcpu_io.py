@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
-
-from viridian.machine import engine as E
-from viridian.machine.native import function_address
 from viridian.machine.ports import COM1
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn.native import function_address
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
 _OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)

@@ -1,6 +1,6 @@
 """Code on one vCPU (engine side): MSR/CR8/PAUSE/hypercall-stub sites found on pages about to run (hooked
 before the page executes), translation-cache coherence (stores into executed pages, caught natively by
-vn_write, make every vCPU forget the page). Functions of a :class:`~viridian.machine.vcpu.Vcpu` (its
+vn_write, make every vCPU forget the page). Functions of a :class:`~viridian.machine.unicorn.vcpu.Vcpu` (its
 methods delegate)."""
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from unicorn import (
     UC_PROT_READ,
     UC_PROT_WRITE,
 )
-
 from viridian.errors import UserError
-from viridian.machine import engine as E
-from viridian.machine import engine_build, store_watch
-from viridian.machine.native import function_address
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
     cr8_offsets,
@@ -31,11 +27,14 @@ from viridian.machine.stubs import (
     pause_offsets,
     site_offsets,
 )
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn import engine_build, store_watch
+from viridian.machine.unicorn.native import function_address
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
-log = logging.getLogger("viridian.machine.vcpu")
+log = logging.getLogger("viridian.machine.unicorn.vcpu")
 
 
 def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
@@ -83,7 +82,7 @@ def add_site(v: Vcpu, addr: int, is_write: bool) -> None:
 def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
     if addr in v.cr8_sites:
         return
-    from viridian.machine.vcpu import GPRS
+    from viridian.machine.unicorn.vcpu import GPRS
 
     v.cr8_sites[addr] = (is_write, GPRS[gpr])
     E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v._native), addr, addr)

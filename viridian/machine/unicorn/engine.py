@@ -19,7 +19,7 @@ from unicorn import UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from viridian.machine.engine_build import new_uc
+from viridian.machine.unicorn.engine_build import new_uc
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import capstone
 from capstone import x86_const as CX
 from unicorn import x86_const as X
 
-from viridian.machine.arch_faults import refine, segment_load_fault
+from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 
 @cache

@@ -1,6 +1,6 @@
 """Exception and interrupt delivery of one vCPU (engine side): the INTR hook, faults raised by traps, IDT
 delivery through :mod:`viridian.machine.delivery`, the interrupt window / STI shadow test, and the injection of
-pending APIC interrupts and NMIs. Functions of a :class:`~viridian.machine.vcpu.Vcpu` (its methods delegate)."""
+pending APIC interrupts and NMIs. Functions of a :class:`~viridian.machine.unicorn.vcpu.Vcpu` (its methods delegate)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
-
-from viridian.machine import engine as E
-from viridian.machine.arch_faults import refine, write_access
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
+from viridian.machine.unicorn import engine as E
+from viridian.machine.unicorn.arch_faults import refine, write_access
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 
 def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:

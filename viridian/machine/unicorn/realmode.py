@@ -27,11 +27,11 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from viridian.machine.engine import EFER
-from viridian.machine.engine_build import new_uc
+from viridian.machine.unicorn.engine import EFER
+from viridian.machine.unicorn.engine_build import new_uc
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 STEP_LIMIT = 100_000
 TICKS_PER_STEP = 4  # trampolines run instruction by instruction: charge ~4 bytes' worth each

@@ -37,7 +37,7 @@ from viridian.machine.gdbstub import SIGINT, SIGTRAP, Connection, Disconnected, 
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine, RunResult
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 # gdb's amd64 register order (the core feature must list exactly these first), then ours
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{i}" for i in range(8, 16)))

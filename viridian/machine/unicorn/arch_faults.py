@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import x86_const as X
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 DF, GP, PF = 8, 13, 14
 MASK64 = (1 << 64) - 1

@@ -40,7 +40,7 @@ from typing import Any
 
 from unicorn.unicorn_py3.unicorn import uclib
 
-log = logging.getLogger("viridian.machine.store_watch")
+log = logging.getLogger("viridian.machine.unicorn.store_watch")
 
 TBIPF, TLB_SET_PAGE, PROTECT_CODE = (b"tb_invalidate_phys_page_fast_x86_64", b"tlb_set_page_with_attrs_x86_64",
                                      b"tlb_protect_code_x86_64")
@@ -261,7 +261,7 @@ def _quiet_loads_offsets() -> tuple[int, int] | None:
 
 
 def quiet_loads_enabled() -> bool:
-    from viridian.machine.engine_build import enabled
+    from viridian.machine.unicorn.engine_build import enabled
 
     return QUIET_LOADS and enabled("quiet_access")
 
@@ -278,7 +278,7 @@ def _code_buffer_writable() -> bool:
     first runs code."""
     from unicorn import UC_MODE_64
 
-    from viridian.machine.engine_build import new_uc
+    from viridian.machine.unicorn.engine_build import new_uc
 
     before = set(_mappings("rwx"))
     uc: Any = new_uc(UC_MODE_64)
@@ -290,7 +290,7 @@ def _code_buffer_writable() -> bool:
 
 
 def tb_entry_enabled() -> bool:
-    from viridian.machine.engine_build import enabled
+    from viridian.machine.unicorn.engine_build import enabled
 
     return TB_ENTRY is not None and enabled("block_entry")
 
@@ -305,8 +305,8 @@ def code_hook_list_offset(lib: ctypes.CDLL, scan: int = 0x3000) -> int | None:
     mappings (/proc/self/maps). None when nothing fits (the filter stays off)."""
     from unicorn import UC_HOOK_CODE, UC_MODE_64
 
-    from viridian.machine import engine as E
-    from viridian.machine.engine_build import new_uc
+    from viridian.machine.unicorn import engine as E
+    from viridian.machine.unicorn.engine_build import new_uc
 
     fn = _address(lib.vn_site) or 0
     uc: Any = new_uc(UC_MODE_64)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
 
-from viridian.machine import engine as E
+from viridian.machine.unicorn import engine as E
 
 if TYPE_CHECKING:
-    from viridian.machine.vcpu import Vcpu
+    from viridian.machine.unicorn.vcpu import Vcpu
 
 STAR, LSTAR, CSTAR, FMASK = 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084
 EFER_SCE, EFER_LMA = 1 << 0, 1 << 10

@@ -1,5 +1,5 @@
 /* vn_state: the per-vCPU block shared by the hot-path hooks (vcpu_native.c), the engine watch
- * (engine_watch.c) and Python (viridian/machine/native.py mirrors it field by field, in this order). */
+ * (engine_watch.c) and Python (viridian/machine/unicorn/native.py mirrors it field by field, in this order). */
 #ifndef VN_STATE_H
 #define VN_STATE_H
 #include <stdint.h>
