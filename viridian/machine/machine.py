@@ -47,6 +47,7 @@ from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
     from viridian.devices.pc_platform import PcPlatform
+    from viridian.machine.eventlog import EventLog
     from viridian.machine.host import Host
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Machine:
         self.wall = WallClock()  # --fast readings of the host clock: recorded, or replayed (--replay)
         self.flushes = 0
         self.neg = NegotiationLog()  # first uses and outcomes: the negotiation report's raw material
+        self.eventlog: EventLog | None = None  # diff-engines: slice ends and kicks, recorded or replayed (eventlog.py)
         # code coherence (vcpu_code.py): a bit per physical page that some vCPU executed, shared by every vCPU
         self.code_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()
         self.code_defer = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # written since run: rewatch later
@@ -250,11 +252,15 @@ class Machine:
         self.T = max(self.T, host_t)
         self._running, self._slice_t0, self._slice_b0 = v, host_t + offset, v.ticks
         self.clock.set_tsc(max(self.clock.tsc(), self._slice_t0))
+        if self.eventlog is not None:
+            budget = self.eventlog.slice_start(v, self._slice_t0, budget)
         try:
             return v.run(budget)
         finally:
             self._running = None
             self.sync_code(v)
+            if self.eventlog is not None:
+                self.eventlog.slice_end(v)
             if self.debugger is not None:  # --gdb: a stop is served here, nothing runs meanwhile (debug.py)
                 self.debugger.after_slice(v)
                 self.ready.invalidate()  # the debugger may have changed any vCPU
@@ -393,6 +399,8 @@ class Machine:
     def kick(self, vp: int) -> None:
         self.ready.mark(vp)
         v = self._running
+        if self.eventlog is not None:
+            self.eventlog.kick(vp, v)
         if v is not None and v.index == vp:
             v.stop_requested = True  # deliver before more guest code runs
         elif v is not None and 0 <= vp < len(self.vcpus) and not self.vcpus[vp].wait_sipi:
