@@ -15,7 +15,7 @@ from viridian.errors import UserError
 
 # Each subcommand module exposes register(subparsers) -> None, setting ``func`` on its parser.
 _SUBCOMMANDS: list[str] = ["cpuid", "guest_os_id", "run", "compare", "measure", "conformance", "fuzz", "resume",
-                           "fetch_kernel", "boot", "guests"]
+                           "fetch_kernel", "boot", "guests", "diff_engines"]
 
 
 DESCRIPTION = """\

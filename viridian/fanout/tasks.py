@@ -78,6 +78,20 @@ def boot_cell(kernel: str, offer: str, vcpus: int, max_ticks: int) -> dict[str, 
     return asdict(boot(kernel, offer, vcpus, max_ticks=max_ticks))
 
 
+def diff_guest(guest: str, vcpus: int, engines: tuple[str, str]) -> dict[str, Any]:
+    """One fixture guest on two engine configurations, compared (viridian.lab.diff_engines)."""
+    from viridian.lab.diff_engines import guest_cell
+
+    return guest_cell(guest, vcpus, (engines[0], engines[1]))
+
+
+def diff_linux(kernel: str, vcpus: int, engines: tuple[str, str], max_ticks: int) -> dict[str, Any]:
+    """A Linux kernel on two engine configurations, the second replaying the first's event log."""
+    from viridian.lab.diff_engines import linux_cell
+
+    return linux_cell(kernel, vcpus, (engines[0], engines[1]), max_ticks)
+
+
 def identity() -> dict[str, Any]:
     """What a worker must share with the client: viridian's version and the engine build."""
     import viridian
@@ -99,6 +113,8 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "measure": measure_point,
     "compare": compare_side,
     "boot": boot_cell,
+    "diff_guest": diff_guest,
+    "diff_linux": diff_linux,
 }
 
 
