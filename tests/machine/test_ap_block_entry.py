@@ -22,5 +22,5 @@ def test_sipi_started_vcpu_enters_blocks_natively(guests: Path) -> None:
         pytest.skip("block entry is off (this engine build or VIRIDIAN_BLOCK_HOOK/VIRIDIAN_DISABLE)")
     ap = m.vcpus[1]
     assert ap.stats.events["sipi_start"] == 1
-    assert ap._native.tb_patch == 1 and ap._native.tb_patched > 0
+    assert ap.native.tb_patch == 1 and ap.native.tb_patched > 0
     assert not ap._block_hooked and not ap.stats.events.get("tb_patch_failed")

@@ -28,7 +28,7 @@ def _run(path: Path, vcpus: int) -> tuple[Machine, dict[str, Any]]:
 def _observable(m: Machine, s: dict[str, Any]) -> dict[str, Any]:
     """What a run shows: result, exits, serial, and each vCPU's clock and block count."""
     keep = {k: s[k] for k in ("result", "exits", "apic", "serial", "time")}
-    keep["clocks"] = [(int(v._native.bytes), int(v._native.blocks)) for v in m.vcpus]
+    keep["clocks"] = [(int(v.native.bytes), int(v.native.blocks)) for v in m.vcpus]
     return keep
 
 
@@ -37,7 +37,7 @@ def test_blocks_enter_natively_on_this_engine_build(guests: Path) -> None:
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
     assert store_watch.TB_ENTRY is not None
     for v in m.vcpus:
-        assert v._native.tb_patch == 1 and v._native.tb_patched > 0
+        assert v.native.tb_patch == 1 and v.native.tb_patched > 0
         assert not v._block_hooked and not v.stats.events.get("tb_patch_failed")
 
 
@@ -80,7 +80,7 @@ def test_a_block_that_cannot_be_patched_falls_back_to_the_block_hook(guests: Pat
 def test_accesses_translate_without_exit_checks_on_this_engine_build(guests: Path) -> None:
     m, s = _run(guests / "hello.elf", 2)
     assert store_watch.QUIET_LOADS and store_watch.precise_write_protect() and s["result"]["status"] == "exit"
-    assert all(v._native.quiet_accesses > 0 for v in m.vcpus)
+    assert all(v.native.quiet_accesses > 0 for v in m.vcpus)
 
 
 @pytest.mark.parametrize("guest", ["hello.elf", "apic_timer.elf", "jit.elf", "smc.elf", "exceptions.elf",
@@ -95,7 +95,7 @@ def test_accesses_without_exit_checks_change_nothing_but_block_ends(guests: Path
     quiet = _observable(*_run(guests / guest, 2))
     monkeypatch.setenv(store_watch.QUIET_ENV, "1")
     m, s = _run(guests / guest, 2)
-    assert not any(v._native.quiet_accesses for v in m.vcpus)
+    assert not any(v.native.quiet_accesses for v in m.vcpus)
     checked = _observable(m, s)
     if guest in ("jit.elf", "smc.elf", "hostile_pages.elf"):
         for o in (quiet, checked):
@@ -120,5 +120,5 @@ def test_translation_filter_index_finds_what_the_walk_finds(guests: Path) -> Non
     assert len(v.sites) > 10 and pages
     for page in pages:
         for lo in (page - 0x1000, page, page + 0x1000):
-            assert lib.vn_filter_selftest(ctypes.byref(v._native), ctypes.c_uint64(lo)) == 1, hex(lo)
-    assert v._native.hix_rebuilds > 0 and v._native.hix_n >= len(v.sites)
+            assert lib.vn_filter_selftest(ctypes.byref(v.native), ctypes.c_uint64(lo)) == 1, hex(lo)
+    assert v.native.hix_rebuilds > 0 and v.native.hix_n >= len(v.sites)

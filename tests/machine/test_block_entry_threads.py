@@ -58,9 +58,9 @@ def _summary(m: Machine, s: dict[str, Any]) -> dict[str, Any]:
     """What a run shows (result, exits, serial, virtual time, each vCPU's clock and block count), and how its
     blocks were entered."""
     keep = {k: s[k] for k in ("result", "exits", "apic", "serial", "time")}
-    keep["clocks"] = [(int(v._native.bytes), int(v._native.blocks)) for v in m.vcpus]
-    entry = [(int(v._native.tb_patch), int(v._native.tb_patched) > 0, v._block_hooked,
-              v.stats.events.get("tb_patch_failed", 0), int(v._native.tb_back)) for v in m.vcpus]
+    keep["clocks"] = [(int(v.native.bytes), int(v.native.blocks)) for v in m.vcpus]
+    entry = [(int(v.native.tb_patch), int(v.native.tb_patched) > 0, v._block_hooked,
+              v.stats.events.get("tb_patch_failed", 0), int(v.native.tb_back)) for v in m.vcpus]
     return {"observable": keep, "entry": entry}
 
 

@@ -43,7 +43,7 @@ def observable(guest: Path, vcpus: int) -> dict[str, Any]:
     exits = dict(s["exits"])
     exits.pop("events", None)  # not exits: which fast path did the work (e.g. tb_patch counts)
     return {"result": s["result"], "exits": exits, "apic": s["apic"], "serial": s["serial"], "time": s["time"],
-            "clocks": [int(v._native.bytes) for v in m.vcpus], "pauses": [v.pauses for v in m.vcpus]}
+            "clocks": [int(v.native.bytes) for v in m.vcpus], "pauses": [v.pauses for v in m.vcpus]}
 
 
 def _guests() -> list[str]:
@@ -82,7 +82,7 @@ def test_forcing_paths_off_is_seen_by_the_machine(guests: Path, monkeypatch: pyt
     m = Machine(load_config(preset="recommended"), load_image(guests / "hello.elf"), vcpus=2)
     m.run()
     for v in m.vcpus:
-        n = v._native
+        n = v.native
         assert not n.tb_patch and v._block_hooked and not n.pause_native and not n.quiet_accesses
         assert not (v._native_tsc or v._native_msr or n.com1_base)
     assert engine_build.active_fast_paths() == []

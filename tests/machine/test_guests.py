@@ -237,7 +237,7 @@ def test_the_engine_watch_is_active_on_this_engine_build(guests: Path) -> None:
     must be in place: fast stores, the translation hook filter and hook-free PAUSE all did work."""
     m, s = run_guest(guests / "hello.elf", vcpus=4)
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0)
-    n = [v._native for v in m.vcpus]
+    n = [v.native for v in m.vcpus]
     assert all(x.pause_native for x in n)
     assert sum(x.fast_fills for x in n) > 0 and sum(x.filtered_tbs for x in n) > 0
     assert s["pauses_executed"] > 0  # counted through vn_svm_check: no PAUSE has a code hook

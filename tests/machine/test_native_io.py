@@ -30,7 +30,7 @@ def test_native_console_matches_the_port_bus(guests: Path, guest: str) -> None:
     assert s["exits"]["by_port"].get("0x03f8", 0) > 0
     for key in ("result", "exits", "serial", "time"):
         assert s[key] == t[key], key
-    assert [v._native.bytes for v in native.vcpus] == [v._native.bytes for v in python.vcpus]
+    assert [v.native.bytes for v in native.vcpus] == [v.native.bytes for v in python.vcpus]
 
 
 def _out(port: int, value: int) -> bytes:

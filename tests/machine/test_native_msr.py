@@ -35,9 +35,9 @@ def test_native_reference_counter_matches_the_python_path(guests: Path, guest: s
     for key in ("result", "exits", "serial", "time"):
         assert s[key] == t[key], key
     if guest != "conformance.elf":  # one 10-byte block more untraced, before this path existed too (notes)
-        assert [v._native.bytes for v in native.vcpus] == [v._native.bytes for v in python.vcpus]
-    assert any(v._native.native_msr_count for v in native.vcpus)
-    assert not any(v._native.native_msr_count for v in python.vcpus)  # --trace sees every exit
+        assert [v.native.bytes for v in native.vcpus] == [v.native.bytes for v in python.vcpus]
+    assert any(v.native.native_msr_count for v in native.vcpus)
+    assert not any(v.native.native_msr_count for v in python.vcpus)  # --trace sees every exit
 
 
 def _store(slot: int) -> bytes:
@@ -82,12 +82,12 @@ def test_every_rdmsr_form_reads_the_reference_counter(tmp_path: Path) -> None:
     assert values == sorted(values) and len(set(values)) == len(values)  # 100 ns units, exits cost 0.5 us
     scale = native.partition.time.scale
     assert values[-1] <= page_time(native.clock.tsc(), scale, 0)
-    assert native.vcpus[0]._native.native_msr_count == 1
+    assert native.vcpus[0].native.native_msr_count == 1
 
 
 def test_not_offered_raises_gp_and_stays_in_python(tmp_path: Path) -> None:
     m, s = _run(_guest(tmp_path), 1, traced=False, preset="none")
-    assert m.vcpus[0]._native.native_msr_count == 0
+    assert m.vcpus[0].native.native_msr_count == 0
     assert s["result"]["status"] != "exit" or s["result"]["code"] != 0  # #GP with no IDT: the run ends
     assert s["exits"]["by_msr"]["0x40000020"]["read"] == 1
 
@@ -134,4 +134,4 @@ def test_mperf_aperf_natively_match_the_python_path(tmp_path: Path) -> None:
     native, s, v = _both_ways(tmp_path, "mperf.bin", code, 7)
     assert v[0] < v[1] < v[2] < v[3] and 0x1000 < v[4] < v[6] < v[5]  # MPERF restarted near 0x1000
     assert s["exits"]["by_msr"]["0x000000e7"] == {"read": 4, "write": 1}
-    assert native.vcpus[0]._native.native_msr_count == 2  # MPERF, APERF
+    assert native.vcpus[0].native.native_msr_count == 2  # MPERF, APERF

@@ -348,7 +348,7 @@ class Machine:
         ok = self.tracer is None and no_yield and self.partition.hypercalls_enabled() \
             and self.neg.used("hypercall", 0x0008)
         for v in self.vcpus:
-            v._native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
+            v.native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
 
     def _count_apic_msr(self, v: Vcpu, index: int) -> None:
         reg = {0x40000070: 0xB0, 0x40000071: 0x300, 0x40000072: 0x80}.get(index)
@@ -439,7 +439,7 @@ class Machine:
 
     # -- reporting --------------------------------------------------------------------------------------------
     def disassemble(self, v: Vcpu, rip: int) -> str:
-        data = v._read_virt(rip, 16) or b""
+        data = v.read_virtual(rip, 16) or b""
         try:
             import capstone
 

@@ -61,7 +61,7 @@ def after_access(v: Vcpu, write: bool = True) -> None:
         return
     changed = p.take_changed()
     if changed:
-        n = v._native
+        n = v.native
         n.limit = min(int(n.limit), int(n.bytes))  # re-evaluate at the next block start
     if changed or write:
         v.clip_to_deadline()
@@ -79,7 +79,7 @@ def map_mmio(v: Vcpu) -> None:
 def _reader(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
     def read(uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
-            v._exit("mmio")
+            v.count_exit("mmio")
             v.stats.events[f"mmio@{r.base:#x}"] += 1  # per device (its base)
             if offset >= r.size:
                 return 0
@@ -98,7 +98,7 @@ def _reader(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
 def _writer(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
     def write(uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
-            v._exit("mmio")
+            v.count_exit("mmio")
             v.stats.events[f"mmio@{r.base:#x}"] += 1
             if offset < r.size:
                 p.mmio_write(r, offset, size, value)

@@ -72,7 +72,7 @@ def save_sections(m: Machine) -> list[tuple[str, Any]]:
 
 def _save_vcpu(v: Vcpu) -> dict[str, Any]:
     _check_code_segment(v)
-    n = v._native
+    n = v.native
     return {"cpu": save_cpu(v.uc), "halted": v.halted, "idle": v.idle, "wait_sipi": v.wait_sipi,
             "sipi_vector": v.sipi_vector, "nmi_pending": v.nmi_pending, "ticks_used": v.ticks_used,
             "multiboot_entry": list(v.multiboot_entry) if v.multiboot_entry is not None else None,
@@ -87,7 +87,7 @@ def _check_code_segment(v: Vcpu) -> None:
     if not int(uc.msr_read(0xC000_0080)) & 0x400 or not cs & 0xFFFC:
         return
     table = uc.reg_read(X.UC_X86_REG_LDTR if cs & 4 else X.UC_X86_REG_GDTR)
-    desc = v._read_virt(table[1] + (cs & ~7), 8)
+    desc = v.read_virtual(table[1] + (cs & ~7), 8)
     if desc is not None and not int.from_bytes(desc, "little") >> 53 & 1:
         raise StateError(f"vCPU {v.index} runs compatibility-mode (32-bit) code: a snapshot cannot restore it")
 
@@ -125,7 +125,7 @@ def _apply(m: Machine, values: dict[str, Any]) -> int:
     rr = mach.uint("rr", 0, MAX_TIME)
     pages = {o.gpa for o in m.partition.overlays() if not o.writable}
     for v in m.vcpus:
-        v._native.tsc_offset = v.apic.tsc_offset
+        v.native.tsc_offset = v.apic.tsc_offset
         v.set_protected(pages)
         v.map_apic(m.arch[v.index].apic_base_address)  # a relocated xAPIC page (IA32_APIC_BASE)
     m._update_fast_paths()
@@ -158,8 +158,8 @@ def _load_vcpu(v: Vcpu, f: Fields) -> None:
     v.stats.load_state(f.sub("stats"))
     load_cpu(v, f.raw("cpu"))
     for k, val in counts.items():
-        setattr(v._native, k, val)
+        setattr(v.native, k, val)
     v.halted, v.idle, v.wait_sipi, v.nmi_pending = (flags["halted"], flags["idle"], flags["wait_sipi"],
                                                     flags["nmi_pending"])
     v.sipi_vector, v.ticks_used, v.multiboot_entry = sipi, used, mb
-    v._efer = int(v.uc.msr_read(0xC000_0080))
+    v.efer = int(v.uc.msr_read(0xC000_0080))

@@ -35,7 +35,7 @@ def canonical(address: int) -> bool:
 
 def refine(v: Vcpu, uc: Any, intno: int, rip: int) -> tuple[int, int] | None:
     """(vector, rip) to deliver for the engine's ``intno`` at ``rip``; None: run the instruction again."""
-    if intno == DF and v._read_virt(rip - 2, 2) != b"\xcd\x08":
+    if intno == DF and v.read_virtual(rip - 2, 2) != b"\xcd\x08":
         if not canonical(rip):  # the fetch at a non-canonical target faulted (twice, in the engine)
             intno = GP
         elif uc.reg_read(X.UC_X86_REG_CR2) != v.guest_cr2:  # the engine wrote CR2: a #PF (e.g. XSAVE's probe
@@ -60,11 +60,11 @@ def last_instruction(v: Vcpu, detail: bool = False) -> Any:
     """The capstone instruction that ended the block that ran last (None: not known or not decodable)."""
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
-    n = v._native
+    n = v.native
     start, end = int(n.block_start), int(n.pend_end) + 1
     if not n.pend_valid or not 0 < end - start <= 0x1000:
         return None
-    code = v._read_virt(start, end - start)
+    code = v.read_virtual(start, end - start)
     if code is None:
         return None
     last = None
@@ -108,7 +108,7 @@ def write_access(v: Vcpu) -> bool | None:
     from capstone.x86 import X86_OP_MEM
 
     rip = int(v._rip_flags.read()[0])
-    code = v._read_virt(rip, 15) or v._read_virt(rip, 0x1000 - (rip & 0xFFF))
+    code = v.read_virtual(rip, 15) or v.read_virtual(rip, 0x1000 - (rip & 0xFFF))
     if not code:
         return None
     md = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -152,7 +152,7 @@ def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None
     _s, base, limit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
     if sel & 4 or (sel | 7) > limit:
         return GP, err
-    raw = v._read_virt(base + (sel & ~7), 8)
+    raw = v.read_virtual(base + (sel & ~7), 8)
     if raw is None:
         return PF, 0  # the table itself is not mapped: a #PF on the descriptor read (CR2 left to the walker)
     access = raw[5]

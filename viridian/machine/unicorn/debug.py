@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
-
 from viridian.errors import UserError
 from viridian.machine.gdbstub import SIGINT, SIGTRAP, Connection, Disconnected, Session, parse_address
 
@@ -210,9 +209,9 @@ class Debugger:
     # -- stops ------------------------------------------------------------------------------------------------
     def _hold(self, v: Vcpu, signal: int, extra: str, address: int) -> None:
         """A breakpoint or step inside its code hook: serve gdb right here, before the instruction runs."""
-        site = int(v._native.pending_site)
+        site = int(v.native.pending_site)
         if site and address - site in (2, 3):  # an RDMSR/WRMSR just ran: complete it first (vcpu.py _msr_done)
-            v._guard(v._msr_done)(v.uc, address, 0, None)
+            v.guard(v._msr_done)(v.uc, address, 0, None)
         self._end_step()
         self._in_hook, self._modified = v, False
         try:
@@ -220,7 +219,7 @@ class Debugger:
         finally:
             self._in_hook = None
         if self._modified or self.m.done:
-            v._stop()  # the engine stops before this instruction (exit check after code hooks); the loop goes on
+            v.stop()  # the engine stops before this instruction (exit check after code hooks); the loop goes on
 
     def _changed(self, v: Vcpu) -> None:
         """What ``v``'s engine runs changed: if it is held inside a hook, stop it there when gdb resumes."""
@@ -318,7 +317,7 @@ class Debugger:
     def read_memory(self, tid: int, addr: int, length: int) -> bytes:
         """Guest-virtual memory through the thread's page tables; stops at the first unmapped byte."""
         v = self._vcpu(tid)
-        cr3, cr0 = v._paging()
+        cr3, cr0 = v.paging()
         out = bytearray()
         while length > 0:
             chunk = min(length, 0x1000 - (addr & 0xFFF))
@@ -331,7 +330,7 @@ class Debugger:
 
     def write_memory(self, tid: int, addr: int, data: bytes) -> bool:
         v = self._vcpu(tid)
-        cr3, cr0 = v._paging()
+        cr3, cr0 = v.paging()
         pages = {self.m.walker.translate(cr3, cr0, a) for a in range(addr & ~0xFFF, addr + len(data), 0x1000)}
         if None in pages or not self.m.walker.write(cr3, cr0, addr, data):
             return False

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import capstone
 from capstone import x86_const as CX
-from unicorn import x86_const as X
 
+from unicorn import x86_const as X
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 if TYPE_CHECKING:
@@ -85,10 +85,10 @@ def _canonical(addr: int) -> bool:
 
 def recover_lost_fault(v: Vcpu, rip: int) -> bool:
     """Deliver the exception the engine swallowed at ``rip`` (#PF, #UD, #DE, #BP, INT n, or a hypercall)."""
-    code = v._read_virt(rip, 15) or v._read_virt(rip, 1)
+    code = v.read_virtual(rip, 15) or v.read_virtual(rip, 1)
     if not code:
         return fetch_fault(v, rip)
-    cr3, cr0 = v._paging()
+    cr3, cr0 = v.paging()
     operands = memory_operands(v.uc, code, rip)
     for addr, size, _write in operands:  # SDM 3.3.7.1: a non-canonical address raises #GP(0) (#SS for RSP)
         if any(not _canonical(p) for p in (addr, (addr + size - 1) & 0xFFFF_FFFF_FFFF_FFFF)):
@@ -139,12 +139,12 @@ def fetch_fault(v: Vcpu, rip: int) -> bool:
         v.stats.events["lost_fault_recovered"] += 1
         v.raise_exception(arch[0], 0, arch[1], deferred=False)
         return True
-    cr3, cr0 = v._paging()
+    cr3, cr0 = v.paging()
     if v.m.walker.translate(cr3, cr0, rip) is not None:
         return False  # mapped (the read failed for another reason): not a fetch fault we can name
     cr4 = int(v.uc.reg_read(X.UC_X86_REG_CR4))
     cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
-    fetch = 0x10 if (v._efer >> 11) & 1 or (cr4 >> 20) & 1 else 0
+    fetch = 0x10 if (v.efer >> 11) & 1 or (cr4 >> 20) & 1 else 0
     v.uc.reg_write(X.UC_X86_REG_CR2, rip)
     v.guest_cr2 = rip
     v.stats.exit("exception")

@@ -26,7 +26,6 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
-
 from viridian.machine.unicorn.engine import EFER
 from viridian.machine.unicorn.engine_build import new_uc
 
@@ -63,7 +62,7 @@ def bring_up(v: Vcpu, vector: int) -> bool:
         uc.emu_start(vector << 12, 0xFFFF_FFFF, count=STEP_LIMIT)
     except UcError as exc:
         state["fault"] = str(exc)
-    v._native.bytes += state["steps"] * TICKS_PER_STEP
+    v.native.bytes += state["steps"] * TICKS_PER_STEP
     if m.done:
         return False
     if not state["long"]:
@@ -74,7 +73,7 @@ def bring_up(v: Vcpu, vector: int) -> bool:
     ctx = uc.context_save()
     v.uc.context_restore(ctx)
     v.uc.ctl_flush_tb()
-    v._efer = int(v.uc.msr_read(EFER))
+    v.efer = int(v.uc.msr_read(EFER))
     v.stats.events["sipi_start"] += 1
     return True
 
@@ -112,7 +111,7 @@ def enter_multiboot(v: Vcpu, entry: int, magic: int, info: int) -> bool:
         uc.emu_start(entry, 0xFFFF_FFFF)
     except UcError as exc:
         state["fault"] = str(exc)
-    v._native.bytes += state["bytes"]
+    v.native.bytes += state["bytes"]
     if m.done:
         return False
     if not state["long"]:
@@ -124,7 +123,7 @@ def enter_multiboot(v: Vcpu, entry: int, magic: int, info: int) -> bool:
         return False
     v.uc.context_restore(uc.context_save())
     v.uc.ctl_flush_tb()
-    v._efer = int(v.uc.msr_read(EFER))
+    v.efer = int(v.uc.msr_read(EFER))
     v.stats.events["multiboot_entry"] += 1
     return True
 

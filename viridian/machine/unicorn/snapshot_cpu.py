@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UcError
 from unicorn import x86_const as X
-
 from viridian.machine.unicorn import engine as E
 from viridian.state import Fields, StateError
 
@@ -190,7 +189,20 @@ def _load_data_segment(vcpu: Vcpu, name: str, sel: int, v: dict[str, Any]) -> No
     if sel & 0xFFFC:
         table = v["ldtr"] if sel & 4 else v["gdtr"]
         base, limit = table[1], table[2]
-        if (sel & ~7) + 7 > limit or vcpu._read_virt(base + (sel & ~7), 8) is None:
+        if (sel & ~7) + 7 > limit or vcpu.read_virtual(base + (sel & ~7), 8) is None:
             raise StateError(f"vcpus[{vcpu.index}].cpu.segs.{name}: selector {sel:#x} is not in a readable "
                              "descriptor table")
     vcpu.uc.reg_write(_SEG[name], sel)
+
+
+def check_code_segment(v: Vcpu) -> None:
+    """In a 64-bit Unicorn instance a CS write sets only the selector (see above), so a vCPU running
+    compatibility-mode code (EFER.LMA with CS.L = 0, SDM vol. 3 §5.2.1) cannot be restored: refused here."""
+    uc = v.uc
+    cs = int(uc.reg_read(X.UC_X86_REG_CS))
+    if not int(uc.msr_read(E.EFER)) & 0x400 or not cs & 0xFFFC:
+        return
+    table = uc.reg_read(X.UC_X86_REG_LDTR if cs & 4 else X.UC_X86_REG_GDTR)
+    desc = v.read_virtual(table[1] + (cs & ~7), 8)
+    if desc is not None and not int.from_bytes(desc, "little") >> 53 & 1:
+        raise StateError(f"vCPU {v.index} runs compatibility-mode (32-bit) code: a snapshot cannot restore it")

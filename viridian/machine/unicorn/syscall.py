@@ -10,7 +10,6 @@ import struct
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
-
 from viridian.machine.unicorn import engine as E
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ def _code_is_64bit(v: Vcpu, cs: int) -> bool:
     index = cs & ~7
     if index + 7 > limit:
         return True
-    raw = v._read_virt(base + index, 8)
+    raw = v.read_virtual(base + index, 8)
     return raw is None or bool(struct.unpack("<Q", raw)[0] >> 53 & 1)
 
 

@@ -59,4 +59,4 @@ def install(v: Vcpu) -> None:
         v.stats.events["unassigned memory mapped"] += 1
         return True
 
-    v.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED, v._guard(unmapped, False))
+    v.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED, v.guard(unmapped, False))

@@ -52,6 +52,7 @@ from viridian.machine.unicorn.native import (
 )
 from viridian.machine.unicorn.realmode import bring_up, enter_multiboot
 from viridian.machine.unicorn.syscall import enter_syscall
+from viridian.machine.unicorn.vcpu_seam import SeamMethods
 from viridian.machine.unicorn.vcpu_traps import NATIVE_READS, InstructionTraps
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ _CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_R
              X.UC_X86_REG_CR0, X.UC_X86_REG_CR3)
 
 
-class Vcpu:
-    """A vCPU of a :class:`~viridian.machine.machine.Machine`."""
+class Vcpu(SeamMethods):
+    """A vCPU of a :class:`~viridian.machine.machine.Machine` (implements machine.backend.VcpuBackend)."""
+
+    engine_msrs = NATIVE_MSRS
 
     def __init__(self, machine: Machine, index: int, boot: BootRegisters) -> None:
         self.m = machine
@@ -114,10 +117,10 @@ class Vcpu:
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
         self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
         pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET...
-        self._native = VnState()
+        self.native = VnState()
         self._table = (ctypes.c_uint64 * TABLE_PAGES)()
         lib = library()
-        n = self._native
+        n = self.native
         n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
         n.reg_write = E.c_function("uc_reg_write")
         n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
@@ -133,11 +136,11 @@ class Vcpu:
         self._settle.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState), ctypes.c_uint64]
         self._settle.restype = ctypes.c_uint64
         self._site_fn = function_address(lib, "vn_site")
-        msr_done = self._guard(self._msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
+        msr_done = self.guard(self._msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
         self._msr_slow = E.CODE_CB(lambda _h, address, size, _ud: msr_done(uc, address, size, None))
         n.msr_slow = ctypes.cast(self._msr_slow, ctypes.c_void_p)
         self._msr_done_fn = function_address(lib, "vn_msr_done")
-        self._cr8_done_hook = self._guard(self.traps.cr8_done)
+        self._cr8_done_hook = self.guard(self.traps.cr8_done)
         self._pause_fn = function_address(lib, "vn_pause")
         self._stub_fn = function_address(lib, "vn_stub")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
@@ -146,7 +149,7 @@ class Vcpu:
         if not n.tb_patch:
             C.hook_blocks(self)
         self._cpuid_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RBX, X.UC_X86_REG_RDX))
-        self._cpuid_hook = E.hook_insn_skip(uc, X.UC_X86_INS_CPUID, self._guard(self.traps._cpuid, 1))
+        self._cpuid_hook = E.hook_insn_skip(uc, X.UC_X86_INS_CPUID, self.guard(self.traps._cpuid, 1))
         self._keep: list[object] = []
         # RDTSC(P) natively (vn_rdtsc/vn_rdtscp) unless every exit must be seen (--trace) or time is the wall
         # clock (--fast)
@@ -160,14 +163,14 @@ class Vcpu:
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSC, function_address(lib, "vn_rdtsc"), ctypes.addressof(n))
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSCP, function_address(lib, "vn_rdtscp"), ctypes.addressof(n))
         else:
-            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self._guard(self.traps._rdtsc, 1)))
-            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self._guard(self.traps._rdtscp, 1)))
-        uc.hook_add(UC_HOOK_INSN, self._guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
+            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self.guard(self.traps._rdtsc, 1)))
+            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self.guard(self.traps._rdtscp, 1)))
+        uc.hook_add(UC_HOOK_INSN, self.guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
         vcpu_io.install(self, lib, native=native_io)  # COM1's hot accesses natively, like RDTSC
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self.traps._invalid, True))
-        uc.hook_add(UC_HOOK_INTR, self._guard(self._interrupt))
-        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._guard(self._write_protected, False))
+        uc.hook_add(UC_HOOK_INSN_INVALID, self.guard(self.traps._invalid, True))
+        uc.hook_add(UC_HOOK_INTR, self.guard(self._interrupt))
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self.guard(self._write_protected, False))
         unassigned.install(self)  # beyond RAM: reads all-ones, writes dropped (QEMU's PCI master abort)
         self._wp_fault: int | None = None
         self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
@@ -185,7 +188,7 @@ class Vcpu:
         self._sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
         self._idtr, self._tr = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
         self._gdtr = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
-        self._efer = int(uc.msr_read(E.EFER))
+        self.efer = int(uc.msr_read(E.EFER))
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _set_boot_state(self, b: BootRegisters) -> None:
@@ -204,7 +207,7 @@ class Vcpu:
                             (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
                             (X.UC_X86_REG_RFLAGS, 2)])
 
-    def _guard(self, fn: Any, default: Any = None) -> Any:
+    def guard(self, fn: Any, default: Any = None) -> Any:
         """Hooks never let a Python exception reach Unicorn: a host bug ends the run with status "error"."""
 
         def hook(*args: Any) -> Any:
@@ -225,17 +228,17 @@ class Vcpu:
     # -- clock ------------------------------------------------------------------------------------------
     @property
     def pauses(self) -> int:
-        return int(self._native.pauses)
+        return int(self.native.pauses)
 
     @property
     def ticks(self) -> int:
-        return int(self._native.bytes)
+        return int(self.native.bytes)
 
-    def _exit(self, reason: str, rip: int | None = None) -> None:
+    def count_exit(self, reason: str, rip: int | None = None) -> None:
         """Account one exit and bring the partition clock up to this vCPU's time (``rip``: the trapping
         instruction when RIP is elsewhere, e.g. the MSR site behind a next-instruction hook)."""
         self.stats.by_reason[reason] += 1
-        n = self._native
+        n = self.native
         n.bytes += EXIT_TICKS
         m = self.m
         if m.fast or m._running is not self:
@@ -256,14 +259,14 @@ class Vcpu:
         (tests/machine/test_fastpath_equivalence.py)."""
         self._settle(self._uch, self._native_ref, rip & MASK64)  # csrc vn_settle
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         self.stop_requested = True
         self.uc.emu_stop()
 
     # -- running ----------------------------------------------------------------------------------------
     def run(self, budget: int) -> int:
         """Run guest code for at most ``budget`` ticks (a block may overshoot); returns ticks used."""
-        n, uc = self._native, self.uc
+        n, uc = self.native, self.uc
         start = int(n.bytes)
         self._run_end = start + budget  # clip_to_deadline may bring it forward
         self.stop_requested = self.yield_pending = False
@@ -328,7 +331,7 @@ class Vcpu:
                     self._rip_flags.write(at + 2)
                     n.bytes += 2  # settle_clock took it back
                     n.pend_valid, n.pend_end = 1, at + 1
-                self._exit("pause")
+                self.count_exit("pause")
                 self.m.neg.record_event(self.index, self.m.clock._tsc, "pause-loop")
                 self.m.yield_vp(self.index, "pause-loop")
                 if self.yield_pending:
@@ -379,18 +382,18 @@ class Vcpu:
     def _after_natural_stop(self) -> None:
         """emu_start returned by itself: HLT (RIP is after it)."""
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-        prev = self._read_virt(rip - 1, 1)
+        prev = self.read_virtual(rip - 1, 1)
         if prev == b"\xf4" and self._view.read()[3] & 3:  # SDM: HLT at CPL > 0 raises #GP(0)
             self.raise_exception(13, 0, rip - 1, count_exit=True, deferred=False)
             return
         if prev == b"\xf4":
-            self._exit("hlt")
+            self.count_exit("hlt")
             self.m.neg.record_event(self.index, self.m.clock._tsc, "hlt")
             self.halted = True
             return
         if recover_lost_fault(self, rip):
             return
-        here = (rip, int(self._native.bytes))
+        here = (rip, int(self.native.bytes))
         if self._unexplained_stop != here:  # measured: a page MSR moving an overlay onto the GDT's page stops
             self._unexplained_stop = here   # the engine after the WRMSR with nothing to report; go on once
             self.stats.events["engine stop resumed"] += 1
@@ -404,13 +407,10 @@ class Vcpu:
                       disasm=self.m.disassemble(self, rip))
 
     # -- guest memory by virtual address --------------------------------------------------------------------
-    def _paging(self) -> tuple[int, int]:
+    def paging(self) -> tuple[int, int]:
+        """(CR3, CR0): what a guest page walk needs (paging.PageWalker)."""
         cr0, cr3 = self.uc.reg_read_batch((X.UC_X86_REG_CR0, X.UC_X86_REG_CR3))
         return int(cr3), int(cr0)
-
-    def _read_virt(self, vaddr: int, length: int) -> bytes | None:
-        cr3, cr0 = self._paging()
-        return self.m.walker.read(cr3, cr0, vaddr, length)
 
     # -- code: MSR sites, translation coherence (viridian/machine/unicorn/vcpu_code.py) ---------------------------------
     def _hook_page(self, page: int, full: bool = False) -> None:
@@ -445,25 +445,25 @@ class Vcpu:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def _msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
-        site = int(self._native.pending_site)
+        site = int(self.native.pending_site)
         if not site or address - site not in (2, 3) or site not in self.sites:
             return
-        self._native.pending_site = 0
+        self.native.pending_site = 0
         ecx, eax, edx = self._msr_regs.read()
         index = ecx & 0xFFFF_FFFF
         neg = self.m.neg
         if self.sites[site]:
-            self._exit("msr_write", site)
+            self.count_exit("msr_write", site)
             self.stats.msr_writes[index] += 1
             wvalue = (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF)
             if index in NATIVE_MSRS:
                 neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue, None)
                 if index == E.EFER:
-                    self._efer = int(uc.msr_read(E.EFER))
+                    self.efer = int(uc.msr_read(E.EFER))
                 return
             res = self.m.wrmsr(self, index, wvalue)
-            self._native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
-            if self._native.native_msr_count:
+            self.native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
+            if self.native.native_msr_count:
                 self.traps.refresh_native_msrs()  # e.g. an MPERF write moves its offset
             self.clip_to_deadline()
             neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
@@ -472,7 +472,7 @@ class Vcpu:
                 self.raise_exception(res.vector, res.error_code, site)
                 return
         else:
-            self._exit("msr_read", site)
+            self.count_exit("msr_read", site)
             self.stats.msr_reads[index] += 1
             if index in NATIVE_MSRS:
                 neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
@@ -499,11 +499,11 @@ class Vcpu:
         if d is None:
             return
         at = m._slice_b0 + max(0, d - m._slice_t0)
-        if at <= int(self._native.bytes):
+        if at <= int(self.native.bytes):
             return  # already due: delivered when this run next stops (inject_pending)
         if at < self._run_end:
             self._run_end = at
-            n = self._native
+            n = self.native
             n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
 
     def map_apic(self, base: int) -> None:
@@ -529,7 +529,7 @@ class Vcpu:
 
     def end_run_within(self, ticks: int) -> None:
         """End this run at the first block start ``ticks`` from now (Machine.kick)."""
-        n = self._native
+        n = self.native
         at = int(n.bytes) + ticks
         if at < self._run_end:
             self._run_end = at
@@ -551,7 +551,7 @@ class Vcpu:
             return
         if D.has_interrupt(self):
             if self.interruptible():
-                self._stop()  # the run loop injects it before the next instruction
+                self.stop()  # the run loop injects it before the next instruction
             else:  # e.g. an EOI with IF = 0 unmasked one: open the window now, the IRET or STI is near
                 self.traps.set_window(True)
 

@@ -41,9 +41,9 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
     """A page about to run holds 0F 30 / 0F 32 (or our hypercall stub): hook its sites first."""
     if full:
         log.warning("vCPU %d: scanned-page table full; clearing it", v.index)
-        v._lib.vn_clear(ctypes.byref(v._native))
-        v._lib.vn_insert(ctypes.byref(v._native), page)
-    data = v._read_virt(page, 0x1001) or v._read_virt(page, 0x1000)
+        v._lib.vn_clear(ctypes.byref(v.native))
+        v._lib.vn_insert(ctypes.byref(v.native), page)
+    data = v.read_virtual(page, 0x1001) or v.read_virtual(page, 0x1000)
     if data is None:
         return
     if page not in v._hooked_pages:
@@ -52,20 +52,20 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
             add_site(v, page + off, is_write)
         for off, is_write, gpr in cr8_offsets(data):
             add_cr8_site(v, page + off, is_write, gpr)
-        for off in ([] if v._native.pause_native else pause_offsets(data)):  # else vn_svm_check sees PAUSE
+        for off in ([] if v.native.pause_native else pause_offsets(data)):  # else vn_svm_check sees PAUSE
             if page + off in v.pause_sites:
                 continue  # a rescanned page keeps its hooks (a second one would count the PAUSE twice)
             v.pause_sites.add(page + off)
-            E.hook_add_native(v.uc, UC_HOOK_CODE, v._pause_fn, ctypes.addressof(v._native),
+            E.hook_add_native(v.uc, UC_HOOK_CODE, v._pause_fn, ctypes.addressof(v.native),
                               page + off, page + off)
     if is_hypercall_stub(data) and page not in v._stub_hooks:
         v._stub_hooks.add(page)
         at = page + HYPERCALL_HOOK_OFFSET
-        if v._native.stub_count < 8:
-            v._native.stub_at[v._native.stub_count] = at
-        v._native.stub_count += 1
-        E.hook_add_native(v.uc, UC_HOOK_CODE, v._stub_fn, ctypes.addressof(v._native), at, at)
-        v.uc.hook_add(UC_HOOK_CODE, v._guard(v.traps._stub_call), None,
+        if v.native.stub_count < 8:
+            v.native.stub_at[v.native.stub_count] = at
+        v.native.stub_count += 1
+        E.hook_add_native(v.uc, UC_HOOK_CODE, v._stub_fn, ctypes.addressof(v.native), at, at)
+        v.uc.hook_add(UC_HOOK_CODE, v.guard(v.traps._stub_call), None,
                          page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
     v.uc.ctl_remove_cache(page, page + 0x1000)
 
@@ -74,9 +74,9 @@ def add_site(v: Vcpu, addr: int, is_write: bool) -> None:
     if addr in v.sites:
         return
     v.sites[addr] = int(is_write)
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v._native), addr, addr)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v.native), addr, addr)
     for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
-        E.hook_add_native(v.uc, UC_HOOK_CODE, v._msr_done_fn, ctypes.addressof(v._native), nxt, nxt)
+        E.hook_add_native(v.uc, UC_HOOK_CODE, v._msr_done_fn, ctypes.addressof(v.native), nxt, nxt)
 
 
 def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
@@ -85,7 +85,7 @@ def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
     from viridian.machine.unicorn.vcpu import GPRS
 
     v.cr8_sites[addr] = (is_write, GPRS[gpr])
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v._native), addr, addr)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v.native), addr, addr)
     v._keep.append(E.hook_code_raw(v.uc, v._cr8_done_hook, addr + 4, addr + 4)[1])
 
 
@@ -93,11 +93,11 @@ def forget_code(v: Vcpu, page: int | None = None, drop_cache: bool = True) -> No
     """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):
     rescan for MSR sites on next execution and drop stale translations."""
     if page is None:
-        v._lib.vn_clear(ctypes.byref(v._native))
+        v._lib.vn_clear(ctypes.byref(v.native))
         v._hooked_pages.clear()
         v.uc.ctl_flush_tb()
         return
-    v._lib.vn_remove(ctypes.byref(v._native), page)
+    v._lib.vn_remove(ctypes.byref(v.native), page)
     v._hooked_pages.discard(page)
     if drop_cache:
         v.uc.ctl_remove_cache(page, page + 0x1000)
@@ -107,7 +107,7 @@ def note_new_code(v: Vcpu) -> list[int]:
     """Pages that started executing here since the last call (vn_block scanned them and marked their
     physical pages in the machine's code map): remember which virtual pages each physical page ran at;
     returns those physical pages."""
-    n = v._native
+    n = v.native
     count = int(n.new_code_count)
     n.new_code_count = 0
     if count > 1024:  # the ring overflowed: pages ran that we cannot name; rescan everything here
@@ -132,7 +132,7 @@ def forget_physical(v: Vcpu, pa: int, drop_cache: bool) -> None:
 
 def drain_dirty_code(v: Vcpu) -> list[int] | None:
     """Physical code pages this vCPU wrote since the last drain (None: more than the ring holds)."""
-    n = v._native
+    n = v.native
     count = int(n.dirty_count)
     n.dirty_count = 0
     if count > 64:
@@ -143,7 +143,7 @@ def drain_dirty_code(v: Vcpu) -> list[int] | None:
 def watch_stores(v: Vcpu, lib: Any) -> None:
     """Wire the coherence hooks (store_watch.py): the machine's shared code map, then either the engine's
     store path (vn_tbipf, registered under this engine's handle) or, failing that, the native write hook."""
-    n, m = v._native, v.m
+    n, m = v.native, v.m
     n.code_map = ctypes.cast(m.code_map, ctypes.POINTER(ctypes.c_uint64))
     n.defer_map = ctypes.cast(m.code_defer, ctypes.POINTER(ctypes.c_uint64))
     n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
@@ -183,7 +183,7 @@ PATCH_FAILURES = {1: "no block", 2: "pc differs", 3: "layout differs", 4: "unexp
 def hook_blocks(v: Vcpu) -> None:
     """Count blocks with the native block hook (vn_block): without the engine watch's block entry, or after a
     translation it could not patch (then every translation is dropped, so none is counted twice)."""
-    n = v._native
+    n = v.native
     if n.tb_patch_failed:
         why = PATCH_FAILURES.get(int(n.tb_patch_failed), str(int(n.tb_patch_failed)))
         log.warning("vCPU %d: a translation block could not be patched (%s); counting blocks with the block hook",
@@ -201,7 +201,7 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
     write-protect map (csrc vn_tbipf stops a store there at the storing instruction; the pages stay one RAM
     block) or, where that is not available, by mapping them read+execute (Unicorn's write-protect hook)."""
     newly = pages - v.protected
-    if store_watch.precise_write_protect() and v._native.wp_map:
+    if store_watch.precise_write_protect() and v.native.wp_map:
         wp = v.m.wp_map
         for page in v.protected - pages:
             if page < v.m.ram_size:
@@ -225,7 +225,7 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
 def refresh_ram_ranges(v: Vcpu) -> None:
     """Tell the store watch (csrc vn_tbipf) which engine RAM offsets hold which guest-physical pages (the
     engine gives every region of RAM its own block; protecting a page splits one)."""
-    n, base = v._native, ctypes.addressof(v.m.ram_buffer)
+    n, base = v.native, ctypes.addressof(v.m.ram_buffer)
     regions = [(b, e, p) for b, e, p in v.uc.mem_regions() if e < v.m.ram_size]
     if len(regions) > 16:
         log.warning("vCPU %d: %d RAM regions; stores beyond the 16th are not watched", v.index, len(regions))

@@ -23,7 +23,7 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
         E.reset_old_exception(uc, off)
     rip = uc.reg_read(X.UC_X86_REG_RIP)
     if (arch := refine(v, uc, intno, rip)) is None:  # arch_faults.py: an escalated first fault runs again
-        v._stop()
+        v.stop()
         return
     intno, rip = arch
     error = 0 if intno in ERROR_CODE_VECTORS else None
@@ -43,14 +43,14 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
 def software_interrupt(v: Vcpu, intno: int, rip: int) -> bool:
     """INT n / INT3 / INTO / INT1 (the engine reports them after the instruction, like traps): their delivery
     errors have EXT = 0; a CPU exception's have EXT = 1 (SDM vol. 2A "INT n" pseudo-code)."""
-    before = v._read_virt(rip - 2, 2) if rip >= 2 else None
+    before = v.read_virtual(rip - 2, 2) if rip >= 2 else None
     if before is None:
         return False
     return before == bytes((0xCD, intno)) or before[1:] == {3: b"\xcc", 4: b"\xce", 1: b"\xf1"}.get(intno)
 
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:
-    cr3, cr0 = v._paging()
+    cr3, cr0 = v.paging()
     present = v.m.walker.translate(cr3, cr0, cr2) is not None
     cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
     write = write_access(v)  # arch_faults.py: decoded (the engine does not report it)
@@ -62,7 +62,7 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
     """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
     ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
     if count_exit:
-        v._exit("exception")
+        v.count_exit("exception")
     v.stats.exceptions[vector] += 1
     if vector in ERROR_CODE_VECTORS and error is None:
         error = 0
@@ -70,7 +70,7 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
         v.m.tracer.exception(v, vector, error, rip)
     if deferred:
         v._pending_exc = (vector, error, rip)
-        v._stop()
+        v.stop()
     else:
         enter(v, vector, error, rip, external=external)
 
@@ -150,7 +150,7 @@ def in_sti_shadow(v: Vcpu) -> bool:
     instruction). QEMU ends a block after each and marks the boundary (hflags HF_INHIBIT_IRQ, cleared by the
     next block), so that is exactly: stopped at a block start with the mark set. Without the hflags offset:
     the block that ran last ended with STI (0xFB)."""
-    n = v._native
+    n = v.native
     rip = v._rip_flags.read()[0]
     if rip != n.block_start:
         return False

@@ -25,14 +25,14 @@ def install(v: Vcpu, lib: Any, native: bool) -> None:
     """IN/OUT hooks: Python handlers only, or vn_in/vn_out in front of them (``native``)."""
     uc, traps = v.uc, v.traps
     if not native or v.m.ports.device(COM1) is not v.m.ports.serial:
-        uc.hook_add(UC_HOOK_INSN, v._guard(traps._in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, v._guard(traps._out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, v.guard(traps._in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, v.guard(traps._out), None, 1, 0, X.UC_X86_INS_OUT)
         return
-    port_in, port_out = v._guard(traps._in, 0), v._guard(traps._out)
+    port_in, port_out = v.guard(traps._in, 0), v.guard(traps._out)
     cb_in = _IN_CB(lambda _h, port, size, _ud: port_in(uc, port, size, None))
     cb_out = _OUT_CB(lambda _h, port, size, value, _ud: port_out(uc, port, size, value, None))
     v._keep += [cb_in, cb_out]
-    n = v._native
+    n = v.native
     n.io_in_slow, n.io_out_slow = ctypes.cast(cb_in, ctypes.c_void_p), ctypes.cast(cb_out, ctypes.c_void_p)
     n.com1_base = COM1
     E.hook_insn_native(uc, X.UC_X86_INS_IN, function_address(lib, "vn_in"), ctypes.addressof(n))
@@ -44,14 +44,14 @@ def arm(v: Vcpu) -> None:
     shared; another vCPU may set DLAB). Loopback, pending receive data and an interrupt-driven transmitter
     (IER.ETBEI) need the Python model (viridian.devices.uart16550.Serial16550.native_ok)."""
     lsr_ok, thr_ok = v.m.ports.serial.native_ok()
-    n = v._native
+    n = v.native
     n.com1_base = COM1 if lsr_ok and n.io_in_slow else 0  # 0: vn_in/vn_out answer nothing themselves
     n.thr_native = int(thr_ok)
 
 
 def collect(v: Vcpu) -> None:
     """Account the accesses vn_in/vn_out answered as io exits and hand their bytes to the serial port."""
-    n = v._native
+    n = v.native
     reads, written = int(n.lsr_reads), int(n.serial_len)
     if not (reads or written):
         return

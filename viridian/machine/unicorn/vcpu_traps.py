@@ -61,14 +61,14 @@ class InstructionTraps:
         vals = fr.read()
         rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
         cs, cr0 = vals[13], vals[14]
-        long_mode = bool(self.v._efer & 0x400)  # EFER.LMA; CS.L is 1 in our GDTs (no compatibility mode)
+        long_mode = bool(self.v.efer & 0x400)  # EFER.LMA; CS.L is 1 in our GDTs (no compatibility mode)
         return HypercallRegisters(long_mode=long_mode, cpl=cs & 3, protected=bool(cr0 & 1), rax=rax, rbx=rbx,
                                   rcx=rcx, rdx=rdx, rsi=rsi, rdi=rdi, r8=r8,
                                   xmm=fr.read_wide(7, 6))
 
     def _hypercall(self, rip: int) -> tuple[bool, bool]:
         """Run the hypercall; returns (handled without fault, continued)."""
-        self.v._exit("hypercall")
+        self.v.count_exit("hypercall")
         regs = self._hypercall_regs()
         outcome = self.v.m.hypercall(self.v, regs)
         self.v.stats.hypercalls[outcome.code] += 1
@@ -89,8 +89,8 @@ class InstructionTraps:
 
     def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
-        if self.v._native.fast_done_at == address:  # completed by the native hook just before
-            self.v._native.fast_done_at = 0
+        if self.v.native.fast_done_at == address:  # completed by the native hook just before
+            self.v.native.fast_done_at = 0
             return
         if self.v._resume_at == address:  # stopped inside this hook last time: the call is already done
             self.v._resume_at = None
@@ -103,12 +103,12 @@ class InstructionTraps:
 
     def _invalid(self, uc: Any, _ud: Any) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
-        insn = self.v._read_virt(rip, 3)
+        insn = self.v.read_virtual(rip, 3)
         if insn in (VMCALL, VMMCALL):
             ok, continued = self._hypercall(rip)
             if ok and not continued:
                 self.v._next_rip = rip + 3
-            self.v._stop()
+            self.v.stop()
             return True
         self.v.raise_exception(6, None, rip, count_exit=True)
         return True
@@ -126,7 +126,7 @@ class InstructionTraps:
     def cpuid_leaf(self, leaf: int, sub: int) -> CpuidRegs:
         """One CPUID exit (SDM vol. 2A "CPUID"; TLFS §2.4 for 0x40000000+): the partition's leaf or the base
         CPU's, accounted and recorded. Also the answer for the 16/32-bit instances of realmode.py."""
-        self.v._exit("cpuid")
+        self.v.count_exit("cpuid")
         self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock._tsc, leaf)
         r = self.v.m.partition.cpuid(leaf, sub)
         if r is None:
@@ -147,7 +147,7 @@ class InstructionTraps:
         """What vn_rdtsc (csrc) needs to answer as :meth:`_rdtsc` would: partition time = bytes + base (at
         least the clock), plus this vCPU's TSC offset."""
         v = self.v
-        n, m = v._native, v.m
+        n, m = v.native, v.m
         if m._running is v:
             n.tsc_base = (m._slice_t0 - m._slice_b0) & MASK64
         else:
@@ -158,7 +158,7 @@ class InstructionTraps:
 
     def enable_native_msr(self, index: int) -> None:
         """Let vn_msr_done answer RDMSR ``index`` (one of NATIVE_READS) from now on."""
-        n = self.v._native
+        n = self.v.native
         used = int(n.native_msr_count)
         if used >= len(n.native_msrs) or any(n.native_msrs[i].index == index for i in range(used)):
             return
@@ -169,7 +169,7 @@ class InstructionTraps:
 
     def refresh_native_msrs(self) -> None:
         """The model's current constants behind the native answers (before each run, after MSR writes)."""
-        n, m = self.v._native, self.v.m
+        n, m = self.v.native, self.v.m
         n.ref_scale = m.partition.time.scale & MASK64  # TIME_REF_COUNT (reftime.page_time)
         n.ref_offset = m.partition.time.offset & MASK64
         arch = m.arch[self.v.index]
@@ -181,7 +181,7 @@ class InstructionTraps:
     def collect_native_tsc(self) -> None:
         """Account the reads vn_rdtsc(p) and vn_msr_done (NATIVE_READS) answered as exits and bring the
         partition clock up to the last one."""
-        n, m = self.v._native, self.v.m
+        n, m = self.v.native, self.v.m
         k, n.rdtsc_count = int(n.rdtsc_count), 0
         if k:
             self.v.stats.by_reason["rdtsc"] += k
@@ -199,14 +199,14 @@ class InstructionTraps:
     def _rdtsc(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSC": EDX:EAX = the vCPU's TSC (upper halves of RAX/RDX cleared). Raw batch writes:
         a Linux AP calibrating its delay loop reads the TSC ~150,000 times."""
-        self.v._exit("rdtsc")
+        self.v.count_exit("rdtsc")
         t = self._tsc()
         self.v._rax_rdx.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF)
         return 1
 
     def _rdtscp(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSCP": as RDTSC, and ECX = IA32_TSC_AUX[31:0] (the guest writes it natively)."""
-        self.v._exit("rdtsc")
+        self.v.count_exit("rdtsc")
         t = self._tsc()
         if self._rdtscp_regs is None:
             self._rdtscp_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX))
@@ -217,7 +217,7 @@ class InstructionTraps:
 
     def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
         vcpu_io.collect(self.v)  # what vn_in/vn_out answered so far comes first
-        self.v._exit("io")
+        self.v.count_exit("io")
         self.v.stats.ports[port] += 1
         platform = self.v.m.platform
         if platform is None:
@@ -229,7 +229,7 @@ class InstructionTraps:
 
     def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
         vcpu_io.collect(self.v)
-        self.v._exit("io")
+        self.v.count_exit("io")
         self.v.stats.ports[port] += 1
         if self.v.m.platform is not None:
             self.v.m.platform.sync(self.v.m.ports.device(port))
@@ -240,7 +240,7 @@ class InstructionTraps:
 
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
-            self.v._exit("mmio")
+            self.v.count_exit("mmio")
             self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
             if not self.v.apic.hw_enabled:  # IA32_APIC_BASE[11] = 0: no APIC answers (SDM vol. 3 §10.4.3)
                 return int.from_bytes(self._disabled_page[offset:offset + size], "little")
@@ -259,7 +259,7 @@ class InstructionTraps:
 
     def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
-            self.v._exit("mmio")
+            self.v.count_exit("mmio")
             self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
             if not self.v.apic.hw_enabled:  # plain memory then, as on KVM (kvm-unit-tests apic.c reads back
                 self._disabled_page[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
@@ -270,11 +270,11 @@ class InstructionTraps:
             if self.v.apic.x2apic or offset & 0xF:
                 return
             self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
-            if self.v._native.native_msr_count:
+            if self.v.native.native_msr_count:
                 self.refresh_native_msrs()  # a self-INIT resets the MPERF/APERF offsets
             if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
                 # re-evaluate at the next block start (stopping here would re-run the MMIO write)
-                self.v._native.limit = min(int(self.v._native.limit), int(self.v._native.bytes))
+                self.v.native.limit = min(int(self.v.native.limit), int(self.v.native.bytes))
             if reg in (0x320, 0x380, 0x3E0):  # the timer may now expire within this run
                 self.v.clip_to_deadline()
         except Exception as exc:
@@ -286,10 +286,10 @@ class InstructionTraps:
         """After MOV to/from CR8: Unicorn keeps CR8 apart from our APIC (reads give 0), so the machine
         performs the access on the APIC TPR (SDM §10.8.6.1; on hardware the TPR shadow makes it exit-free,
         so it is counted as an event, not an exit)."""
-        site = int(self.v._native.pending_site)
+        site = int(self.v.native.pending_site)
         if address - site != 4 or site not in self.v.cr8_sites:
             return
-        self.v._native.pending_site = 0
+        self.v.native.pending_site = 0
         is_write, reg = self.v.cr8_sites[site]
         if is_write:
             self.v.stats.events["cr8_write"] += 1
@@ -307,7 +307,7 @@ class InstructionTraps:
         """VMX interrupt-window exiting: while an interrupt is pending but RFLAGS.IF = 0 (or the STI shadow is
         active), vn_block checks every block start natively and stops the engine at the first one that can
         take it (window_block in vcpu_native.c; a block starting in the STI shadow is that one instruction)."""
-        v, n = self.v, self.v._native
+        v, n = self.v, self.v.native
         if blocked_interrupt and not n.window_active:
             v.stats.exit("interrupt_window")
             rflags = v.uc.reg_read(X.UC_X86_REG_RFLAGS)
