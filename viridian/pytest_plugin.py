@@ -15,7 +15,7 @@ Fixtures:
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,9 @@ def _image(image: str | Path) -> Path:
 
 
 @pytest.fixture
-def viridian_run() -> Callable[..., GuestRun]:
+def viridian_run() -> Iterator[Callable[..., GuestRun]]:
+    built: list[Any] = []  # closed when the test ends (GuestRun.machine stays usable inside the test)
+
     def run(image: str | Path, offer: str = "recommended", vcpus: int = 1, cmdline: str = "",
             max_ticks: int = 4_000_000_000, **machine_options: Any) -> GuestRun:
         from viridian.config.spec import parse_config
@@ -84,10 +86,13 @@ def viridian_run() -> Callable[..., GuestRun]:
 
         m = Machine(parse_config(offer), load_image(_image(image)), vcpus=vcpus, cmdline=cmdline,
                     max_ticks=max_ticks, **machine_options)
+        built.append(m)
         res = m.run()
         return GuestRun(res.status, res.code, res.detail, m.ports.serial.text(), stats_json(m), m)
 
-    return run
+    yield run
+    for m in built:
+        m.close()
 
 
 @pytest.fixture

@@ -80,13 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     "please report this" and status 70 (the traceback with --debug or VIRIDIAN_DEBUG=1); SIGINT/SIGTERM end
     a run at the next exit boundary with status 130/143 (viridian.machine.interrupt)."""
     from viridian.machine import interrupt
+    from viridian.machine.lifetime import machines_closed
 
     words = list(sys.argv[1:] if argv is None else argv)
     end = words.index("--") if "--" in words else len(words)
     debug = "--debug" in words[:end] or os.environ.get("VIRIDIAN_DEBUG", "") not in ("", "0")
     words = [w for i, w in enumerate(words) if not (i < end and w == "--debug")]
     status = EXIT_INTERNAL
-    with interrupt.handlers() as state:
+    with interrupt.handlers() as state, machines_closed():  # every Machine the command built is closed
         try:
             status = _dispatch(words)
         except interrupt.Interrupted:

@@ -48,6 +48,7 @@ def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdli
         res = m.run()
     finally:
         m.ports.serial.sink = None
+        m.close()  # only the serial text and the result are read below (issue 19 item 5)
     return result(f"{offer} x{vcpus}" + (f" [{cmdline}]" if cmdline else ""), offer, vcpus, cmdline,
                   m.ports.serial.text(), res.status, res.code, res.detail, line_times,
                   round(time.perf_counter() - t0, 3))

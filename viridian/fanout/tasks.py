@@ -129,6 +129,7 @@ def execute(task: str, kwargs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT)
     if fn is None:
         raise ValueError(f"unknown fan-out task {task!r}")
     from viridian.machine import interrupt
+    from viridian.machine.lifetime import machines_closed
 
     done = threading.Event()
 
@@ -142,7 +143,8 @@ def execute(task: str, kwargs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT)
     guard = threading.Thread(target=watchdog, name="viridian-watchdog", daemon=True)
     guard.start()
     try:
-        return fn(**kwargs)
+        with machines_closed():  # the cell's machines, once it has read their results (a worker runs many)
+            return fn(**kwargs)
     finally:
         done.set()
         if interrupt.state.signum == signal.SIGALRM:

@@ -82,10 +82,14 @@ def run_once(pt: Point, n: int | None = None) -> dict[str, Any]:
     if e.background is not None:
         machines.append(Machine(config, image, vcpus=1, max_ticks=MAX_TICKS,
                                 cmdline=e.background(pt.config, params), **opts))
-    Host(machines, pcpus, until_first=True).run()
-    data = stats_json(m)
-    if len(machines) > 1:
-        data["partitions"] = [stats_json(o) for o in machines[1:]]
+    try:
+        Host(machines, pcpus, until_first=True).run()
+        data = stats_json(m)
+        if len(machines) > 1:
+            data["partitions"] = [stats_json(o) for o in machines[1:]]
+    finally:
+        for o in machines:
+            o.close()  # nothing kept alive after the run (issue 19 item 5)
     return data
 
 

@@ -213,6 +213,12 @@ class VcpuBackend(Protocol):
         (offered, hypercalls enabled, no yield possible, no trace). An engine without that path ignores it."""
         ...
 
+    # -- end of life -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the engine (Machine.close; idempotent): afterwards nothing native reaches the machine's RAM
+        or this vCPU's state, so both are plain garbage. Stats and flags stay readable; registers do not."""
+        ...
+
 
 VcpuFactory = Callable[["Machine", int, "BootRegisters"], VcpuBackend]
 

@@ -31,6 +31,7 @@ from viridian.errors import UserError
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters, boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
+from viridian.machine.lifetime import note_built
 from viridian.machine.loader import Image, place_image
 from viridian.machine.multiboot import install as install_multiboot
 from viridian.machine.negotiation import NegotiationLog
@@ -166,6 +167,7 @@ class Machine:
         self._slice_b0 = 0
         if tracer is not None:
             tracer.attach(self)  # EOI and port detail for --trace (viridian.machine.trace)
+        note_built(self)  # closed when an enclosing lifetime.machines_closed() ends (the CLI, fan-out cells)
 
     def _linux_entry(self, regs: BootRegisters) -> BootRegisters:
         """boot.rst "64-bit boot protocol": RSI = boot_params, CS = __BOOT_CS, DS/ES/SS = __BOOT_DS, IF = 0."""
@@ -232,6 +234,19 @@ class Machine:
         from viridian.machine.host import Host
 
         return Host([self], self.pcpus).run()[0]
+
+    def close(self) -> None:
+        """End of life: every vCPU's engine closed first (unicorn/teardown.py), so RAM, maps and native state
+        are plain garbage afterwards. Results, stats and serial output stay readable; registers and RAM do not.
+        Idempotent. ``with Machine(...) as m:`` closes on leaving the block."""
+        for v in self.vcpus:
+            v.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def skip_to(self, deadline: int) -> None:
         """Nothing runnable anywhere: host time jumps to ``deadline``."""

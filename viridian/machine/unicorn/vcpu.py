@@ -207,6 +207,12 @@ class Vcpu(SeamMethods):
                             (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
                             (X.UC_X86_REG_RFLAGS, 2)])
 
+    def close(self) -> None:
+        """End of life (Machine.close): the engine closed in order, before RAM and native state can go."""
+        from viridian.machine.unicorn.teardown import close_engine
+
+        close_engine(self)
+
     def guard(self, fn: Any, default: Any = None) -> Any:
         """Hooks never let a Python exception reach Unicorn: a host bug ends the run with status "error"."""
 

@@ -156,7 +156,7 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
         refresh_ram_ranges(v)
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
             raise UserError("too many vCPU engines in one process for the store watch")
-        weakref.finalize(v, lib.vn_unregister, v.uc._uch)
+        vars(v)["_vn_unregister"] = weakref.finalize(v, lib.vn_unregister, v.uc._uch)  # teardown.py runs it
         quiet = store_watch.quiet_loads_enabled()
         lib.vn_enable_quiet_loads(int(quiet))
         lib.vn_enable_quiet_stores(int(quiet and store_watch.precise_write_protect()))
