@@ -26,6 +26,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+
 from viridian.machine.unicorn.engine import EFER
 from viridian.machine.unicorn.engine_build import new_uc
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UcError
 from unicorn import x86_const as X
+
 from viridian.machine.unicorn import engine as E
 from viridian.state import Fields, StateError
 

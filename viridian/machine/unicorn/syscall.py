@@ -10,6 +10,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
+
 from viridian.machine.unicorn import engine as E
 
 if TYPE_CHECKING:

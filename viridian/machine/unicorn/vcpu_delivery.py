@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn.arch_faults import refine, write_access

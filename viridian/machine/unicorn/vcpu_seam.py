@@ -12,6 +12,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
+
 from viridian.machine.backend import CLOCK_FIELDS, MmioRead, MmioWrite
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn import snapshot_cpu
