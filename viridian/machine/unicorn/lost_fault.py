@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import capstone
 from capstone import x86_const as CX
-
 from unicorn import x86_const as X
+
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 if TYPE_CHECKING:
