@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix fuzz fuzz-inputs linux linux-matrix linux-compare pyc qemu gdb
+.PHONY: test demo lint typecheck check clean fixtures bench bench-linux bench-fanout fastpath-matrix diff-engines fuzz fuzz-inputs linux linux-matrix linux-compare pyc qemu gdb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -96,6 +96,13 @@ fuzz-inputs: $(STAMP) fixtures pyc
 # every fixture guest at 1/2/4 vCPUs with each engine fast path forced off == all on (engine_build.py)
 fastpath-matrix: $(STAMP) fixtures
 	VIRIDIAN_FASTPATH_MATRIX=1 $(BIN)/pytest tests/machine/test_fastpath_equivalence.py -q
+
+# every fixture guest at 1/2/4 vCPUs on two engines (unicorn vs reference once registered, else vs unicorn:all) and
+# Debian's kernel at 1/2 vCPUs with the event log; exit 1 naming the first difference (docs/diff-engines.md)
+# (ENGINES=a,b another pair; DIFF_WORKERS=N cells at once)
+diff-engines: $(STAMP) fixtures pyc
+	$(BIN)/viridian diff-engines --vcpus 1,2,4 --linux --linux-vcpus 1,2 $(if $(ENGINES),--engines $(ENGINES)) \
+		$(if $(DIFF_WORKERS),--workers $(DIFF_WORKERS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check viridian msr tests bench
