@@ -42,6 +42,11 @@ class VirtualClock:
             raise ValueError("virtual TSC never goes backwards")
         self._tsc = value
 
+    def catch_up(self, value: int) -> None:
+        """Bring the clock up to ``value`` if it is later (a vCPU's time at an exit; never backwards)."""
+        if value > self._tsc:
+            self._tsc = value
+
     def advance_tsc(self, ticks: int) -> None:
         self.set_tsc(self._tsc + max(0, ticks))
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from viridian.machine import interrupt
 
 if TYPE_CHECKING:
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.machine import Machine, RunResult
-    from viridian.machine.unicorn.vcpu import Vcpu
 
 MIN_SLICE = 64
 KICK_QUANTUM = 100_000  # ticks: a quantum that starts with an event pending for a vCPU (Machine.kick); measured

@@ -28,6 +28,7 @@ from viridian.devices.apic_bus import ApicBus
 from viridian.devices.fw_cfg import PORTS as FW_CFG_PORTS
 from viridian.devices.fw_cfg import FwCfg
 from viridian.errors import UserError
+from viridian.machine import engines
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters, boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
@@ -42,12 +43,12 @@ from viridian.machine.ready import ReadySet
 from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
 from viridian.machine.stubs import hypercall_page
-from viridian.machine.unicorn.vcpu import Vcpu
 from viridian.partition.partition import Partition
 from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
     from viridian.devices.pc_platform import PcPlatform
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.eventlog import EventLog
     from viridian.machine.host import Host
 
@@ -72,7 +73,8 @@ class Machine:
     def __init__(self, config: Enlightenments, image: Image, *, vcpus: int = 1, mem_mib: int = 128,
                  max_ticks: int = 20_000_000_000, quantum: int = QUANTUM, pcpus: int | None = None,
                  tracer: Any = None, ple_gap: int = 128, ple_window: int = 4096, fast: bool = False,
-                 ap_start: str = "entry", cmdline: str = "", board: str = "minimal") -> None:
+                 ap_start: str = "entry", cmdline: str = "", board: str = "minimal",
+                 engine: str = engines.DEFAULT) -> None:
         if ap_start not in ("entry", "sipi"):
             raise UserError(f"--ap-start {ap_start}: choose entry or sipi")
         if board not in BOARDS:
@@ -149,22 +151,24 @@ class Machine:
 
             if self.platform is None:  # the HW-reduced FADT's sleep registers (linux_acpi.py): S5 ends the run
                 attach_acpi_sleep(self)
+        self.engine = engine  # which vCPU engine runs this partition (engines.py)
+        vcpu_class = engines.vcpu_class(engine)
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)
             regs = boot_registers(i, vcpus, image.entry, size)
             if self.zero_page is not None and i == 0:
                 regs = self._linux_entry(regs)
-            self.vcpus.append(Vcpu(self, i, regs))
+            self.vcpus.append(vcpu_class(self, i, regs))
             if (ap_start == "sipi" or image.kind in ("multiboot", "linux")) and i > 0:
                 self.vcpus[i].wait_sipi = True  # real-kernel style: APs wait for INIT-SIPI-SIPI
         if image.kind == "multiboot":  # vCPU 0 enters in 32-bit protected mode (Multiboot spec §3.2)
             mbi = install_multiboot(self.ram, size, image.path, image.end, cmdline, image.modules,
                                     L.reserved_top(vcpus, size))  # "IMAGE ARGS", modules (QEMU -initrd)
             self.vcpus[0].multiboot_entry = (image.entry, mbi)
-        self._running: Vcpu | None = None
-        self._slice_t0 = 0
-        self._slice_b0 = 0
+        self.running: Vcpu | None = None
+        self.slice_t0 = 0
+        self.slice_b0 = 0
         if tracer is not None:
             tracer.attach(self)  # EOI and port detail for --trace (viridian.machine.trace)
         note_built(self)  # closed when an enclosing lifetime.machines_closed() ends (the CLI, fan-out cells)
@@ -203,8 +207,8 @@ class Machine:
             if now > self.clock.tsc():
                 self.clock.set_tsc(now)
             return
-        if v is self._running:
-            now = self._slice_t0 + (v.ticks - self._slice_b0)
+        if v is self.running:
+            now = self.slice_t0 + (v.ticks - self.slice_b0)
             if now > self.clock.tsc():
                 self.clock.set_tsc(now)
 
@@ -265,14 +269,14 @@ class Machine:
 
     def run_vcpu(self, v: Vcpu, host_t: int, offset: int, budget: int) -> int:
         self.T = max(self.T, host_t)
-        self._running, self._slice_t0, self._slice_b0 = v, host_t + offset, v.ticks
-        self.clock.set_tsc(max(self.clock.tsc(), self._slice_t0))
+        self.running, self.slice_t0, self.slice_b0 = v, host_t + offset, v.ticks
+        self.clock.set_tsc(max(self.clock.tsc(), self.slice_t0))
         if self.eventlog is not None:
-            budget = self.eventlog.slice_start(v, self._slice_t0, budget)
+            budget = self.eventlog.slice_start(v, self.slice_t0, budget)
         try:
             return v.run(budget)
         finally:
-            self._running = None
+            self.running = None
             self.sync_code(v)
             if self.eventlog is not None:
                 self.eventlog.slice_end(v)
@@ -342,7 +346,7 @@ class Machine:
             for other in self.vcpus:
                 other.forget_code()
         if index == HvMsr.GUEST_OS_ID:
-            self._update_fast_paths()
+            self.update_fast_paths()
         if index == 0x1B and res is None:  # IA32_APIC_BASE: the xAPIC page follows the base (SDM §10.4.5)
             v.map_apic(self.arch[v.index].apic_base_address)
         if index in (HvMsr.HYPERCALL, HvMsr.REFERENCE_TSC, HvMsr.GUEST_OS_ID):
@@ -353,7 +357,7 @@ class Machine:
             self.tracer.msr(v, index, True, value, res)
         return res
 
-    def _update_fast_paths(self) -> None:
+    def update_fast_paths(self) -> None:
         """Whether fast NotifyLongSpinWait may complete natively: offered, hypercalls enabled, no yield possible
         (a CPU per vCPU), and no trace (which must see every exit)."""
         from viridian.partition.hypercalls.spin import spin_notify_offered
@@ -363,7 +367,7 @@ class Machine:
         ok = self.tracer is None and no_yield and self.partition.hypercalls_enabled() \
             and self.neg.used("hypercall", 0x0008)
         for v in self.vcpus:
-            v.native.fast_spin_ok = int(ok and spin_notify_offered(v.vp))
+            v.set_fast_spin(ok and spin_notify_offered(v.vp))
 
     def _count_apic_msr(self, v: Vcpu, index: int) -> None:
         reg = {0x40000070: 0xB0, 0x40000071: 0x300, 0x40000072: 0x80}.get(index)
@@ -399,21 +403,20 @@ class Machine:
         if host is not None and waiting >= host.pcpus:
             v.stats.events["yield"] += 1
             v.yield_pending = True
-            v.uc.emu_stop()
-            v.stop_requested = True
+            v.stop()
 
     def request_reset(self, vp: int) -> None:
         self.finish("reset", vcpu=vp, detail="HV_X64_MSR_RESET written")
-        self.vcpus[vp].uc.emu_stop()
+        self.vcpus[vp].stop()
 
     def notify_crash(self, vp: int, params: tuple[int, int, int, int, int], message: bytes | None) -> None:
         text = message.decode("utf-8", errors="replace").rstrip("\0") if message else ""
         self.finish("crash", vcpu=vp, detail=text, params=[f"{p:#x}" for p in params])
-        self.vcpus[vp].uc.emu_stop()
+        self.vcpus[vp].stop()
 
     def kick(self, vp: int) -> None:
         self.ready.mark(vp)
-        v = self._running
+        v = self.running
         if self.eventlog is not None:
             self.eventlog.kick(vp, v)
         if v is not None and v.index == vp:
@@ -430,14 +433,14 @@ class Machine:
         v.wait_sipi, v.halted, v.idle, v.sipi_vector = True, False, False, None
         self.ready.mark(vp)
         v.stats.events["init"] += 1
-        if self._running is v:
+        if self.running is v:
             v.stop_requested = True
 
     def _on_nmi(self, vp: int) -> None:
         v = self.vcpus[vp]
         self.ready.mark(vp)
         v.nmi_pending = True
-        if self._running is v:
+        if self.running is v:
             v.stop_requested = True
 
     def _on_sipi(self, vp: int, vector: int) -> None:
@@ -454,16 +457,7 @@ class Machine:
 
     # -- reporting --------------------------------------------------------------------------------------------
     def disassemble(self, v: Vcpu, rip: int) -> str:
-        data = v.read_virtual(rip, 16) or b""
-        try:
-            import capstone
-
-            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-            for insn in md.disasm(data, rip):
-                return f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}".strip()
-        except ImportError:  # pragma: no cover - capstone is a dependency
-            pass
-        return f"{rip:#x}: " + (data[:8].hex(" ") if data else "<not mapped>")
+        return v.describe_instruction(rip)
 
     def total_stats(self) -> VcpuStats:
         return merge([v.stats for v in self.vcpus])

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from viridian.devices.pc_platform import LINT0_EXTINT, LINT1_NMI, MmioRegion, PcPlatform
 
 if TYPE_CHECKING:
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.machine import Machine
-    from viridian.machine.unicorn.vcpu import Vcpu
 
 BOARDS = ("pc", "minimal")
 PAGE = 0x1000
@@ -33,9 +33,9 @@ class PcReset:
 
     def __call__(self, why: str) -> None:
         m = self.machine
-        m.finish("reset", vcpu=m._running.index if m._running is not None else None, detail=why)
-        if m._running is not None:
-            m._running.uc.emu_stop()
+        m.finish("reset", vcpu=m.running.index if m.running is not None else None, detail=why)
+        if m.running is not None:
+            m.running.stop()
 
 
 def attach_pc(m: Machine) -> PcPlatform:
@@ -61,8 +61,7 @@ def after_access(v: Vcpu, write: bool = True) -> None:
         return
     changed = p.take_changed()
     if changed:
-        n = v.native
-        n.limit = min(int(n.limit), int(n.bytes))  # re-evaluate at the next block start
+        v.recheck_at_next_block()
     if changed or write:
         v.clip_to_deadline()
 
@@ -73,11 +72,11 @@ def map_mmio(v: Vcpu) -> None:
         return
     for r in p.mmio:
         size = (r.size + PAGE - 1) & ~(PAGE - 1)
-        v.uc.mmio_map(r.base, size, _reader(v, p, r), None, _writer(v, p, r), None)
+        v.map_mmio(r.base, size, _reader(v, p, r), _writer(v, p, r))
 
 
 def _reader(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
-    def read(uc: Any, offset: int, size: int, _ud: Any) -> int:
+    def read(offset: int, size: int) -> int:
         try:
             v.count_exit("mmio")
             v.stats.events[f"mmio@{r.base:#x}"] += 1  # per device (its base)
@@ -89,14 +88,14 @@ def _reader(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
         except Exception as exc:
             v.m.finish("error", vcpu=v.index, detail=f"host error in MMIO read at {r.base + offset:#x}: {exc!r}",
                        traceback=traceback.format_exc())
-            uc.emu_stop()
+            v.stop()
             return 0
 
     return read
 
 
 def _writer(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
-    def write(uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+    def write(offset: int, size: int, value: int) -> None:
         try:
             v.count_exit("mmio")
             v.stats.events[f"mmio@{r.base:#x}"] += 1
@@ -106,7 +105,7 @@ def _writer(v: Vcpu, p: PcPlatform, r: MmioRegion) -> Any:
         except Exception as exc:
             v.m.finish("error", vcpu=v.index, detail=f"host error in MMIO write at {r.base + offset:#x}: {exc!r}",
                        traceback=traceback.format_exc())
-            uc.emu_stop()
+            v.stop()
 
     return write
 

@@ -15,8 +15,8 @@ import heapq
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.machine import Machine
-    from viridian.machine.unicorn.vcpu import Vcpu
 
 
 def _polls(v: Vcpu) -> bool:

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from viridian.errors import UserError
-from viridian.machine.unicorn.engine_build import engine_identity, identity_note
+from viridian.machine import engines
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
 
 FORMAT = "viridian-replay"
 VERSION = 1
-_STATE_REGS = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13",
-               "R14", "R15", "RIP", "RFLAGS", "CR0", "CR3", "CR4", "CS", "SS")
+_STATE_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+               "r14", "r15", "rip", "rflags", "cr0", "cr3", "cr4", "cs", "ss")
 
 
 @dataclass
@@ -59,11 +59,9 @@ def _digest(obj: Any) -> str:
 
 def outcome(m: Machine, stats: dict[str, Any]) -> dict[str, str]:
     """Digests of what a run produced."""
-    from unicorn import x86_const as X
-
     h = hashlib.sha256(bytes(m.ram))
     for v in m.vcpus:
-        regs = v.uc.reg_read_batch([getattr(X, f"UC_X86_REG_{r}") for r in _STATE_REGS])
+        regs = v.read_registers(_STATE_REGS)
         h.update(json.dumps(list(regs)).encode())
     p = m.partition
     h.update(json.dumps([p.guest_os_id, p.hypercall_msr, p.time.reference_tsc_msr, m.clock.tsc()]).encode())
@@ -75,7 +73,7 @@ def write_record(path: str, options: dict[str, Any], images: list[str], m: Machi
     data = {"format": FORMAT, "version": VERSION, "options": options,
             "images": [{"path": p, "sha256": sha256_file(p)} for p in images],
             "host_events": {"wall_clock": m.wall.log if m.fast else []},
-            "outcome": outcome(m, stats), "engine": engine_identity()}
+            "outcome": outcome(m, stats), "engine": engines.identity(m.engine)}
     try:
         Path(path).write_text(json.dumps(data), encoding="utf-8")
     except OSError as exc:
@@ -90,7 +88,7 @@ def read_record(path: str) -> dict[str, Any]:
 
     data = load_json(read_input(path, "record", RECORD_MAX), f"record {path}")
     record = check_record(path, data)
-    if (note := identity_note(data.get("engine"))) is not None:  # the run must still match (engine_build)
+    if (note := engines.identity_note(data.get("engine"))) is not None:  # the run must still match (engines.py)
         print(f"viridian: note: {note}", file=sys.stderr)
     return record
 

@@ -61,10 +61,12 @@ OPTION_KEYS = ("image", "hv", "xen", "libvirt", "preset", "cpuid", "vcpus", "mem
 
 @cache
 def engine_identity() -> dict[str, str]:
-    """The Unicorn release and libunicorn's sha256 (engine_build.py); a note on resume if they differ."""
-    from viridian.machine.unicorn.engine_build import installed_version, libunicorn_sha256
+    """The Unicorn release and libunicorn's sha256 (the engine's build module, engines.py); a note on resume if
+    they differ."""
+    from viridian.machine import engines
 
-    return {"unicorn": installed_version(), "libunicorn_sha256": libunicorn_sha256()}
+    ident = engines.identity()
+    return {"unicorn": str(ident["unicorn"]), "libunicorn_sha256": str(ident["libunicorn_sha256"])}
 
 
 def file_sha256(path: str, what: str) -> str:

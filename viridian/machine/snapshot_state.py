@@ -25,18 +25,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from unicorn import x86_const as X
-
+from viridian.machine.backend import CLOCK_FIELDS
 from viridian.machine.snapshot_format import SnapshotError, SnapshotFile
-from viridian.machine.unicorn.snapshot_cpu import load_cpu, save_cpu
 from viridian.state import Fields, StateError
 
 if TYPE_CHECKING:
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.machine import Machine
-    from viridian.machine.unicorn.vcpu import Vcpu
 
 STATE_SECTIONS = ("machine", "partition", "apics", "arch", "vcpus", "devices")
-_NATIVE = ("bytes", "pauses", "pause_last", "pause_loop_start", "blocks")
 MAX_TIME = (1 << 63) - 1
 
 
@@ -71,25 +68,10 @@ def save_sections(m: Machine) -> list[tuple[str, Any]]:
 
 
 def _save_vcpu(v: Vcpu) -> dict[str, Any]:
-    _check_code_segment(v)
-    n = v.native
-    return {"cpu": save_cpu(v.uc), "halted": v.halted, "idle": v.idle, "wait_sipi": v.wait_sipi,
+    return {"cpu": v.save_cpu(), "halted": v.halted, "idle": v.idle, "wait_sipi": v.wait_sipi,
             "sipi_vector": v.sipi_vector, "nmi_pending": v.nmi_pending, "ticks_used": v.ticks_used,
             "multiboot_entry": list(v.multiboot_entry) if v.multiboot_entry is not None else None,
-            "native": {k: int(getattr(n, k)) for k in _NATIVE}, "stats": v.stats.save_state()}
-
-
-def _check_code_segment(v: Vcpu) -> None:
-    """In a 64-bit Unicorn instance a CS write sets only the selector (snapshot_cpu.py), so a vCPU running
-    compatibility-mode code (EFER.LMA with CS.L = 0, SDM vol. 3 §5.2.1) cannot be restored: refused here."""
-    uc = v.uc
-    cs = int(uc.reg_read(X.UC_X86_REG_CS))
-    if not int(uc.msr_read(0xC000_0080)) & 0x400 or not cs & 0xFFFC:
-        return
-    table = uc.reg_read(X.UC_X86_REG_LDTR if cs & 4 else X.UC_X86_REG_GDTR)
-    desc = v.read_virtual(table[1] + (cs & ~7), 8)
-    if desc is not None and not int.from_bytes(desc, "little") >> 53 & 1:
-        raise StateError(f"vCPU {v.index} runs compatibility-mode (32-bit) code: a snapshot cannot restore it")
+            "native": v.clock_state(), "stats": v.stats.save_state()}
 
 
 def load_sections(m: Machine, snap: SnapshotFile) -> int:
@@ -125,10 +107,10 @@ def _apply(m: Machine, values: dict[str, Any]) -> int:
     rr = mach.uint("rr", 0, MAX_TIME)
     pages = {o.gpa for o in m.partition.overlays() if not o.writable}
     for v in m.vcpus:
-        v.native.tsc_offset = v.apic.tsc_offset
+        v.resync()  # the engine's cached TSC offset and EFER
         v.set_protected(pages)
         v.map_apic(m.arch[v.index].apic_base_address)  # a relocated xAPIC page (IA32_APIC_BASE)
-    m._update_fast_paths()
+    m.update_fast_paths()
     return rr
 
 
@@ -152,14 +134,12 @@ def _load_vcpu(v: Vcpu, f: Fields) -> None:
         pair = f.uints("multiboot_entry", 2, 0, ram - 1)
         mb = (pair[0], pair[1])
     native = f.sub("native")
-    counts = {k: native.uint(k, 0, MAX_TIME) for k in _NATIVE}
+    counts = {k: native.uint(k, 0, MAX_TIME) for k in CLOCK_FIELDS}
     flags = {k: f.flag(k) for k in ("halted", "idle", "wait_sipi", "nmi_pending")}
     sipi, used = f.opt_uint("sipi_vector", 0, 0xFF), f.uint("ticks_used", 0, MAX_TIME)
     v.stats.load_state(f.sub("stats"))
-    load_cpu(v, f.raw("cpu"))
-    for k, val in counts.items():
-        setattr(v.native, k, val)
+    v.load_cpu(f.raw("cpu"))
+    v.set_clock_state(counts)
     v.halted, v.idle, v.wait_sipi, v.nmi_pending = (flags["halted"], flags["idle"], flags["wait_sipi"],
                                                     flags["nmi_pending"])
     v.sipi_vector, v.ticks_used, v.multiboot_entry = sipi, used, mb
-    v.efer = int(v.uc.msr_read(0xC000_0080))

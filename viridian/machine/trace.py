@@ -17,8 +17,6 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from unicorn import x86_const as X
-
 from viridian.errors import UserError
 from viridian.report.catalog import msr_name
 from viridian.tlfs.hypercalls import HvCall
@@ -26,8 +24,8 @@ from viridian.tlfs.hypercalls import HvCall
 if TYPE_CHECKING:
     from viridian.abi.dispatch import HypercallOutcome
     from viridian.abi.registers import HypercallRegisters
+    from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.machine import Machine
-    from viridian.machine.unicorn.vcpu import Vcpu
 
 # exit reason -> kind (the --trace-filter vocabulary)
 REASON_KIND = {"msr_read": "msr", "msr_write": "msr", "hypercall": "hypercall", "io": "io", "mmio": "mmio",
@@ -113,23 +111,20 @@ class Tracer:
         via: str | None = "mmio" if reason == "mmio" else None  # xAPIC EOI register write (SDM §11.8.5)
         index = None
         if reason in ("msr_read", "msr_write"):
-            index = int(v.uc.reg_read(X.UC_X86_REG_RCX)) & 0xFFFF_FFFF  # the MSR instruction's ECX is intact
+            index = v.read_registers(("rcx",))[0] & 0xFFFF_FFFF  # the MSR instruction's ECX is intact
             via = _EOI_MSRS.get(index) if reason == "msr_write" else None
         self._exit_at[v.index] = (v.ticks, via)
         if self.kinds is None or kind in self.kinds:
             if rip is None:
-                rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+                rip = v.read_registers(("rip",))[0]
             self._emit(v, v.index, kind, "exit", reason=reason, rip=_hex(rip), insn=v.m.disassemble(v, rip))
-        if index is not None:
-            from viridian.machine.unicorn.vcpu import NATIVE_MSRS
-
-            if index in NATIVE_MSRS:  # the engine keeps these; the model never sees them (vcpu.py)
-                if reason == "msr_write":
-                    eax, edx = v.uc.reg_read_batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
-                    value = (int(edx) & 0xFFFF_FFFF) << 32 | (int(eax) & 0xFFFF_FFFF)
-                else:
-                    value = int(v.uc.msr_read(index))
-                self.msr(v, index, reason == "msr_write", value, None)
+        if index is not None and index in v.engine_msrs:  # the engine keeps these; the model never sees them
+            if reason == "msr_write":
+                eax, edx = v.read_registers(("rax", "rdx"))
+                value = (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF)
+            else:
+                value = v.read_msr(index)
+            self.msr(v, index, reason == "msr_write", value, None)
 
     def msr(self, v: Vcpu, index: int, write: bool, value: int, result: Any) -> None:
         """An MSR access answered (``result``: a Fault, or None; a read's value in ``value``)."""
@@ -225,7 +220,7 @@ class Tracer:
 
     def _port(self, fn: Any, m: Machine, write: bool) -> Any:
         def access(port: int, size: int, *value: int) -> Any:
-            v = m._running
+            v = m.running
             vp = v.index if v is not None else 0
             if write:
                 self._emit(v, vp, "io", "io", port=_hex(port), dir="out", size=size, value=_hex(value[0]))

@@ -27,10 +27,11 @@ import contextlib
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
+
 from viridian.errors import UserError
 from viridian.machine.gdbstub import SIGINT, SIGTRAP, Connection, Disconnected, Session, parse_address
 
@@ -105,6 +106,7 @@ class Debugger:
         self._in_hook: Vcpu | None = None  # the vCPU held inside a code hook (its engine is mid-block)
         self._modified = False  # while held there: something requires its engine to stop at the instruction
         self._xml = _target_xml()
+        self.vcpus = cast("list[Vcpu]", machine.vcpus)  # this engine's vCPUs (the machine sees VcpuBackend)
         machine.debugger = self
 
     # -- connection ---------------------------------------------------------------------------------------
@@ -170,9 +172,9 @@ class Debugger:
         if res.detach:
             self._detach()
             return
-        if res.step is not None and 1 <= res.step <= len(self.m.vcpus):
-            self._begin_step(self.m.vcpus[res.step - 1])
-        for o in self.m.vcpus:  # a vCPU whose engine stopped on a breakpoint passes it once when it goes on
+        if res.step is not None and 1 <= res.step <= len(self.vcpus):
+            self._begin_step(self.vcpus[res.step - 1])
+        for o in self.vcpus:  # a vCPU whose engine stopped on a breakpoint passes it once when it goes on
             if o is self._in_hook and not self._modified:
                 continue  # returning from the hook runs the instruction
             rip = o._next_rip if o._next_rip is not None else int(o.uc.reg_read(X.UC_X86_REG_RIP))
@@ -254,17 +256,17 @@ class Debugger:
 
     # -- Target (gdbstub) -------------------------------------------------------------------------------------
     def threads(self) -> list[int]:
-        return [v.index + 1 for v in self.m.vcpus]
+        return [v.index + 1 for v in self.vcpus]
 
     def thread_info(self, tid: int) -> str:
-        if not 1 <= tid <= len(self.m.vcpus):
+        if not 1 <= tid <= len(self.vcpus):
             return ""
-        v = self.m.vcpus[tid - 1]
+        v = self.vcpus[tid - 1]
         state = "waiting for SIPI" if v.wait_sipi else "halted" if v.halted else "idle" if v.idle else "runnable"
         return f"vCPU {v.index} ({state})"
 
     def _vcpu(self, tid: int) -> Vcpu:
-        return self.m.vcpus[tid - 1 if 1 <= tid <= len(self.m.vcpus) else 0]
+        return self.vcpus[tid - 1 if 1 <= tid <= len(self.vcpus) else 0]
 
     def _read_reg(self, v: Vcpu, i: int) -> bytes:
         name, size, reg, _ = REGS[i]
@@ -336,7 +338,7 @@ class Debugger:
             return False
         for pa in pages:  # code coherence: every vCPU retranslates (and rescans) a written code page
             assert pa is not None
-            for o in self.m.vcpus:
+            for o in self.vcpus:
                 if pa & ~0xFFF in o.code_vas:
                     self._changed(o)
                 o.forget_physical(pa & ~0xFFF, drop_cache=True)
@@ -348,7 +350,7 @@ class Debugger:
         if key in self._hooks:
             return True
         hooks: list[tuple[Any, int]] = []
-        for v in self.m.vcpus:
+        for v in self.vcpus:
             if kind in (0, 1):
                 hooks.append((v.uc, v.uc.hook_add(4, self._bp_hook(v, key), None, addr, addr)))
             else:

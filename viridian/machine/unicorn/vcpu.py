@@ -14,7 +14,6 @@ import logging
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from msr.faults import Fault
 from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -27,6 +26,8 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+from msr.faults import Fault
 from viridian.machine import layout as L
 from viridian.machine import pc_machine
 from viridian.machine.boot import BootRegisters
@@ -247,13 +248,12 @@ class Vcpu(SeamMethods):
         n = self.native
         n.bytes += EXIT_TICKS
         m = self.m
-        if m.fast or m._running is not self:
+        if m.fast or m.running is not self:
             m.sync_clock(self)
         else:  # inline of Machine.sync_clock (the exit hot path)
-            now = m._slice_t0 + (n.bytes - m._slice_b0)
+            now = m.slice_t0 + (n.bytes - m.slice_b0)
             clock = m.clock
-            if now > clock._tsc:
-                clock._tsc = now
+            clock.catch_up(now)
         if m.tracer is not None:
             m.tracer.exit(self, reason, rip)
 
@@ -338,7 +338,7 @@ class Vcpu(SeamMethods):
                     n.bytes += 2  # settle_clock took it back
                     n.pend_valid, n.pend_end = 1, at + 1
                 self.count_exit("pause")
-                self.m.neg.record_event(self.index, self.m.clock._tsc, "pause-loop")
+                self.m.neg.record_event(self.index, self.m.clock.tsc(), "pause-loop")
                 self.m.yield_vp(self.index, "pause-loop")
                 if self.yield_pending:
                     break
@@ -394,7 +394,7 @@ class Vcpu(SeamMethods):
             return
         if prev == b"\xf4":
             self.count_exit("hlt")
-            self.m.neg.record_event(self.index, self.m.clock._tsc, "hlt")
+            self.m.neg.record_event(self.index, self.m.clock.tsc(), "hlt")
             self.halted = True
             return
         if recover_lost_fault(self, rip):
@@ -463,7 +463,7 @@ class Vcpu(SeamMethods):
             self.stats.msr_writes[index] += 1
             wvalue = (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF)
             if index in NATIVE_MSRS:
-                neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue, None)
+                neg.record_msr(self.index, self.m.clock.tsc(), index, True, wvalue, None)
                 if index == E.EFER:
                     self.efer = int(uc.msr_read(E.EFER))
                 return
@@ -472,7 +472,7 @@ class Vcpu(SeamMethods):
             if self.native.native_msr_count:
                 self.traps.refresh_native_msrs()  # e.g. an MPERF write moves its offset
             self.clip_to_deadline()
-            neg.record_msr(self.index, self.m.clock._tsc, index, True, wvalue,
+            neg.record_msr(self.index, self.m.clock.tsc(), index, True, wvalue,
                            res.vector if isinstance(res, Fault) else None)
             if isinstance(res, Fault):
                 self.raise_exception(res.vector, res.error_code, site)
@@ -481,15 +481,15 @@ class Vcpu(SeamMethods):
             self.count_exit("msr_read", site)
             self.stats.msr_reads[index] += 1
             if index in NATIVE_MSRS:
-                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
+                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, None)
                 return
             value = self.m.rdmsr(self, index)
             if isinstance(value, Fault):
-                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, value.vector)
+                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, value.vector)
                 self.raise_exception(value.vector, value.error_code, site)
                 return
             if ("rdmsr", index) not in neg.first:
-                neg.record_msr(self.index, self.m.clock._tsc, index, False, 0, None)
+                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, None)
             if self._native_msr and index in NATIVE_READS:
                 self.traps.enable_native_msr(index)  # offered and on record: vn_msr_done answers the next ones
             self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
@@ -499,12 +499,12 @@ class Vcpu(SeamMethods):
         """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
         so it fires on time -- the host shortens a quantum only to the deadlines known when it starts."""
         m = self.m
-        if m.fast or m._running is not self or m.vcpu_count != 1:  # SMP: not yet (a 2-vCPU boot crawled)
+        if m.fast or m.running is not self or m.vcpu_count != 1:  # SMP: not yet (a 2-vCPU boot crawled)
             return
         d = m.next_deadline()
         if d is None:
             return
-        at = m._slice_b0 + max(0, d - m._slice_t0)
+        at = m.slice_b0 + max(0, d - m.slice_t0)
         if at <= int(self.native.bytes):
             return  # already due: delivered when this run next stops (inject_pending)
         if at < self._run_end:
@@ -530,7 +530,7 @@ class Vcpu(SeamMethods):
         except UcError:
             self.stats.events["apic_base_not_mapped"] += 1
         self.flush_tlb()
-        if self.m._running is self:  # a map change inside a hook makes emu_start return (vcpu_code.set_protected)
+        if self.m.running is self:  # a map change inside a hook makes emu_start return (vcpu_code.set_protected)
             self._map_changed = True
 
     def end_run_within(self, ticks: int) -> None:

@@ -19,6 +19,7 @@ from unicorn import (
     UC_PROT_READ,
     UC_PROT_WRITE,
 )
+
 from viridian.errors import UserError
 from viridian.machine.stubs import (
     HYPERCALL_HOOK_OFFSET,
@@ -215,7 +216,7 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
         for page in newly:
             v.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         refresh_ram_ranges(v)
-        if v.m._running is v:  # measured: mem_protect inside a hook makes emu_start return there
+        if v.m.running is v:  # measured: mem_protect inside a hook makes emu_start return there
             v._map_changed = True
     v.protected = set(pages)
     if newly:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
+
 from viridian.machine.ports import COM1
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn.native import function_address
@@ -64,7 +65,6 @@ def collect(v: Vcpu) -> None:
         st.ports[COM1] += written
         v.m.ports.serial.transmit(bytes(n.serial_buf[:written]))
     m = v.m
-    if m._running is v:  # the partition clock as the last of those exits left it (Vcpu._exit)
-        now = m._slice_t0 + (int(n.io_last) - m._slice_b0)
-        if now > m.clock._tsc:
-            m.clock._tsc = now
+    if m.running is v:  # the partition clock as the last of those exits left it (Vcpu._exit)
+        now = m.slice_t0 + (int(n.io_last) - m.slice_b0)
+        m.clock.catch_up(now)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+
 from viridian.abi.registers import HypercallRegisters
 from viridian.machine import pc_machine
 from viridian.machine.cpuid_base import base_leaf
@@ -75,8 +76,8 @@ class InstructionTraps:
         result = (f"#{'UD' if outcome.fault.vector == 6 else outcome.fault.vector}" if outcome.fault is not None
                   else outcome.status.name if outcome.status is not None else "?")
         m = self.v.m
-        if m.neg.record_hypercall(self.v.index, m.clock._tsc, outcome.code, result) and outcome.code == 0x0008:
-            m._update_fast_paths()  # the native fast path starts after the first call is on record
+        if m.neg.record_hypercall(self.v.index, m.clock.tsc(), outcome.code, result) and outcome.code == 0x0008:
+            m.update_fast_paths()  # the native fast path starts after the first call is on record
         if outcome.fault is not None:
             self.v.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
             return False, False
@@ -127,7 +128,7 @@ class InstructionTraps:
         """One CPUID exit (SDM vol. 2A "CPUID"; TLFS §2.4 for 0x40000000+): the partition's leaf or the base
         CPU's, accounted and recorded. Also the answer for the 16/32-bit instances of realmode.py."""
         self.v.count_exit("cpuid")
-        self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock._tsc, leaf)
+        self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock.tsc(), leaf)
         r = self.v.m.partition.cpuid(leaf, sub)
         if r is None:
             arch = self.v.m.arch[self.v.index]
@@ -148,11 +149,11 @@ class InstructionTraps:
         least the clock), plus this vCPU's TSC offset."""
         v = self.v
         n, m = v.native, v.m
-        if m._running is v:
-            n.tsc_base = (m._slice_t0 - m._slice_b0) & MASK64
+        if m.running is v:
+            n.tsc_base = (m.slice_t0 - m.slice_b0) & MASK64
         else:
-            n.tsc_base = (m.clock._tsc - int(n.bytes)) & MASK64
-        n.tsc_floor = m.clock._tsc & MASK64
+            n.tsc_base = (m.clock.tsc() - int(n.bytes)) & MASK64
+        n.tsc_floor = m.clock.tsc() & MASK64
         n.tsc_offset = v.apic.tsc_offset & MASK64
         self.refresh_native_msrs()
 
@@ -193,8 +194,7 @@ class InstructionTraps:
                 if e.reads:
                     self.v.stats.msr_reads[int(e.index)] += int(e.reads)
                     e.reads = 0
-        if n.tsc_floor > m.clock._tsc:
-            m.clock._tsc = int(n.tsc_floor)
+        m.clock.catch_up(int(n.tsc_floor))
 
     def _rdtsc(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSC": EDX:EAX = the vCPU's TSC (upper halves of RAX/RDX cleared). Raw batch writes:
@@ -246,7 +246,7 @@ class InstructionTraps:
                 return int.from_bytes(self._disabled_page[offset:offset + size], "little")
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
-            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, False)
+            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock.tsc(), reg, False)
             if self.v.apic.x2apic:
                 return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
             value = self.v.apic.read_register(reg) if offset & 0xF < 4 else 0
@@ -266,7 +266,7 @@ class InstructionTraps:
                 return  # what it wrote: verify_disabled_apic_mmio); all-ones before any write
             reg = offset & ~0xF
             self.v.stats.apic_access(reg, via_msr=False)
-            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock._tsc, reg, True)
+            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock.tsc(), reg, True)
             if self.v.apic.x2apic or offset & 0xF:
                 return
             self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
