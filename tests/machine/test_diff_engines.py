@@ -82,16 +82,15 @@ def _machine(guest: str, vcpus: int, cmdline: str = "") -> Machine:
 
 
 def _record(guest: str, vcpus: int, cmdline: str = "") -> list[Any]:
-    m = _machine(guest, vcpus, cmdline)
-    log = EventLog("record").attach(m)
-    m.run()
-    assert m.result is not None and m.result.status == "exit"
+    with _machine(guest, vcpus, cmdline) as m:
+        log = EventLog("record").attach(m)
+        m.run()
+        assert m.result is not None and m.result.status == "exit"
     return log.entries
 
 
 def _replay(entries: list[Any], guest: str, vcpus: int, cmdline: str = "", disable: str = "") -> EventLog:
-    with D._environment(disable):
-        m = _machine(guest, vcpus, cmdline)
+    with D._environment(disable), _machine(guest, vcpus, cmdline) as m:
         log = EventLog("replay", entries).attach(m)
         m.run()
         log.finish()

@@ -147,12 +147,12 @@ def observe(spec: EngineSpec, guest: str, vcpus: int) -> dict[str, Any]:
     from viridian.machine.machine import Machine
     from viridian.machine.report import stats_json
 
-    with _environment(spec.disable):
-        m = Machine(load_config(preset="recommended"), load_image(guest_path(guest)), vcpus=vcpus,
-                    max_ticks=MAX_TICKS.get(guest, DEFAULT_MAX_TICKS), cmdline=CMDLINES.get(guest, ""),
-                    board="pc" if guest in PC_BOARD else "minimal", **_engine_args(spec))
+    with _environment(spec.disable), Machine(
+            load_config(preset="recommended"), load_image(guest_path(guest)), vcpus=vcpus,
+            max_ticks=MAX_TICKS.get(guest, DEFAULT_MAX_TICKS), cmdline=CMDLINES.get(guest, ""),
+            board="pc" if guest in PC_BOARD else "minimal", **_engine_args(spec)) as m:
         m.run()
-    return outcome(m, stats_json(m))
+        return outcome(m, stats_json(m))
 
 
 def outcome(m: Any, s: dict[str, Any]) -> dict[str, Any]:
@@ -254,15 +254,14 @@ def linux_cell(kernel: str, vcpus: int, engines: tuple[str, str], max_ticks: int
     logs: list[EventLog] = []
     for i, spec in enumerate(specs):
         t0 = time.perf_counter()
-        with _environment(spec.disable):
-            m = linux_machine(load_config(preset=offer), kernel, append=append, vcpus=vcpus, max_ticks=max_ticks,
-                              **_engine_args(spec))
+        with _environment(spec.disable), linux_machine(load_config(preset=offer), kernel, append=append,
+                                                       vcpus=vcpus, max_ticks=max_ticks, **_engine_args(spec)) as m:
             log = EventLog("record") if i == 0 else EventLog("replay", logs[0].entries)
             log.attach(m)
             m.run()
             log.finish()
+            sides.append(outcome(m, stats_json(m)))
         logs.append(log)
-        sides.append(outcome(m, stats_json(m)))
         seconds.append(round(time.perf_counter() - t0, 2))
     div = logs[1].divergence
     diffs = [] if div is not None else compare(sides[0], sides[1])
