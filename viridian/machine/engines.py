@@ -32,9 +32,9 @@ ENGINES: dict[str, EngineEntry] = {
     # the fast engine: one Unicorn instance per vCPU, compiled hot paths, engine patches (unicorn/ENGINE_NOTES.md)
     "unicorn": EngineEntry("viridian.machine.unicorn.vcpu:Vcpu", "viridian.machine.unicorn.engine_build",
                            "fast: Unicorn with compiled hot paths (default)"),
-    # the reference engine registers here, e.g.:
-    # "reference": EngineEntry("viridian.machine.reference.vcpu:Vcpu", "viridian.machine.reference.build",
-    #                          "Unicorn through its public API only"),
+    # the reference engine: Unicorn's public API only, one instance shared by a machine's vCPUs, Python hooks
+    "reference": EngineEntry("viridian.machine.reference.vcpu:Vcpu", "viridian.machine.reference.build",
+                             "reference: Unicorn through its public API only (slower; the oracle)"),
 }
 
 
