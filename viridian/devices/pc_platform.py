@@ -143,23 +143,24 @@ class PcPlatform:
     def next_deadline(self) -> int | None:
         """The nearest deadline of a timed device whose output can reach a CPU (TSC ticks)."""
         best: int | None = None
-        for t in self._timed:
-            if t.irqs is not None and not any(self.irq_enabled(i) for i in t.irqs):
-                continue
+        for t in self._timed:  # the deadline first: masks are looked at only for one that would count
             d = t.dev.next_deadline()
-            if d is not None and (best is None or d < best):
+            if d is None or (best is not None and d >= best):
+                continue
+            if t.irqs is None or self._reaches(t.irqs):
                 best = d
         return best
 
     def poll(self) -> None:
         """Advance the devices whose (unmasked) deadline has come."""
         now = self.now()
-        for t in self._timed:
-            if t.irqs is not None and not any(self.irq_enabled(i) for i in t.irqs):
-                continue
+        for t in self._timed:  # both checks are pure: the cheap one (is it due?) first, on every poll
             d = t.dev.next_deadline()
-            if d is not None and d <= now:
+            if d is not None and d <= now and (t.irqs is None or self._reaches(t.irqs)):
                 t.dev.advance(now)
+
+    def _reaches(self, irqs: tuple[int, ...]) -> bool:
+        return any(self.irq_enabled(i) for i in irqs)
 
     def sync(self, dev: Any = None) -> None:
         """Before a guest access to ``dev`` (None: some platform port or MMIO): ``dev`` is brought up to now, and
