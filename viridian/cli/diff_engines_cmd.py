@@ -91,7 +91,17 @@ def run(args: argparse.Namespace) -> int:
     workers, cluster = options(args)
     quiet = args.quiet or data_on_stdout(args)
     results = []
-    for r in fan_out(cells, workers, cluster, what="diff-engines", quiet=quiet):
+    if workers is None and cluster is None and not quiet and not sys.stderr.isatty():
+        done = []  # in this process, no terminal for a bar (make diff-engines in a log): a line per cell
+        for i, c in enumerate(cells, 1):
+            (r,) = fan_out([c], quiet=True)
+            same = r.value is not None and r.value["same"]
+            print(f"[{i}/{len(cells)}] {c.label}: {'same' if same else 'DIFFERS'} ({r.seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+            done.append(r)
+    else:
+        done = fan_out(cells, workers, cluster, what="diff-engines", quiet=quiet)
+    for r in done:
         if r.value is not None:
             results.append(r.value)
         else:  # the cell failed twice (its worker died): a difference we cannot explain, named
