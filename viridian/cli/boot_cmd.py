@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from viridian.cli.grammar import data_on_stdout
+from viridian.cli.grammar import add_engine_option, chosen_engine, data_on_stdout
 from viridian.cli.inputs import out_file
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.enlightenments import Enlightenments
@@ -45,6 +45,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-ticks", dest="max_ticks", type=int, default=60_000_000_000, metavar="N",
                    help="virtual-time budget in TSC ticks (2 GHz; default 30 s of guest time)")
     p.add_argument("--quantum", type=int, default=200_000, metavar="TICKS", help="scheduler time slice (a single vCPU runs at least 20,000,000 ticks at a time, to the next timer deadline)")
+    add_engine_option(p)
     p.add_argument("--machine", choices=("pc", "minimal"), default="pc",
                    help="pc (default): PIC, PIT, I/O APIC and the other PC devices (QEMU -machine pc); minimal: none")
     p.add_argument("--report", action="store_true", help="print the negotiation report")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         machine = linux_machine(config, args.kernel, initrd=initrd, append=args.append, vcpus=args.vcpus,
                                 mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, tracer=tracer,
-                                board=args.machine)
+                                board=args.machine, engine=chosen_engine(args))
         from viridian.cli.serial_out import LineWriter
 
         writer = LineWriter(sys.stdout) if not (args.quiet or data_on_stdout(args)) else None

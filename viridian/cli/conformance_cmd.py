@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from viridian.cli.grammar import add_engine_option, chosen_engine
 from viridian.cli.inputs import out_file, out_file_named
 from viridian.config.presets import PRESETS
 from viridian.errors import UserError
@@ -38,6 +39,7 @@ def register(subparsers: Any) -> None:
                    "running it; repeat to compare logs side by side")
     p.add_argument("--junit", metavar="FILE.xml", type=out_file_named, help="write JUnit XML")
     p.add_argument("--verbose", action="store_true", help="list every test, not only failures")
+    add_engine_option(p)
     from viridian.fanout.cli import add_arguments
 
     add_arguments(p)
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             config = config.replace(cpuid_edits=edits)
         if not quiet and len(plan) > 1:
             print(f"[{i}/{len(plan)}] {label} on {vcpus} vCPU(s)...", file=sys.stderr, flush=True)
-        runs.append(run_suite(config, label, image, vcpus, args.cmdline, args.mem))
+        runs.append(run_suite(config, label, image, vcpus, args.cmdline, args.mem, engine=chosen_engine(args)))
     return _report(args, str(image), runs)
 
 

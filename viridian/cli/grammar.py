@@ -44,3 +44,33 @@ def emit_json(args: argparse.Namespace, data: Any, indent: int | None = 2) -> bo
         print(text)
         return True
     return False
+
+
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    """``--engine NAME``: which vCPU engine runs the guest (viridian.machine.engines)."""
+    from viridian.machine.engines import DEFAULT, ENGINES
+
+    p.add_argument("--engine", choices=sorted(ENGINES), default=None,
+                   help=f"vCPU engine (default {DEFAULT}): " + "; ".join(f"{k}: {e.summary}" for k, e in ENGINES.items()))
+
+
+def chosen_engine(args: argparse.Namespace) -> str:
+    """``--engine``, else the default -- or the reference engine, with one line on stderr, when the default's
+    compiled hot path cannot be built here (no C compiler)."""
+    from viridian.machine.engines import DEFAULT
+
+    name = getattr(args, "engine", None)
+    if name:
+        return str(name)
+    if DEFAULT != "unicorn":
+        return DEFAULT
+    try:
+        from viridian.machine.unicorn.native import library
+
+        library()
+    except UserError as exc:
+        import sys
+
+        print(f"viridian: {exc}; running the reference engine (--engine reference, slower) instead", file=sys.stderr)
+        return "reference"
+    return DEFAULT

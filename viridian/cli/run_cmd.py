@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from viridian.cli.grammar import data_on_stdout
+from viridian.cli.grammar import add_engine_option, chosen_engine, data_on_stdout
 from viridian.cli.inputs import out_file, out_file_named
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
                    "entered at 0x100000); not needed with --replay")
     p.add_argument("--flat", action="store_true",
                    help="load IMAGE as a flat binary whatever it holds (a text file is refused without it)")
+    add_engine_option(p)
     p.add_argument("--hv", metavar="FLAGS", help="QEMU hv-* flags, e.g. hv-relaxed,hv-vapic,hv-vpindex")
     p.add_argument("--xen", metavar="GROUPS", help="Xen viridian groups, e.g. base,freq")
     p.add_argument("--libvirt", metavar="FILE.xml", help="libvirt domain XML with <hyperv>")
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     tracer = open_tracer(args.trace, getattr(args, "trace_filter", None))
     common = dict(mem_mib=args.mem, max_ticks=args.max_ticks, quantum=args.quantum, ple_gap=args.ple_gap,
                   ple_window=args.ple_window, fast=args.fast, ap_start=args.ap_start,
-                  cmdline=args.cmdline, board=args.machine)
+                  cmdline=args.cmdline, board=args.machine, engine=chosen_engine(args))
     try:
         machine = Machine(config, image, vcpus=args.vcpus, tracer=tracer, **common)
         if "hyperv-testdev" in getattr(args, "device", ()):

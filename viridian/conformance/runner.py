@@ -26,7 +26,7 @@ def suite_image(path: str | None = None) -> Path:
 
 
 def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdline: str = "",
-              mem_mib: int | None = None) -> dict[str, Any]:
+              mem_mib: int | None = None, engine: str | None = None) -> dict[str, Any]:
     from viridian.machine.loader import load_image
     from viridian.machine.machine import Machine
     from viridian.partition.ports import ports_of
@@ -35,7 +35,10 @@ def run_suite(config: Enlightenments, offer: str, image: Path, vcpus: int, cmdli
     mem = mem_mib or max(128, 64 + vcpus)
     # host-made connections for the positive HvPostMessage / HvSignalEvent tests (a guest cannot create ports)
     suite_cmdline = f"msg_conn={MSG_CONN:#x} event_conn={EVENT_CONN:#x} {cmdline}".strip()
-    m = Machine(config, load_image(image), vcpus=vcpus, mem_mib=mem, cmdline=suite_cmdline, max_ticks=MAX_TICKS)
+    from viridian.machine.engines import DEFAULT
+
+    m = Machine(config, load_image(image), vcpus=vcpus, mem_mib=mem, cmdline=suite_cmdline, max_ticks=MAX_TICKS,
+                engine=engine or DEFAULT)
     ports_of(m.partition).create_message_port(MSG_CONN, 0, CONN_SINT)
     ports_of(m.partition).create_event_port(EVENT_CONN, 0, CONN_SINT)
     line_times: list[float] = []  # virtual time at which each serial line was complete: the tests' durations
