@@ -279,7 +279,8 @@ def _cell(name: str, vcpus: int, specs: list[EngineSpec], sides: list[dict[str, 
             "tsc": [s["time"]["tsc"] for s in sides], "serial_bytes": [len(s["serial"]) for s in sides],
             "events": 0, "replayed": 0,
             "same": not diffs and div is None, "first": first, "divergence": div.to_json() if div else None,
-            "differences": [d.to_json() for d in diffs[:50]], "n_differences": len(diffs), "seconds": seconds}
+            "differences": [d.to_json() for d in diffs[:50]], "n_differences": len(diffs) + (div is not None),
+            "seconds": seconds}
 
 
 __all__ = ["COMPARED", "NOT_COMPARED", "Difference", "EngineSpec", "available", "compare", "default_pair",

@@ -54,7 +54,8 @@ class Divergence:
     """The first point where the replaying run differs from the log."""
 
     index: int  # entry number in the log
-    kind: str  # "slice", "kick", "schedule", "missing" (the log goes on, the run ended), "extra"
+    kind: str  # "slice" (state), "stop" (the slice ended at another clock), "kick", "schedule", "missing" (the log
+    # goes on, the run ended), "extra" (the run goes on, the log ended)
     vcpu: int
     ticks: int  # the vCPU's clock at the point (the log's)
     rip: int | None
@@ -132,9 +133,13 @@ class EventLog:
             return
         diff = {k: (a, b) for k, a, b in zip(("ticks", "exits", "delivered"), (e[4], e[7], e[8]),
                                                (entry[4], entry[7], entry[8]), strict=True) if a != b}
-        diff |= {n: (a, b) for n, a, b in zip(REGISTERS, e[6], regs, strict=True) if a != b}
+        kind = "slice"
+        if "ticks" in diff:  # the slice ended elsewhere: registers of two different points say nothing more
+            kind, diff["rip"] = "stop", (e[5], entry[5])
+        else:
+            diff |= {n: (a, b) for n, a, b in zip(REGISTERS, e[6], regs, strict=True) if a != b}
         if diff:
-            self._diverge("slice", v.index, e[4], e[5], {k: a for k, (a, _) in diff.items()},
+            self._diverge(kind, v.index, e[4], e[5], {k: a for k, (a, _) in diff.items()},
                           {k: b for k, (_, b) in diff.items()})
         self.pos += 1
 
