@@ -33,6 +33,7 @@ FAST_PATHS = {
     "native_tsc": "RDTSC/RDTSCP answered in C (vn_rdtsc)",
     "native_msr": "hot MSR reads answered in C (vn_msr_done: TIME_REF_COUNT, MPERF/APERF)",
     "native_serial": "COM1 LSR reads and THR writes answered in C (vn_in/vn_out)",
+    "quiet_ple": "pause-loop exits that change nothing counted in C (vn_pause; quiet_ple.py)",
 }
 _LEGACY = {"VIRIDIAN_BLOCK_HOOK": "block_entry", "VIRIDIAN_ACCESS_EXIT_CHECKS": "quiet_access"}
 # Measured on a Debian 6.1 cloud kernel boot to the initramfs exit (2 vCPUs): each used 12-14 MiB
@@ -122,7 +123,7 @@ def active_fast_paths() -> list[str]:
             on.append("quiet_access")
         if store_watch.CODE_FILTER and "code_filter" not in off:
             on.append("code_filter")
-    on += [n for n in ("native_tsc", "native_msr", "native_serial") if n not in off]
+    on += [n for n in ("native_tsc", "native_msr", "native_serial", "quiet_ple") if n not in off]
     return on
 
 

@@ -145,6 +145,8 @@ class VnState(ctypes.Structure):
         ("hix_rebuilds", ctypes.c_uint64),
         ("hix_head", ctypes.c_void_p),
         ("hix_tail", ctypes.c_void_p),
+        ("ple_quiet", ctypes.c_uint64),
+        ("ple_exits", ctypes.c_uint64),
     ]
 
 
@@ -155,7 +157,7 @@ def _cache_dir() -> Path:
 
 
 LAYOUT_FIELDS = ("bytes", "exit_request", "table", "new_code", "ram_ranges", "tb_map", "serial_buf", "msr_slow",
-                 "native_msrs", "hix_tail")  # vcpu_native.c vn_layout(1...), in this order
+                 "native_msrs", "hix_tail", "ple_exits")  # vcpu_native.c vn_layout(1...), in this order
 
 
 def check_layout(lib: ctypes.CDLL) -> None:

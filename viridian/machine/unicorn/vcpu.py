@@ -35,7 +35,7 @@ from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.ports import ExitRequested
 from viridian.machine.stats import VcpuStats
 from viridian.machine.unicorn import engine as E
-from viridian.machine.unicorn import engine_build, unassigned, vcpu_io
+from viridian.machine.unicorn import engine_build, quiet_ple, unassigned, vcpu_io
 from viridian.machine.unicorn import vcpu_code as C
 from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
@@ -246,6 +246,7 @@ class Vcpu(SeamMethods):
         instruction when RIP is elsewhere, e.g. the MSR site behind a next-instruction hook)."""
         self.stats.by_reason[reason] += 1
         n = self.native
+        n.ple_quiet = 0  # an exit handled here may make an interrupt deliverable (quiet_ple.py)
         n.bytes += EXIT_TICKS
         m = self.m
         if m.fast or m.running is not self:
@@ -276,6 +277,7 @@ class Vcpu(SeamMethods):
         start = int(n.bytes)
         self._run_end = start + budget  # clip_to_deadline may bring it forward
         self.stop_requested = self.yield_pending = False
+        n.ple_quiet = 1  # quiet_ple.py: until this run handles an exit in Python (count_exit)
         if self.sipi_vector is not None:
             vector, self.sipi_vector = self.sipi_vector, None
             if not bring_up(self, vector):
@@ -298,6 +300,7 @@ class Vcpu(SeamMethods):
                 self.traps.arm_native_tsc()
                 vcpu_io.arm(self)
             self._map_changed = False  # only a change during this run explains its end (else a HLT was lost)
+            n.ple_quiet = int(n.ple_quiet and self._native_any and quiet_ple.allowed(self, limit))
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
             try:
@@ -313,6 +316,8 @@ class Vcpu(SeamMethods):
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
                     self._cr2.write(self.guest_cr2)
                 self.vp.after_run()
+            if n.ple_exits:
+                quiet_ple.collect(self)
             if n.rdtsc_count or n.native_reads:
                 self.traps.collect_native_tsc()
             vcpu_io.collect(self)

@@ -380,6 +380,15 @@ void vn_pause(void *uc, uint64_t address, uint32_t size, void *user) {
     s->pause_last = now;
     if (s->ple_window && now - s->pause_loop_start > s->ple_window) {
         s->pause_loop_start = now;
+        if (s->ple_quiet) {  /* the exit as the machine accounts it (Vcpu.count_exit): EXIT_TICKS, the partition
+                                clock brought up to this vCPU (as vn_rdtsc raises it) -- and nothing else */
+            s->bytes += s->exit_ticks;
+            uint64_t t = s->bytes + s->tsc_base;
+            if ((int64_t)(t - s->tsc_floor) > 0)
+                s->tsc_floor = t;
+            s->ple_exits++;
+            return;
+        }
         s->stop_reason = STOP_PAUSE;
         s->stop(uc);
     }
@@ -511,6 +520,7 @@ int64_t vn_layout(int which) {
                                   offsetof(vn_state, table), offsetof(vn_state, new_code),
                                   offsetof(vn_state, ram_ranges), offsetof(vn_state, tb_map),
                                   offsetof(vn_state, serial_buf), offsetof(vn_state, msr_slow),
-                                  offsetof(vn_state, native_msrs), offsetof(vn_state, hix_tail)};
+                                  offsetof(vn_state, native_msrs), offsetof(vn_state, hix_tail),
+                                  offsetof(vn_state, ple_exits)};
     return which >= 0 && which < (int)(sizeof at / sizeof at[0]) ? (int64_t)at[which] : -1;
 }

@@ -114,6 +114,8 @@ typedef struct {
     void *hix;               /* engine_watch.c: this engine's code hooks sorted by address (the filter's index) */
     uint64_t hix_n, hix_cap, hix_span, hix_rebuilds;
     void *hix_head, *hix_tail; /* ... built for the hook list with this head and tail */
+    uint64_t ple_quiet;      /* vn_pause: a pause-loop exit would change nothing (quiet_ple.py): count it here */
+    uint64_t ple_exits;      /* pause-loop exits counted so since the machine last collected them */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
