@@ -38,7 +38,7 @@ def test_blocks_enter_natively_on_this_engine_build(guests: Path) -> None:
     assert store_watch.TB_ENTRY is not None
     for v in m.vcpus:
         assert v.native.tb_patch == 1 and v.native.tb_patched > 0
-        assert not v._block_hooked and not v.stats.events.get("tb_patch_failed")
+        assert not v.block_hooked and not v.stats.events.get("tb_patch_failed")
 
 
 @pytest.mark.parametrize("vcpus", [1, 2])
@@ -49,7 +49,7 @@ def test_block_entry_counts_what_the_block_hook_counts(guests: Path, guest: str,
     native = _observable(*_run(guests / guest, vcpus))
     monkeypatch.setenv(store_watch.TB_ENTRY_ENV, "1")
     m, s = _run(guests / guest, vcpus)
-    assert all(v._block_hooked for v in m.vcpus)
+    assert all(v.block_hooked for v in m.vcpus)
     assert _observable(m, s) == native
 
 
@@ -69,7 +69,7 @@ def test_a_block_that_cannot_be_patched_falls_back_to_the_block_hook(guests: Pat
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     m, s = _run(guests / "hello.elf", 2)
     assert (s["result"]["status"], s["result"]["code"]) == ("exit", 0), s["result"]
-    assert all(v._block_hooked and v.stats.events["tb_patch_failed"] == 1 for v in m.vcpus)
+    assert all(v.block_hooked and v.stats.events["tb_patch_failed"] == 1 for v in m.vcpus)
     monkeypatch.setenv(store_watch.TB_ENTRY_ENV, "1")
     ref = _run(guests / "hello.elf", 2)
     got, want = _observable(m, s), _observable(*ref)
@@ -114,8 +114,8 @@ def test_translation_filter_index_finds_what_the_walk_finds(guests: Path) -> Non
     v = m.vcpus[0]
     lib = library()
     # a hook for every address, and a wide one, besides the site hooks
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, 0, 1, 0)
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, 0, 0x100000, 0x180000)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v.site_fn, 0, 1, 0)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v.site_fn, 0, 0x100000, 0x180000)
     pages = sorted({va for vas in v.code_vas.values() for va in vas} | {site & ~0xFFF for site in v.sites})
     assert len(v.sites) > 10 and pages
     for page in pages:

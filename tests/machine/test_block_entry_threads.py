@@ -59,7 +59,7 @@ def _summary(m: Machine, s: dict[str, Any]) -> dict[str, Any]:
     blocks were entered."""
     keep = {k: s[k] for k in ("result", "exits", "apic", "serial", "time")}
     keep["clocks"] = [(int(v.native.bytes), int(v.native.blocks)) for v in m.vcpus]
-    entry = [(int(v.native.tb_patch), int(v.native.tb_patched) > 0, v._block_hooked,
+    entry = [(int(v.native.tb_patch), int(v.native.tb_patched) > 0, v.block_hooked,
               v.stats.events.get("tb_patch_failed", 0), int(v.native.tb_back)) for v in m.vcpus]
     return {"observable": keep, "entry": entry}
 

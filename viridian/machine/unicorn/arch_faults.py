@@ -80,7 +80,7 @@ def last_instruction(v: Vcpu, detail: bool = False) -> Any:
 def ended_in_hlt(v: Vcpu) -> bool:
     """The block that ran last ended with a HLT that completed (HLT ends a block; the engine leaves after it)."""
     insn = last_instruction(v)
-    return insn is not None and bytes(insn.bytes) == b"\xf4" and int(v._rip_flags.read()[0]) == insn.address + 1
+    return insn is not None and bytes(insn.bytes) == b"\xf4" and int(v.rip_flags.read()[0]) == insn.address + 1
 
 
 def last_branch(v: Vcpu) -> tuple[int, int] | None:
@@ -107,7 +107,7 @@ def write_access(v: Vcpu) -> bool | None:
     from capstone import CS_AC_WRITE, CS_ARCH_X86, CS_MODE_64, Cs
     from capstone.x86 import X86_OP_MEM
 
-    rip = int(v._rip_flags.read()[0])
+    rip = int(v.rip_flags.read()[0])
     code = v.read_virtual(rip, 15) or v.read_virtual(rip, 0x1000 - (rip & 0xFFF))
     if not code:
         return None

@@ -177,7 +177,7 @@ class Debugger:
         for o in self.vcpus:  # a vCPU whose engine stopped on a breakpoint passes it once when it goes on
             if o is self._in_hook and not self._modified:
                 continue  # returning from the hook runs the instruction
-            rip = o._next_rip if o._next_rip is not None else int(o.uc.reg_read(X.UC_X86_REG_RIP))
+            rip = o.next_rip if o.next_rip is not None else int(o.uc.reg_read(X.UC_X86_REG_RIP))
             if any(k[0] in (0, 1) and k[1] == rip for k in self._points):
                 self._skip[o.index] = rip
 
@@ -213,7 +213,7 @@ class Debugger:
         """A breakpoint or step inside its code hook: serve gdb right here, before the instruction runs."""
         site = int(v.native.pending_site)
         if site and address - site in (2, 3):  # an RDMSR/WRMSR just ran: complete it first (vcpu.py _msr_done)
-            v.guard(v._msr_done)(v.uc, address, 0, None)
+            v.guard(v.msr_done)(v.uc, address, 0, None)
         self._end_step()
         self._in_hook, self._modified = v, False
         try:
@@ -270,8 +270,8 @@ class Debugger:
 
     def _read_reg(self, v: Vcpu, i: int) -> bytes:
         name, size, reg, _ = REGS[i]
-        if name == "rip" and v._next_rip is not None:
-            value = v._next_rip
+        if name == "rip" and v.next_rip is not None:
+            value = v.next_rip
         elif name == "efer":
             value = int(v.uc.msr_read(EFER))
         elif reg is None:
@@ -301,7 +301,7 @@ class Debugger:
             return False
         value = int.from_bytes(data, "little")
         if reg == X.UC_X86_REG_RIP and v is self._in_hook:  # engine rule: no RIP write inside a code hook
-            v._next_rip = value  # the run loop applies it once the engine stopped (vcpu.py _apply_deferred)
+            v.next_rip = value  # the run loop applies it once the engine stopped (vcpu.py _apply_deferred)
             self._changed(v)
             return True
         v.uc.reg_write(reg, value)

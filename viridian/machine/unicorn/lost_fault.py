@@ -115,8 +115,8 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
         return True
     kind, length = classify(v.uc, code, rip)
     if kind == "hypercall":
-        v.traps._invalid(v.uc, None)
-        v._apply_deferred()
+        v.traps.on_invalid(v.uc, None)
+        v.apply_deferred()
         return True
     vector, ret = {"ud": (6, rip), "de": (0, rip), "bp": (3, rip + length)}.get(kind, (-1, rip))
     if kind == "int":

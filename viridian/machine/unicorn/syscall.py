@@ -35,7 +35,7 @@ def enter_syscall(v: Vcpu) -> None:
     """RIP is the instruction after SYSCALL: #UD unless EFER.SCE; else RCX = RIP, R11 = RFLAGS, RFLAGS &=
     ~FMASK, CS = STAR[47:32] (CPL 0, flat), SS = CS + 8, RIP = LSTAR (CSTAR from compatibility mode)."""
     uc = v.uc
-    rip, rflags = v._rip_flags.read()
+    rip, rflags = v.rip_flags.read()
     efer = int(uc.msr_read(E.EFER))
     if not efer & EFER_SCE:
         v.raise_exception(6, None, rip - 2, count_exit=True, deferred=False)

@@ -94,20 +94,20 @@ class Vcpu(SeamMethods):
         self.ticks_used = 0
         self.sites: dict[int, int] = {}  # MSR instruction address -> 1 for WRMSR, 0 for RDMSR
         self.cr8_sites: dict[int, tuple[bool, int]] = {}  # MOV CR8 address -> (is write, GPR register id)
-        self._hooked_pages: set[int] = set()
+        self.hooked_pages: set[int] = set()
         self.pause_sites: set[int] = set()  # PAUSE hooks (without vn_svm_check): one per address, ever
         self.df_retry: int | None = None  # arch_faults.py: the instruction an engine #DF is run again at
         self._unexplained_stop: tuple[int, int] | None = None  # (RIP, clock) of an engine stop resumed once
-        self._stub_hooks: set[int] = set()
-        self._resume_at: int | None = None  # a hook stopped the engine before its instruction ran
+        self.stub_hooks: set[int] = set()
+        self.resume_at: int | None = None  # a hook stopped the engine before its instruction ran
         # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
         # report later exceptions. Those hooks stop the engine and leave the redirect to the run loop.
-        self._next_rip: int | None = None
-        self._pending_exc: tuple[int, int | None, int] | None = None
+        self.next_rip: int | None = None
+        self.pending_exc: tuple[int, int | None, int] | None = None
         self._shadow = False
-        self._window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
-        self._hidden: D.HiddenFlags | None = None  # the engine's hflags/hflags2 (vcpu_delivery.hidden_flags)
-        self._nmi_window = False  # an NMI waits for the IRET that unblocks NMIs: run one block at a time
+        self.window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
+        self.hidden_flags: D.HiddenFlags | None = None  # the engine's hflags/hflags2 (vcpu_delivery.hidden_flags)
+        self.nmi_window = False  # an NMI waits for the IRET that unblocks NMIs: run one block at a time
         self._run_end = 0  # this run ends once the clock (bytes) reaches it
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
@@ -115,7 +115,7 @@ class Vcpu(SeamMethods):
         self.uc: Any = new_uc(UC_MODE_64, f"vCPU {index}")
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
-        uc.mmio_map(L.APIC_BASE, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
+        uc.mmio_map(L.APIC_BASE, 0x1000, self.traps.on_mmio_read, None, self.traps.on_mmio_write, None)
         self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
         pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET...
         self.native = VnState()
@@ -130,65 +130,65 @@ class Vcpu(SeamMethods):
         n.cr0_reg, n.cr3_reg, n.cr4_reg = X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4
         n.table = ctypes.cast(self._table, ctypes.POINTER(ctypes.c_uint64))
         n.table_mask, n.rip_reg, n.prot_read = TABLE_PAGES - 1, X.UC_X86_REG_RIP, UC_PROT_READ
-        self._lib = lib
+        self.lib = lib
         self._native_ref = ctypes.byref(n)
         self._engine_enter, self._engine_leave = lib.vn_enter, lib.vn_leave
         self._settle, self._uch = lib.vn_settle, uc._uch
         self._settle.argtypes = [ctypes.c_void_p, ctypes.POINTER(VnState), ctypes.c_uint64]
         self._settle.restype = ctypes.c_uint64
-        self._site_fn = function_address(lib, "vn_site")
-        msr_done = self.guard(self._msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
+        self.site_fn = function_address(lib, "vn_site")
+        msr_done = self.guard(self.msr_done)  # behind vn_msr_done, which answers NATIVE_READS itself
         self._msr_slow = E.CODE_CB(lambda _h, address, size, _ud: msr_done(uc, address, size, None))
         n.msr_slow = ctypes.cast(self._msr_slow, ctypes.c_void_p)
-        self._msr_done_fn = function_address(lib, "vn_msr_done")
-        self._cr8_done_hook = self.guard(self.traps.cr8_done)
-        self._pause_fn = function_address(lib, "vn_pause")
-        self._stub_fn = function_address(lib, "vn_stub")
+        self.msr_done_fn = function_address(lib, "vn_msr_done")
+        self.cr8_done_hook = self.guard(self.traps.cr8_done)
+        self.pause_fn = function_address(lib, "vn_pause")
+        self.stub_fn = function_address(lib, "vn_stub")
         n.ple_gap, n.ple_window = machine.ple_gap, machine.ple_window
         C.watch_stores(self, lib)
-        self._block_hooked = False
+        self.block_hooked = False
         if not n.tb_patch:
             C.hook_blocks(self)
-        self._cpuid_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RBX, X.UC_X86_REG_RDX))
-        self._cpuid_hook = E.hook_insn_skip(uc, X.UC_X86_INS_CPUID, self.guard(self.traps._cpuid, 1))
-        self._keep: list[object] = []
+        self.cpuid_regs = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RBX, X.UC_X86_REG_RDX))
+        self._cpuid_hook = E.hook_insn_skip(uc, X.UC_X86_INS_CPUID, self.guard(self.traps.on_cpuid, 1))
+        self.keep_alive: list[object] = []
         # RDTSC(P) natively (vn_rdtsc/vn_rdtscp) unless every exit must be seen (--trace) or time is the wall
         # clock (--fast)
         quiet = not machine.fast and machine.tracer is None
-        self._native_tsc = quiet and engine_build.enabled("native_tsc")
-        self._native_msr = quiet and engine_build.enabled("native_msr")  # vn_msr_done answers NATIVE_READS
+        self.native_tsc_on = quiet and engine_build.enabled("native_tsc")
+        self.native_msr_on = quiet and engine_build.enabled("native_msr")  # vn_msr_done answers NATIVE_READS
         native_io = quiet and engine_build.enabled("native_serial")
-        self._native_any = self._native_tsc or self._native_msr or native_io
+        self._native_any = self.native_tsc_on or self.native_msr_on or native_io
         n.rdx_reg, n.msr_reg = X.UC_X86_REG_RDX, X.UC_X86_REG_MSR
-        if self._native_tsc:
+        if self.native_tsc_on:
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSC, function_address(lib, "vn_rdtsc"), ctypes.addressof(n))
             E.hook_insn_native(uc, X.UC_X86_INS_RDTSCP, function_address(lib, "vn_rdtscp"), ctypes.addressof(n))
         else:
-            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self.guard(self.traps._rdtsc, 1)))
-            self._keep.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self.guard(self.traps._rdtscp, 1)))
+            self.keep_alive.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSC, self.guard(self.traps.on_rdtsc, 1)))
+            self.keep_alive.append(E.hook_insn_skip(uc, X.UC_X86_INS_RDTSCP, self.guard(self.traps.on_rdtscp, 1)))
         uc.hook_add(UC_HOOK_INSN, self.guard(self._syscall_hook), None, 1, 0, X.UC_X86_INS_SYSCALL)
         self._syscall = False  # the engine stopped after a SYSCALL it did not perform (syscall.py)
         vcpu_io.install(self, lib, native=native_io)  # COM1's hot accesses natively, like RDTSC
-        uc.hook_add(UC_HOOK_INSN_INVALID, self.guard(self.traps._invalid, True))
+        uc.hook_add(UC_HOOK_INSN_INVALID, self.guard(self.traps.on_invalid, True))
         uc.hook_add(UC_HOOK_INTR, self.guard(self._interrupt))
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self.guard(self._write_protected, False))
         unassigned.install(self)  # beyond RAM: reads all-ones, writes dropped (QEMU's PCI master abort)
         self._wp_fault: int | None = None
         self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
-        self._map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
+        self.map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
         self._set_boot_state(boot)
         self._msr_regs = E.FastRegs(uc, (X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
-        self._rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
-        self._rax = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
-        self._hc_regs = E.FastRegs(uc, _HYPERCALL_READ)
-        self._view = E.FastRegs(uc, _CPU_VIEW)
-        self._rip_flags = E.FastRegs(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
+        self.rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
+        self.rax_reg = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
+        self.hc_regs = E.FastRegs(uc, _HYPERCALL_READ)
+        self.cpu_view = E.FastRegs(uc, _CPU_VIEW)
+        self.rip_flags = E.FastRegs(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS))
         self._cr2 = E.FastRegs(uc, (X.UC_X86_REG_CR2,))
         self.guest_cr2 = 0  # the guest's CR2 across a run (engine.SPURIOUS_CR2)
-        self._sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
-        self._idtr, self._tr = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
-        self._gdtr = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
+        self.sp_flags = E.FastRegs(uc, (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS))
+        self.idtr_reg, self.tr_reg = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
+        self.gdtr_reg = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
         self.efer = int(uc.msr_read(E.EFER))
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -291,15 +291,15 @@ class Vcpu(SeamMethods):
             if self.halted or self.idle or self.m.done:
                 break
             self.traps.set_window(D.has_interrupt(self))
-            limit = self._run_end if not self._nmi_window else min(self._run_end, int(n.bytes) + 1)
+            limit = self._run_end if not self.nmi_window else min(self._run_end, int(n.bytes) + 1)
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
-            rip = self._rip_flags.read()[0]
+            rip = self.rip_flags.read()[0]
             if self._native_any:
                 self.traps.arm_native_tsc()
                 vcpu_io.arm(self)
-            self._map_changed = False  # only a change during this run explains its end (else a HLT was lost)
+            self.map_changed = False  # only a change during this run explains its end (else a HLT was lost)
             n.ple_quiet = int(n.ple_quiet and self._native_any and quiet_ple.allowed(self, limit))
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
@@ -331,15 +331,15 @@ class Vcpu(SeamMethods):
                 self._wp_fault = None
                 self.raise_exception(13, 0, uc.reg_read(X.UC_X86_REG_RIP), count_exit=True, deferred=False)
                 continue
-            self._apply_deferred()
+            self.apply_deferred()
             if self._syscall:
                 self._syscall = False
                 enter_syscall(self)
                 continue
             if n.stop_reason == STOP_PAUSE:  # pause-loop exit: a spinning vCPU gives way if another waits
                 if not n.pause_native:  # a hook at the PAUSE stopped before it: complete it as vn_svm_check's
-                    at = self._rip_flags.read()[0]  # stop does (PAUSE is F3 90, a no-op; it ends its block)
-                    self._rip_flags.write(at + 2)
+                    at = self.rip_flags.read()[0]  # stop does (PAUSE is F3 90, a no-op; it ends its block)
+                    self.rip_flags.write(at + 2)
                     n.bytes += 2  # settle_clock took it back
                     n.pend_valid, n.pend_end = 1, at + 1
                 self.count_exit("pause")
@@ -359,12 +359,12 @@ class Vcpu(SeamMethods):
                     break
                 continue
             if n.stop_reason == STOP_WINDOW:  # the interrupt window opened (window_block)
-                self._window_open_at = int(n.window_open_at)
+                self.window_open_at = int(n.window_open_at)
                 continue
             if n.stop_reason:
                 continue  # budget or interrupt-window slice used up
-            if self._map_changed and not ended_in_hlt(self):  # a HLT after the change still halts
-                self._map_changed = False
+            if self.map_changed and not ended_in_hlt(self):  # a HLT after the change still halts
+                self.map_changed = False
                 continue
             if code_written or patch_failed:
                 continue
@@ -381,20 +381,20 @@ class Vcpu(SeamMethods):
         self.ticks_used += used
         return used
 
-    def _apply_deferred(self) -> None:
-        if self._next_rip is not None:
-            self.uc.reg_write(X.UC_X86_REG_RIP, self._next_rip)
-            self._next_rip = None
-        if self._pending_exc is not None and not self.m.done:
-            vector, error, rip = self._pending_exc
-            self._pending_exc = None
+    def apply_deferred(self) -> None:
+        if self.next_rip is not None:
+            self.uc.reg_write(X.UC_X86_REG_RIP, self.next_rip)
+            self.next_rip = None
+        if self.pending_exc is not None and not self.m.done:
+            vector, error, rip = self.pending_exc
+            self.pending_exc = None
             self._enter(vector, error, rip)
 
     def _after_natural_stop(self) -> None:
         """emu_start returned by itself: HLT (RIP is after it)."""
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         prev = self.read_virtual(rip - 1, 1)
-        if prev == b"\xf4" and self._view.read()[3] & 3:  # SDM: HLT at CPL > 0 raises #GP(0)
+        if prev == b"\xf4" and self.cpu_view.read()[3] & 3:  # SDM: HLT at CPL > 0 raises #GP(0)
             self.raise_exception(13, 0, rip - 1, count_exit=True, deferred=False)
             return
         if prev == b"\xf4":
@@ -455,7 +455,7 @@ class Vcpu(SeamMethods):
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
-    def _msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+    def msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         site = int(self.native.pending_site)
         if not site or address - site not in (2, 3) or site not in self.sites:
             return
@@ -495,10 +495,10 @@ class Vcpu(SeamMethods):
                 return
             if ("rdmsr", index) not in neg.first:
                 neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, None)
-            if self._native_msr and index in NATIVE_READS:
+            if self.native_msr_on and index in NATIVE_READS:
                 self.traps.enable_native_msr(index)  # offered and on record: vn_msr_done answers the next ones
-            self._rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
-        self._after_exit()
+            self.rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
+        self.after_exit()
 
     def clip_to_deadline(self) -> None:
         """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
@@ -530,13 +530,13 @@ class Vcpu(SeamMethods):
         try:
             if mapped and base >= self.m.ram_size:  # an unassigned or device page there: the APIC wins (QEMU)
                 self.uc.mem_unmap(base, 0x1000)
-            self.uc.mmio_map(base, 0x1000, self.traps._mmio_read, None, self.traps._mmio_write, None)
+            self.uc.mmio_map(base, 0x1000, self.traps.on_mmio_read, None, self.traps.on_mmio_write, None)
             self.apic_page = base
         except UcError:
             self.stats.events["apic_base_not_mapped"] += 1
         self.flush_tlb()
         if self.m.running is self:  # a map change inside a hook makes emu_start return (vcpu_code.set_protected)
-            self._map_changed = True
+            self.map_changed = True
 
     def end_run_within(self, ticks: int) -> None:
         """End this run at the first block start ``ticks`` from now (Machine.kick)."""
@@ -552,7 +552,7 @@ class Vcpu(SeamMethods):
             return not D.nmi_blocked(self)
         return not self.wait_sipi and D.has_interrupt(self) and self._if_set()
 
-    def _after_exit(self) -> None:
+    def after_exit(self) -> None:
         """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""
         if self.m.done:
             self.uc.emu_stop()
@@ -603,4 +603,4 @@ class Vcpu(SeamMethods):
         return not self.idle
 
     def _if_set(self) -> bool:
-        return bool(self._rip_flags.read()[1] & (1 << 9))
+        return bool(self.rip_flags.read()[1] & (1 << 9))

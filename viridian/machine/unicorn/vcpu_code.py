@@ -42,13 +42,13 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
     """A page about to run holds 0F 30 / 0F 32 (or our hypercall stub): hook its sites first."""
     if full:
         log.warning("vCPU %d: scanned-page table full; clearing it", v.index)
-        v._lib.vn_clear(ctypes.byref(v.native))
-        v._lib.vn_insert(ctypes.byref(v.native), page)
+        v.lib.vn_clear(ctypes.byref(v.native))
+        v.lib.vn_insert(ctypes.byref(v.native), page)
     data = v.read_virtual(page, 0x1001) or v.read_virtual(page, 0x1000)
     if data is None:
         return
-    if page not in v._hooked_pages:
-        v._hooked_pages.add(page)
+    if page not in v.hooked_pages:
+        v.hooked_pages.add(page)
         for off, is_write in site_offsets(data):
             add_site(v, page + off, is_write)
         for off, is_write, gpr in cr8_offsets(data):
@@ -57,16 +57,16 @@ def hook_page(v: Vcpu, page: int, full: bool = False) -> None:
             if page + off in v.pause_sites:
                 continue  # a rescanned page keeps its hooks (a second one would count the PAUSE twice)
             v.pause_sites.add(page + off)
-            E.hook_add_native(v.uc, UC_HOOK_CODE, v._pause_fn, ctypes.addressof(v.native),
+            E.hook_add_native(v.uc, UC_HOOK_CODE, v.pause_fn, ctypes.addressof(v.native),
                               page + off, page + off)
-    if is_hypercall_stub(data) and page not in v._stub_hooks:
-        v._stub_hooks.add(page)
+    if is_hypercall_stub(data) and page not in v.stub_hooks:
+        v.stub_hooks.add(page)
         at = page + HYPERCALL_HOOK_OFFSET
         if v.native.stub_count < 8:
             v.native.stub_at[v.native.stub_count] = at
         v.native.stub_count += 1
-        E.hook_add_native(v.uc, UC_HOOK_CODE, v._stub_fn, ctypes.addressof(v.native), at, at)
-        v.uc.hook_add(UC_HOOK_CODE, v.guard(v.traps._stub_call), None,
+        E.hook_add_native(v.uc, UC_HOOK_CODE, v.stub_fn, ctypes.addressof(v.native), at, at)
+        v.uc.hook_add(UC_HOOK_CODE, v.guard(v.traps.on_stub_call), None,
                          page + HYPERCALL_HOOK_OFFSET, page + HYPERCALL_HOOK_OFFSET)
     v.uc.ctl_remove_cache(page, page + 0x1000)
 
@@ -75,9 +75,9 @@ def add_site(v: Vcpu, addr: int, is_write: bool) -> None:
     if addr in v.sites:
         return
     v.sites[addr] = int(is_write)
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v.native), addr, addr)
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v.site_fn, ctypes.addressof(v.native), addr, addr)
     for nxt in (addr + 2, addr + 3):  # plain form, and the same site seen with one prefix byte
-        E.hook_add_native(v.uc, UC_HOOK_CODE, v._msr_done_fn, ctypes.addressof(v.native), nxt, nxt)
+        E.hook_add_native(v.uc, UC_HOOK_CODE, v.msr_done_fn, ctypes.addressof(v.native), nxt, nxt)
 
 
 def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
@@ -86,20 +86,20 @@ def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
     from viridian.machine.unicorn.vcpu import GPRS
 
     v.cr8_sites[addr] = (is_write, GPRS[gpr])
-    E.hook_add_native(v.uc, UC_HOOK_CODE, v._site_fn, ctypes.addressof(v.native), addr, addr)
-    v._keep.append(E.hook_code_raw(v.uc, v._cr8_done_hook, addr + 4, addr + 4)[1])
+    E.hook_add_native(v.uc, UC_HOOK_CODE, v.site_fn, ctypes.addressof(v.native), addr, addr)
+    v.keep_alive.append(E.hook_code_raw(v.uc, v.cr8_done_hook, addr + 4, addr + 4)[1])
 
 
 def forget_code(v: Vcpu, page: int | None = None, drop_cache: bool = True) -> None:
     """Guest-visible code changed (the hypercall page was written, another vCPU stored to a code page):
     rescan for MSR sites on next execution and drop stale translations."""
     if page is None:
-        v._lib.vn_clear(ctypes.byref(v.native))
-        v._hooked_pages.clear()
+        v.lib.vn_clear(ctypes.byref(v.native))
+        v.hooked_pages.clear()
         v.uc.ctl_flush_tb()
         return
-    v._lib.vn_remove(ctypes.byref(v.native), page)
-    v._hooked_pages.discard(page)
+    v.lib.vn_remove(ctypes.byref(v.native), page)
+    v.hooked_pages.discard(page)
     if drop_cache:
         v.uc.ctl_remove_cache(page, page + 0x1000)
 
@@ -192,9 +192,9 @@ def hook_blocks(v: Vcpu) -> None:
         v.stats.events["tb_patch_failed"] += 1
         n.tb_patch_failed = 0
         v.uc.ctl_flush_tb()
-    if not v._block_hooked:
-        v._block_hooked = True
-        E.hook_add_native(v.uc, UC_HOOK_BLOCK, function_address(v._lib, "vn_block"), ctypes.addressof(n), 1, 0)
+    if not v.block_hooked:
+        v.block_hooked = True
+        E.hook_add_native(v.uc, UC_HOOK_BLOCK, function_address(v.lib, "vn_block"), ctypes.addressof(n), 1, 0)
 
 
 def set_protected(v: Vcpu, pages: set[int]) -> None:
@@ -217,7 +217,7 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
             v.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         refresh_ram_ranges(v)
         if v.m.running is v:  # measured: mem_protect inside a hook makes emu_start return there
-            v._map_changed = True
+            v.map_changed = True
     v.protected = set(pages)
     if newly:
         v.flush_tlb()  # a fast (unwatched) TLB entry must not outlive write access

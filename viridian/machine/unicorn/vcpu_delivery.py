@@ -70,17 +70,17 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
     if v.m.tracer is not None:
         v.m.tracer.exception(v, vector, error, rip)
     if deferred:
-        v._pending_exc = (vector, error, rip)
+        v.pending_exc = (vector, error, rip)
         v.stop()
     else:
         enter(v, vector, error, rip, external=external)
 
 
 def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool = True) -> bool:
-    vals = v._view.read()  # raw batch reads: interrupt delivery is an exit hot path
-    idtr = v._idtr.read()
-    tr = v._tr.read()
-    gdtr = v._gdtr.read()
+    vals = v.cpu_view.read()  # raw batch reads: interrupt delivery is an exit hot path
+    idtr = v.idtr_reg.read()
+    tr = v.tr_reg.read()
+    gdtr = v.gdtr_reg.read()
     cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1], gdtr[1],
                   gdtr[2])
     try:
@@ -95,7 +95,7 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
         v.uc.reg_write(X.UC_X86_REG_CS, d.cs)
     if d.ss is not None:
         v.uc.reg_write(X.UC_X86_REG_SS, d.ss)
-    v._sp_flags.write(d.rsp, d.rflags)
+    v.sp_flags.write(d.rsp, d.rflags)
     v.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
     E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
@@ -125,9 +125,9 @@ class HiddenFlags:
 
 
 def hidden_flags(v: Vcpu) -> HiddenFlags | None:
-    if v._hidden is None and (off := E.hflags_offset()) is not None:
-        v._hidden = HiddenFlags(v.uc, off)
-    return v._hidden
+    if v.hidden_flags is None and (off := E.hflags_offset()) is not None:
+        v.hidden_flags = HiddenFlags(v.uc, off)
+    return v.hidden_flags
 
 
 def nmi_blocked(v: Vcpu) -> bool:
@@ -138,10 +138,10 @@ def nmi_blocked(v: Vcpu) -> bool:
 
 
 def interruptible(v: Vcpu) -> bool:
-    rip, rflags = v._rip_flags.read()
+    rip, rflags = v.rip_flags.read()
     if not rflags & (1 << 9):
         return False
-    if rip == v._window_open_at:  # the window check saw this boundary open
+    if rip == v.window_open_at:  # the window check saw this boundary open
         return True
     return not in_sti_shadow(v)
 
@@ -152,13 +152,13 @@ def in_sti_shadow(v: Vcpu) -> bool:
     next block), so that is exactly: stopped at a block start with the mark set. Without the hflags offset:
     the block that ran last ended with STI (0xFB)."""
     n = v.native
-    rip = v._rip_flags.read()[0]
+    rip = v.rip_flags.read()[0]
     if rip != n.block_start:
         return False
     h = hidden_flags(v)
     if h is not None:
         return bool(h.read()[0] & HF_INHIBIT_IRQ)
-    return bool(v._lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
+    return bool(v.lib.vn_after_sti(v.uc._uch, ctypes.byref(n)))
 
 
 def has_interrupt(v: Vcpu) -> bool:
@@ -176,8 +176,8 @@ def inject_pending(v: Vcpu) -> bool:
     v.m.poll_vcpu(v)
     if v.idle and (apic.irr_vectors() or v.nmi_pending):
         v.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
-    v._nmi_window = v.nmi_pending and nmi_blocked(v)  # held until IRET: the run loop runs block by block
-    if v.nmi_pending and not v._nmi_window:  # NMI: not maskable by IF or TPR (SDM §6.7)
+    v.nmi_window = v.nmi_pending and nmi_blocked(v)  # held until IRET: the run loop runs block by block
+    if v.nmi_pending and not v.nmi_window:  # NMI: not maskable by IF or TPR (SDM §6.7)
         v.nmi_pending = False
         v.halted = False
         rip = v.uc.reg_read(X.UC_X86_REG_RIP)
@@ -196,7 +196,7 @@ def inject_pending(v: Vcpu) -> bool:
         return False
     if not interruptible(v):
         return False
-    v._window_open_at = None
+    v.window_open_at = None
     if platform is not None and extint:  # ExtINT via LINT0 (SDM §10.5.1): the vector is the 8259A's INTA answer
         vector = platform.extint_ack()
     else:
@@ -206,7 +206,7 @@ def inject_pending(v: Vcpu) -> bool:
             apic.auto_eoi(vector)
         else:
             v.vp.assist.on_inject(vector)
-    rip = v._rip_flags.read()[0]
+    rip = v.rip_flags.read()[0]
     v.halted = False
     if enter(v, vector, None, rip):
         v.stats.interrupts_delivered += 1

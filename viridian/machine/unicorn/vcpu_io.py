@@ -26,13 +26,13 @@ def install(v: Vcpu, lib: Any, native: bool) -> None:
     """IN/OUT hooks: Python handlers only, or vn_in/vn_out in front of them (``native``)."""
     uc, traps = v.uc, v.traps
     if not native or v.m.ports.device(COM1) is not v.m.ports.serial:
-        uc.hook_add(UC_HOOK_INSN, v.guard(traps._in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, v.guard(traps._out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, v.guard(traps.on_in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, v.guard(traps.on_out), None, 1, 0, X.UC_X86_INS_OUT)
         return
-    port_in, port_out = v.guard(traps._in, 0), v.guard(traps._out)
+    port_in, port_out = v.guard(traps.on_in, 0), v.guard(traps.on_out)
     cb_in = _IN_CB(lambda _h, port, size, _ud: port_in(uc, port, size, None))
     cb_out = _OUT_CB(lambda _h, port, size, value, _ud: port_out(uc, port, size, value, None))
-    v._keep += [cb_in, cb_out]
+    v.keep_alive += [cb_in, cb_out]
     n = v.native
     n.io_in_slow, n.io_out_slow = ctypes.cast(cb_in, ctypes.c_void_p), ctypes.cast(cb_out, ctypes.c_void_p)
     n.com1_base = COM1

@@ -58,7 +58,7 @@ class InstructionTraps:
 
     # -- hypercalls -----------------------------------------------------------------------------------------
     def _hypercall_regs(self) -> HypercallRegisters:
-        fr = self.v._hc_regs
+        fr = self.v.hc_regs
         vals = fr.read()
         rax, rbx, rcx, rdx, rsi, rdi, r8 = vals[:7]
         cs, cr0 = vals[13], vals[14]
@@ -83,42 +83,42 @@ class InstructionTraps:
             return False, False
         regs_out = outcome.registers
         if len(regs_out) == 1 and "rax" in regs_out:
-            self.v._rax.write(regs_out["rax"])
+            self.v.rax_reg.write(regs_out["rax"])
         elif regs_out:
             self.v.uc.reg_write_batch([(E.REG_BY_NAME[k], v) for k, v in regs_out.items()])
         return True, outcome.continued
 
-    def _stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
+    def on_stub_call(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         """The hook inside our hypercall page: RAX left at -1 makes the stub fall back to its VMCALL."""
         if self.v.native.fast_done_at == address:  # completed by the native hook just before
             self.v.native.fast_done_at = 0
             return
-        if self.v._resume_at == address:  # stopped inside this hook last time: the call is already done
-            self.v._resume_at = None
+        if self.v.resume_at == address:  # stopped inside this hook last time: the call is already done
+            self.v.resume_at = None
             return
         ok, continued = self._hypercall(address)
-        if self.v.stop_requested or self.v.m.done or self.v._pending_exc is not None:
-            self.v._resume_at = address
+        if self.v.stop_requested or self.v.m.done or self.v.pending_exc is not None:
+            self.v.resume_at = address
         if ok and not continued:
-            self.v._after_exit()
+            self.v.after_exit()
 
-    def _invalid(self, uc: Any, _ud: Any) -> bool:
+    def on_invalid(self, uc: Any, _ud: Any) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         insn = self.v.read_virtual(rip, 3)
         if insn in (VMCALL, VMMCALL):
             ok, continued = self._hypercall(rip)
             if ok and not continued:
-                self.v._next_rip = rip + 3
+                self.v.next_rip = rip + 3
             self.v.stop()
             return True
         self.v.raise_exception(6, None, rip, count_exit=True)
         return True
 
     # -- other traps ------------------------------------------------------------------------------------------
-    def _cpuid(self, uc: Any, _ud: Any) -> int:
+    def on_cpuid(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2A "CPUID": EAX/EBX/ECX/EDX = the leaf (upper halves cleared); raw batch calls, 1 = the
         engine does not execute it."""
-        regs = self.v._cpuid_regs
+        regs = self.v.cpuid_regs
         leaf, sub = regs.read()[:2]
         r = self.cpuid_leaf(leaf & 0xFFFF_FFFF, sub & 0xFFFF_FFFF)
         regs.write(r.eax, r.ecx, r.ebx, r.edx)
@@ -196,15 +196,15 @@ class InstructionTraps:
                     e.reads = 0
         m.clock.catch_up(int(n.tsc_floor))
 
-    def _rdtsc(self, uc: Any, _ud: Any) -> int:
+    def on_rdtsc(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSC": EDX:EAX = the vCPU's TSC (upper halves of RAX/RDX cleared). Raw batch writes:
         a Linux AP calibrating its delay loop reads the TSC ~150,000 times."""
         self.v.count_exit("rdtsc")
         t = self._tsc()
-        self.v._rax_rdx.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF)
+        self.v.rax_rdx.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF)
         return 1
 
-    def _rdtscp(self, uc: Any, _ud: Any) -> int:
+    def on_rdtscp(self, uc: Any, _ud: Any) -> int:
         """SDM vol. 2B "RDTSCP": as RDTSC, and ECX = IA32_TSC_AUX[31:0] (the guest writes it natively)."""
         self.v.count_exit("rdtsc")
         t = self._tsc()
@@ -215,7 +215,7 @@ class InstructionTraps:
         self._rdtscp_regs.write(t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF, self._tsc_aux.read() & 0xFFFF_FFFF)
         return 1
 
-    def _in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
+    def on_in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
         vcpu_io.collect(self.v)  # what vn_in/vn_out answered so far comes first
         self.v.count_exit("io")
         self.v.stats.ports[port] += 1
@@ -227,7 +227,7 @@ class InstructionTraps:
         pc_machine.after_access(self.v, write=False)
         return value
 
-    def _out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
+    def on_out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
         vcpu_io.collect(self.v)
         self.v.count_exit("io")
         self.v.stats.ports[port] += 1
@@ -238,7 +238,7 @@ class InstructionTraps:
         if self.v.m.platform is not None:
             pc_machine.after_access(self.v)  # a PC device may have raised an interrupt or armed a timer
 
-    def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
+    def on_mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
             self.v.count_exit("mmio")
             self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
@@ -257,7 +257,7 @@ class InstructionTraps:
             uc.emu_stop()
             return 0
 
-    def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+    def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
             self.v.count_exit("mmio")
             self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
@@ -296,7 +296,7 @@ class InstructionTraps:
             self.v.m.neg.record_event(self.v.index, self.v.m.clock.tsc(), "cr8_write")
             value = int(uc.reg_read(reg)) & 0xF
             self.v.apic.set_tpr(value << 4)
-            self.v._after_exit()  # a lower TPR may unblock a pending interrupt
+            self.v.after_exit()  # a lower TPR may unblock a pending interrupt
         else:
             self.v.stats.events["cr8_read"] += 1
             self.v.m.neg.record_event(self.v.index, self.v.m.clock.tsc(), "cr8_read")
