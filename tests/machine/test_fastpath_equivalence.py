@@ -84,8 +84,8 @@ def test_forcing_paths_off_is_seen_by_the_machine(guests: Path, monkeypatch: pyt
     m.run()
     for v in m.vcpus:
         n = v.native
-        assert not n.tb_patch and v._block_hooked and not n.pause_native and not n.quiet_accesses
-        assert not (v._native_tsc or v._native_msr or n.com1_base)
+        assert not n.tb_patch and v.block_hooked and not n.pause_native and not n.quiet_accesses
+        assert not (v.native_tsc_on or v.native_msr_on or n.com1_base)
     assert engine_build.active_fast_paths() == []
 
 
