@@ -23,6 +23,10 @@ CASES = {
     "i": ("triple-fault", None, 6, "every gate on an IST slot holding 0: the frame faults -> #DF -> shutdown"),
     "o": ("triple-fault", None, 14, "hypercall page over the PML4: the walk reads the overlay -> #PF (fetch)"),
     "d": ("triple-fault", None, 13, "hypercall page over the GDT: DS loads a system descriptor -> #GP(0x10)"),
+    "p": ("triple-fault", None, 13, "GDT on the APIC page: DS reads the APIC's registers (a system descriptor) -> "
+          "#GP(0x10), whose delivery reads CS 0x08 there too -> #DF -> shutdown (was: an endless engine stop)"),
+    "s": ("exit", 0, None, "GDT over RAM, the APIC page and unassigned memory: #GP(selector) at the MOV / INT / UD2"),
+    "f": ("exit", 0, None, "a fetch from unassigned memory: all-ones = FF /7, undefined -> #UD at the target"),
 }
 
 
@@ -77,3 +81,25 @@ def test_unassigned_blocks_never_cover_ram_or_the_apic() -> None:
     assert free_block([ram, apic], 0xFEE01000) == (0xFEE01000, 1 << 12)
     assert free_block([ram, apic], 5 << 30) == (5 << 30, 1 << 30)
     assert free_block([ram, apic], 1 << 40) is None  # beyond MAXPHYADDR
+
+
+def test_descriptors_outside_ram_are_what_the_engine_reads(guests: Path) -> None:
+    """SDM vol. 2B "MOV" and vol. 2A "INT n": a DS load from the APIC page (its version register, a system
+    descriptor) is #GP(0x1030); INT 0x41 through a gate whose code segment is on unassigned memory (all-ones:
+    DPL 3 > CPL 0) is #GP(0x2008), EXT = 0, at the INT; a #UD through a gate whose code segment is on the APIC
+    page is #GP(0x1031), EXT = 1, at the UD2. The guest checks vector, error code and RIP of each."""
+    m = _run(guests, "s")
+    assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
+    text = m.ports.serial.text()
+    assert [line for line in text.splitlines() if line.startswith("vec=")] == [
+        "vec=13 err=0x1030 cr2=0x0", "vec=13 err=0x2008 cr2=0x0", "vec=13 err=0x1031 cr2=0x0"]
+
+
+@pytest.mark.parametrize("mem_mib", [64, 1024])
+def test_a_fetch_from_unassigned_memory_is_ud_at_the_target(guests: Path, mem_mib: int) -> None:
+    """jmp into an untouched unassigned block, jmp after a data read mapped it, call: three #UD, each at the
+    target (the guest checks RIP; the call's return address is pushed)."""
+    m = _run(guests, "f", mem_mib)
+    assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
+    assert m.total_stats().exceptions == {6: 3}
+    assert m.vcpus[0].stats.events["fetch from unassigned memory"] == 3

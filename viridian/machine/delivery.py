@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from viridian.machine.paging import PageWalker
+from viridian.machine.paging import PageWalker, PhysRead
 
 ERROR_CODE_VECTORS: Final = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 CONTRIBUTORY: Final = frozenset({0, 10, 11, 12, 13})
@@ -54,16 +54,22 @@ class _Fail(Exception):
 
 
 def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, return_rip: int, *,
-            external: bool = False) -> Delivery:
+            external: bool = False, io: PhysRead | None = None, insn_rip: int | None = None) -> Delivery:
     """Enter the handler of ``vector``; a failing delivery becomes #GP/#NP/#PF, then #DF, then TripleFault
     (SDM Table 6-5: a contributory or page fault while delivering one is a double fault). ``external``: the
-    event is not the program's (an interrupt, an NMI, a CPU exception): its delivery errors set EXT."""
+    event is not the program's (an interrupt, an NMI, a CPU exception): its delivery errors set EXT. ``io``:
+    what the CPU reads outside RAM (the IDT, GDT or TSS on a device page or unassigned memory: the bytes QEMU's
+    memory core would give, unassigned.py); without it such a read faults. ``insn_rip``: the INT n / INT3 /
+    INTO that raised ``vector`` (a fault while delivering it is reported at that instruction, SDM vol. 2A
+    "INT n": the faults are raised before the instruction completes)."""
     first = vector
     ext = int(external)
     for _attempt in range(3):
         try:
-            return _deliver_once(walker, cpu, vector, error, return_rip, ext)
+            return _deliver_once(walker, cpu, vector, error, return_rip, ext, io)
         except _Fail as fail:
+            if insn_rip is not None:
+                return_rip, insn_rip = insn_rip, None
             if vector == DF:
                 raise TripleFault(f"double fault delivery failed (first vector {first})") from None
             benign_first = vector not in CONTRIBUTORY and vector != PF
@@ -76,11 +82,11 @@ def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, re
 
 
 def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, rip: int,
-                  ext: int = 0) -> Delivery:
+                  ext: int = 0, io: PhysRead | None = None) -> Delivery:
     idt_error = vector * 8 + 2 + ext  # IDT flag, EXT
     if cpu.idt_limit < vector * 16 + 15:
         raise _Fail(GP, idt_error)
-    gate = walker.read(cpu.cr3, cpu.cr0, cpu.idt_base + vector * 16, 16)
+    gate = walker.read(cpu.cr3, cpu.cr0, cpu.idt_base + vector * 16, 16, io)
     if gate is None:
         raise _Fail(PF, 0)
     lo, hi = struct.unpack("<QQ", gate)
@@ -91,13 +97,13 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
     selector, ist = (lo >> 16) & 0xFFFF, (lo >> 32) & 7
     cpl, new_cpl = cpu.cs & 3, selector & 3
     if cpu.gdt_base is not None:  # the handler runs at the segment's DPL (conforming: at CPL); RPL is ignored
-        new_cpl = _check_code_segment(walker, cpu, selector, ext)
+        new_cpl = _check_code_segment(walker, cpu, selector, ext, io)
         selector = (selector & ~3) | new_cpl
     rsp, ss = cpu.rsp, None
     if ist:
-        rsp = _tss_qword(walker, cpu, 0x24 + 8 * (ist - 1))
+        rsp = _tss_qword(walker, cpu, 0x24 + 8 * (ist - 1), io)
     elif new_cpl < cpl:
-        rsp = _tss_qword(walker, cpu, 4 + 8 * new_cpl)
+        rsp = _tss_qword(walker, cpu, 4 + 8 * new_cpl, io)
     if new_cpl < cpl:
         ss = 0
     rsp &= ~0xF
@@ -114,7 +120,7 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
     return Delivery(target, rsp, flags, selector, ss)
 
 
-def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: int) -> int:
+def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: int, io: PhysRead | None) -> int:
     """The gate's code segment (SDM vol. 2A "INT n" pseudo-code, IA-32e mode; vol. 3 §6.12.1.1): a null
     selector is #GP(EXT); one outside the GDT, an LDT selector (no LDT is modelled), a non-code segment, a DPL
     above CPL or one that is not 64-bit code is #GP(selector + EXT); a not-present segment is #NP(selector + EXT)."""
@@ -124,7 +130,7 @@ def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: in
     index = selector & ~7
     if selector & 4 or cpu.gdt_base is None or index + 7 > cpu.gdt_limit:
         raise _Fail(GP, error)
-    raw = walker.read(cpu.cr3, cpu.cr0, cpu.gdt_base + index, 8)
+    raw = walker.read(cpu.cr3, cpu.cr0, cpu.gdt_base + index, 8, io)
     if raw is None:
         raise _Fail(PF, 0)
     desc: int = struct.unpack("<Q", raw)[0]
@@ -138,8 +144,8 @@ def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: in
     return cpu.cs & 3 if (desc >> 42) & 1 else (desc >> 45) & 3  # the new CPL
 
 
-def _tss_qword(walker: PageWalker, cpu: CpuView, offset: int) -> int:
-    raw = walker.read(cpu.cr3, cpu.cr0, cpu.tss_base + offset, 8)
+def _tss_qword(walker: PageWalker, cpu: CpuView, offset: int, io: PhysRead | None) -> int:
+    raw = walker.read(cpu.cr3, cpu.cr0, cpu.tss_base + offset, 8, io)
     if raw is None:
         raise _Fail(PF, 0)
     value: int = struct.unpack("<Q", raw)[0]

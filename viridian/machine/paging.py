@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 MASK52: Final = 0x000F_FFFF_FFFF_F000
 _P, _RW, _US, _PS = 1, 2, 4, 0x80
+PhysRead = Callable[[int, int], bytes]  # (guest-physical address, length) -> the bytes the CPU reads there
 
 
 class PageWalker:
@@ -36,15 +38,21 @@ class PageWalker:
             table = e & MASK52
         return table | (vaddr & 0xFFF)
 
-    def read(self, cr3: int, cr0: int, vaddr: int, length: int) -> bytes | None:
-        """Bytes at a virtual address, page by page; None if any page is not mapped or not RAM."""
+    def read(self, cr3: int, cr0: int, vaddr: int, length: int, io: PhysRead | None = None) -> bytes | None:
+        """Bytes at a virtual address, page by page; None if any page is not mapped, or not RAM without
+        ``io`` (which answers guest-physical reads outside RAM: device registers, unassigned memory)."""
         out = bytearray()
         while length > 0:
             chunk = min(length, 0x1000 - (vaddr & 0xFFF))
             pa = self.translate(cr3, cr0, vaddr)
-            if pa is None or pa + chunk > self.ram_size:
+            if pa is None:
                 return None
-            out += self.ram[pa : pa + chunk]
+            if pa + chunk > self.ram_size:
+                if io is None:
+                    return None
+                out += io(pa, chunk)
+            else:
+                out += self.ram[pa : pa + chunk]
             vaddr, length = vaddr + chunk, length - chunk
         return bytes(out)
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
+from viridian.machine.unicorn.unassigned import read_linear
+
 if TYPE_CHECKING:
     from viridian.machine.unicorn.vcpu import Vcpu
 
@@ -152,7 +154,7 @@ def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None
     _s, base, limit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
     if sel & 4 or (sel | 7) > limit:
         return GP, err
-    raw = v.read_virtual(base + (sel & ~7), 8)
+    raw = read_linear(v, base + (sel & ~7), 8)  # outside RAM: what the engine read (the APIC's registers...)
     if raw is None:
         return PF, 0  # the table itself is not mapped: a #PF on the descriptor read (CR2 left to the walker)
     access = raw[5]

@@ -413,6 +413,8 @@ class Vcpu(SeamMethods):
                       disasm=self.m.disassemble(self, rip))
 
     def _engine_error(self, exc: UcError) -> None:
+        if unassigned.fetch_fault(self, exc):  # a fetch from unassigned memory: #UD (unassigned.py)
+            return
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.m.finish("error", vcpu=self.index, detail=f"engine error at {rip:#x}: {exc}",
                       disasm=self.m.disassemble(self, rip))

@@ -13,6 +13,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn.arch_faults import refine, write_access
+from viridian.machine.unicorn.unassigned import reader
 
 if TYPE_CHECKING:
     from viridian.machine.unicorn.vcpu import Vcpu
@@ -38,16 +39,25 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
         v.guest_cr2 = cr2
         error = pf_error_code(v, cr2)
     v.settle_clock(rip)  # the rest of the block does not run (a fault: nor does the instruction at rip)
-    raise_exception(v, intno, error, rip, count_exit=True, deferred=False, external=not software_interrupt(v, intno, rip))
+    at = software_interrupt_at(v, intno, rip)
+    raise_exception(v, intno, error, rip, count_exit=True, deferred=False, external=at is None, insn_rip=at)
 
 
 def software_interrupt(v: Vcpu, intno: int, rip: int) -> bool:
     """INT n / INT3 / INTO / INT1 (the engine reports them after the instruction, like traps): their delivery
     errors have EXT = 0; a CPU exception's have EXT = 1 (SDM vol. 2A "INT n" pseudo-code)."""
+    return software_interrupt_at(v, intno, rip) is not None
+
+
+def software_interrupt_at(v: Vcpu, intno: int, rip: int) -> int | None:
+    """The address of the INT n / INT3 / INTO / INT1 that raised ``intno`` and ended before ``rip``, if one did
+    (a fault while delivering it is reported there)."""
     before = v.read_virtual(rip - 2, 2) if rip >= 2 else None
     if before is None:
-        return False
-    return before == bytes((0xCD, intno)) or before[1:] == {3: b"\xcc", 4: b"\xce", 1: b"\xf1"}.get(intno)
+        return None
+    if before == bytes((0xCD, intno)):
+        return rip - 2
+    return rip - 1 if before[1:] == {3: b"\xcc", 4: b"\xce", 1: b"\xf1"}.get(intno) else None
 
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:
@@ -59,7 +69,7 @@ def pf_error_code(v: Vcpu, cr2: int) -> int:
 
 
 def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
-                    deferred: bool = True, external: bool = True) -> None:
+                    deferred: bool = True, external: bool = True, insn_rip: int | None = None) -> None:
     """Deliver exception ``vector`` with its return address ``rip`` (a fault: the faulting instruction).
     ``deferred``: called from a hook that must not write RIP; the run loop delivers it."""
     if count_exit:
@@ -73,10 +83,13 @@ def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_
         v.pending_exc = (vector, error, rip)
         v.stop()
     else:
-        enter(v, vector, error, rip, external=external)
+        enter(v, vector, error, rip, external=external, insn_rip=insn_rip)
 
 
-def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool = True) -> bool:
+def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool = True,
+          insn_rip: int | None = None) -> bool:
+    """Deliver through the guest's IDT (delivery.py; its IDT, GDT and TSS reads outside RAM see what the engine
+    reads there, unassigned.read_physical); a failed #DF ends the run "triple-fault"."""
     vals = v.cpu_view.read()  # raw batch reads: interrupt delivery is an exit hot path
     idtr = v.idtr_reg.read()
     tr = v.tr_reg.read()
@@ -84,7 +97,7 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
     cpu = CpuView(rip, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6], idtr[1], idtr[2], tr[1], gdtr[1],
                   gdtr[2])
     try:
-        d = deliver(v.m.walker, cpu, vector, error, rip, external=external)
+        d = deliver(v.m.walker, cpu, vector, error, rip, external=external, io=reader(v), insn_rip=insn_rip)
     except TripleFault as tf:
         v.m.finish("triple-fault", vcpu=v.index, detail=str(tf), disasm=v.m.disassemble(v, rip))
         v.uc.emu_stop()
