@@ -27,6 +27,8 @@ CASES = {
           "#GP(0x10), whose delivery reads CS 0x08 there too -> #DF -> shutdown (was: an endless engine stop)"),
     "s": ("exit", 0, None, "GDT over RAM, the APIC page and unassigned memory: #GP(selector) at the MOV / INT / UD2"),
     "f": ("exit", 0, None, "a fetch from unassigned memory: all-ones = FF /7, undefined -> #UD at the target"),
+    "r": ("exit", 0, None, "the reference TSC page (read-only overlay) as a page table: the walk's A/D update is "
+          "dropped, the read completes, a write through the read-only entry is #PF(P|W)"),
 }
 
 
@@ -103,3 +105,17 @@ def test_a_fetch_from_unassigned_memory_is_ud_at_the_target(guests: Path, mem_mi
     assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
     assert m.total_stats().exceptions == {6: 3}
     assert m.vcpus[0].stats.events["fetch from unassigned memory"] == 3
+
+
+@pytest.mark.parametrize("disable", ["", "store_watch", "all"])
+def test_a_walk_never_writes_accessed_into_a_read_only_overlay(guests: Path, disable: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overlay's entry 0 (TscSequence = 1: present, read-only) keeps its bits after a read through it (A)
+    and a faulting write (D); before the fix the engine's walker wrote A into it: TscSequence 0x21."""
+    monkeypatch.setenv("VIRIDIAN_DISABLE", disable)
+    m = _run(guests, "r")
+    assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
+    assert m.ports.serial.text().splitlines() == [
+        "entry=0x1 after-read=0x1", "vec=14 err=0x3 cr2=0xc0600000", "after-write=0x1"]
+    assert m.partition.time.sequence == 1 and m.partition.time.page_gpa is not None
+    assert m.ram[m.partition.time.page_gpa:m.partition.time.page_gpa + 4].tobytes() == (1).to_bytes(4, "little")

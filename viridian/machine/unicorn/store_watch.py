@@ -24,6 +24,8 @@ So three PLT slots of the engine library lead into csrc/engine_watch.c instead:
   needs a code hook;
 - ``tcg_gen_qemu_ld/st_i32``/``_i64`` -> ``vn_gen_ld/st_i32``/``_i64`` (optional): guest loads (and, with
   block entry, stores) are translated without the exit-request helper call Unicorn puts after every access.
+- ``x86_stl_phys_notdirty`` -> ``vn_stl_notdirty`` (optional): the page walker's Accessed/Dirty update is
+  dropped for an entry in a read-only overlay page (the hypervisor's bytes stay; QEMU's answer for ROM).
 
 If a slot cannot be found or does not hold what we expect (another Unicorn build), none is redirected and
 the machine falls back to the native write hook (``vn_write``): same answers, slower.
@@ -49,6 +51,7 @@ TARGETS = (TBIPF, TLB_SET_PAGE, PROTECT_CODE, TB_GEN_CODE, SVM_CHECK)
 LD_I32, LD_I64 = b"tcg_gen_qemu_ld_i32_x86_64", b"tcg_gen_qemu_ld_i64_x86_64"
 ST_I32, ST_I64 = b"tcg_gen_qemu_st_i32_x86_64", b"tcg_gen_qemu_st_i64_x86_64"
 OPTIONAL = (LD_I32, LD_I64, ST_I32, ST_I64)  # redirected too when present (accesses without exit checks)
+WALK_AD = b"x86_stl_phys_notdirty_x86_64"  # the page walker's A/D update (vn_stl_notdirty), when present
 HELPERS = ("tlb_set_dirty_x86_64", "tlb_reset_dirty_x86_64")  # called by engine_watch.c, not redirected
 ANCHOR = b"uc_version"
 R_X86_64_JUMP_SLOT = 7
@@ -107,9 +110,10 @@ def _slots(path: Path) -> tuple[dict[bytes, tuple[int, int]], int] | None:
         syms = _Symbols(data, sec)
         off, size, _link, ent = sec[b".rela.plt"]
         found: dict[bytes, tuple[int, int]] = {}
+        wanted = {*TARGETS, *OPTIONAL, WALK_AD}
         for i in range(size // ent):
             r_offset, r_info, _addend = struct.unpack_from("<QQq", data, off + i * ent)
-            if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and (name := syms.name(r_info >> 32)) in TARGETS + OPTIONAL:
+            if r_info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and (name := syms.name(r_info >> 32)) in wanted:
                 found[name] = (r_offset, syms.value(r_info >> 32))
         if any(t not in found for t in TARGETS):
             return None
@@ -173,6 +177,9 @@ def _install(lib: ctypes.CDLL) -> bool:
         lib.vn_set_real_svm_check(ctypes.c_void_p(real[SVM_CHECK]))
         wrappers = {TBIPF: "vn_tbipf", TLB_SET_PAGE: "vn_tlb_set_page", PROTECT_CODE: "vn_protect_code",
                     TB_GEN_CODE: "vn_tb_gen_code", SVM_CHECK: "vn_svm_check"}
+        if WALK_AD in slots:  # A/D updates into read-only overlays are dropped (engine_watch.c)
+            lib.vn_set_real_stl_notdirty(ctypes.c_void_p(real[WALK_AD]))
+            wrappers[WALK_AD] = "vn_stl_notdirty"
         offsets = _quiet_loads_offsets()
         if offsets is not None and all(t in slots for t in OPTIONAL):
             lib.vn_set_quiet_loads(ctypes.c_void_p(real[LD_I32]), ctypes.c_void_p(real[LD_I64]),

@@ -193,6 +193,22 @@ void vn_tbipf(void *uc, void *pages, uint64_t start, int len, uintptr_t retaddr)
     real_tbipf(uc, pages, start, len, retaddr);
 }
 
+/* x86_stl_phys_notdirty: the engine's page walker setting Accessed/Dirty in a paging-structure entry (QEMU's
+ * mmu_translate; guest-physical address). An entry in a read-only overlay (the hypercall or reference TSC
+ * page: the hypervisor's bytes, TLFS §3.13 / §12.7) keeps its bits -- the update is dropped, as QEMU drops a
+ * walk's update into ROM -- and the walk goes on (arch_faults.py, unassigned.py: the guest contract). */
+typedef void (*stl_phys_fn)(void *cs, uint64_t addr, uint32_t val);
+static stl_phys_fn real_stl_notdirty;
+
+void vn_set_real_stl_notdirty(void *fn) { real_stl_notdirty = (stl_phys_fn)fn; }
+
+void vn_stl_notdirty(void *cs, uint64_t addr, uint32_t val) {
+    vn_state *s = running;
+    if (s && (wp_page(s, addr) || wp_page(s, addr + 3)))
+        return;
+    real_stl_notdirty(cs, addr, val);
+}
+
 /* tlb_set_page_with_attrs: the engine filled a TLB entry (vaddr -> paddr, guest-physical). */
 void vn_tlb_set_page(void *cpu, uint64_t vaddr, uint64_t paddr, uint32_t attrs, int prot, int mmu_idx,
                      uint64_t size) {
