@@ -119,3 +119,34 @@ def test_a_walk_never_writes_accessed_into_a_read_only_overlay(guests: Path, dis
         "entry=0x1 after-read=0x1", "vec=14 err=0x3 cr2=0xc0600000", "after-write=0x1"]
     assert m.partition.time.sequence == 1 and m.partition.time.page_gpa is not None
     assert m.ram[m.partition.time.page_gpa:m.partition.time.page_gpa + 4].tobytes() == (1).to_bytes(4, "little")
+
+
+def test_delivery_reads_descriptor_tables_outside_ram_through_io() -> None:
+    """Engine-free (delivery.py): the GDT on an MMIO page (identity-mapped at 0xFEE00000) is read through
+    ``io``; INT 0x41's gate names selector 0x10, which reads all-ones (a DPL 3 code segment: #GP(0x10), EXT = 0),
+    and the #GP is delivered through CS 0x08 (a 64-bit code descriptor there), its frame at the INT itself."""
+    import struct
+
+    from viridian.machine.boot import build_page_tables
+    from viridian.machine.delivery import CpuView, TripleFault, deliver
+    from viridian.machine.paging import PageWalker
+
+    size, idt, apic = 4 << 20, 0x10000, 0xFEE00000
+    ram = memoryview(bytearray(size))
+    build_page_tables(ram, size)
+    for vector, selector in ((0x41, 0x10), (13, 0x08)):
+        target = 0x200000 + vector
+        lo = (target & 0xFFFF) | selector << 16 | 0xE << 40 | 1 << 47 | (target >> 16) << 48
+        struct.pack_into("<QQ", ram, idt + 16 * vector, lo, 0)
+    table = {0x08: (0x00209A0000000000).to_bytes(8, "little")}  # present, DPL 0, code, L = 1
+
+    def io(pa: int, length: int) -> bytes:
+        return b"".join(table.get(pa - apic + i, b"\xff" * 8)[:min(8, length - i)] for i in range(0, length, 8))
+
+    cpu = CpuView(rip=0x101002, rsp=0x100008, rflags=0x202, cs=0x08, ss=0x10, cr0=0x80010033, cr3=0x1000,
+                  idt_base=idt, idt_limit=0xFFF, tss_base=0x11000, gdt_base=apic, gdt_limit=0xFFF)
+    d = deliver(PageWalker(ram, size), cpu, 0x41, None, 0x101002, io=io, insn_rip=0x101000)
+    assert d.rip == 0x200000 + 13 and d.cs == 0x08
+    assert struct.unpack_from("<6Q", ram, d.rsp) == (0x10, 0x101000, 0x08, 0x202, 0x100008, 0x10)
+    with pytest.raises(TripleFault):  # without io the table cannot be read: #PF, then #DF, then shutdown
+        deliver(PageWalker(ram, size), cpu, 0x41, None, 0x101002, insn_rip=0x101000)

@@ -129,7 +129,8 @@ _SREG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "g
 
 def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None:
     """(vector, error code) a MOV to DS/ES/FS/GS/SS at ``rip`` raises, when the engine stopped on it without
-    reporting (a descriptor table the guest overlaid, read from the GDT as it is in memory). SDM vol. 2B "MOV"
+    reporting (a descriptor table the guest overlaid, read from the GDT as it is in memory; a GDT on an MMIO page
+    such as the APIC's, which stops the engine after the descriptor read). SDM vol. 2B "MOV"
     (protected/64-bit mode): beyond the table limit or a system descriptor -> #GP(sel); DS/ES/FS/GS: an
     execute-only code segment, or a data / non-conforming code segment with DPL < max(CPL, RPL) -> #GP(sel),
     not present -> #NP(sel); SS: not a writable data segment with DPL = RPL = CPL -> #GP(sel), not present ->
