@@ -254,6 +254,16 @@ class MmrReg:
         return v.selector, v.base, v.limit, v.flags
 
 
+@cache
+def _bare(name: str) -> Any:
+    """libunicorn's ``name`` without argument conversion (a second handle on the same library, so the binding's
+    own declaration is untouched): callers pass ready ctypes arguments. A declared call converts its four
+    arguments on every call (~2 us, more than the call itself); FastRegs runs on every exit and slice."""
+    fn = getattr(ctypes.CDLL(uclib._name), name)
+    fn.argtypes, fn.restype = None, ctypes.c_int
+    return fn
+
+
 class FastRegs:
     """A fixed register set read/written with one raw libunicorn batch call (the binding's own batch
     helpers cost ~20 us per call in Python; this is the exit hot path). Every slot is 16 bytes so XMM
@@ -266,12 +276,14 @@ class FastRegs:
         self._buf = (ctypes.c_uint64 * (2 * self.n))()
         base = ctypes.addressof(self._buf)
         self._ptrs = (ctypes.c_void_p * self.n)(*[base + 16 * i for i in range(self.n)])
-        self._read = uclib.uc_reg_read_batch
-        self._write = uclib.uc_reg_write_batch
+        self._read = _bare("uc_reg_read_batch")
+        self._write = _bare("uc_reg_write_batch")
+        self._args = (self._uch, ctypes.byref(self._ids), ctypes.byref(self._ptrs))
+        self._all = ctypes.c_int(self.n)
 
     def read(self) -> list[int]:
         """Low 64 bits of every register."""
-        self._read(self._uch, self._ids, self._ptrs, self.n)
+        self._read(*self._args, self._all)
         return self._buf[0 : 2 * self.n : 2]
 
     def read_wide(self, first: int, count: int) -> list[int]:
@@ -284,7 +296,7 @@ class FastRegs:
         for i, v in enumerate(values):
             buf[2 * i] = v & 0xFFFF_FFFF_FFFF_FFFF
             buf[2 * i + 1] = 0
-        self._write(self._uch, self._ids, self._ptrs, len(values))
+        self._write(*self._args, self._all if len(values) == self.n else ctypes.c_int(len(values)))
 
 
 CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
