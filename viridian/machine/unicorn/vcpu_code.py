@@ -210,6 +210,8 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
         for page in pages:
             if page < v.m.ram_size:
                 wp[page >> 18] |= 1 << ((page >> 12) & 63)
+        if v.m.running is v and pages != v.protected:  # as the fallback's mem_protect: the next instruction
+            v.stop()  # is fetched through a fresh walk (a page table under a new overlay reads its bytes at once)
     else:
         for page in v.protected - pages:
             v.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
