@@ -31,6 +31,7 @@ from viridian.clock import VirtualClock
 from viridian.config import get_preset
 from viridian.devices.apic_bus import ApicBus
 from viridian.partition.partition import Partition
+from viridian.partition.vp import Overlay
 from viridian.tlfs.cpuid import Feature, PartitionPrivilege
 from viridian.tlfs.hypercalls import HvCall
 from viridian.tlfs.msrs import HvMsr
@@ -82,6 +83,9 @@ class CountingServices:
 
     def enter_idle(self, vp: int) -> None:
         self._n("idle")
+
+    def overlays_changed(self, before: list[Overlay], after: list[Overlay]) -> None:
+        pass  # nothing to protect without a machine (not counted: the campaign's counts stay comparable)
 
 
 @dataclass

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from viridian.machine.backend import VcpuBackend as Vcpu
     from viridian.machine.eventlog import EventLog
     from viridian.machine.host import Host
+    from viridian.partition.vp import Overlay
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Machine:
         for apic in self.apics:  # the guest contract: software-enabled at entry
             apic.write_register(0xF0, 0x1FF)
         self.partition = Partition(config, self.memory, vp_count=vcpus, services=self, clock=self.clock,
-                                   apics=self.apics)
+                                   apics=self.apics, hypercall_code=hypercall_page(long_mode=True))
         self.arch = [ArchMsrState(i, self.apics[i], self.clock) for i in range(vcpus)]
         self.chains = [MsrChain([Bound(X2APIC_MSRS, vp), Bound(self.partition.msr_table, vp),
                                  Bound(ARCH_MSRS, self.arch[vp.index])]) for vp in self.partition.vps]
@@ -333,26 +334,14 @@ class Machine:
         return res
 
     def wrmsr(self, v: Vcpu, index: int, value: int) -> Fault | None:
-        if index == HvMsr.HYPERCALL:
-            self.partition.hypercall_page.contents = hypercall_page(long_mode=True)
-            before = self.partition.hypercall_page_gpa
         self._count_apic_msr(v, index)
         if 0x800 <= index <= 0x8FF:  # x2APIC EOI/ICR/TPR...: settle a skipped EOI first (as rdmsr)
             v.vp.assist.retire_lazy_eoi()
-        res = self.chains[v.index].wrmsr(index, value)
-
-        if index == HvMsr.HYPERCALL and (gpa := self.partition.hypercall_page_gpa) is not None \
-                and gpa != before:
-            for other in self.vcpus:
-                other.forget_code()
+        res = self.chains[v.index].wrmsr(index, value)  # overlay moves come back as overlays_changed
         if index == HvMsr.GUEST_OS_ID:
             self.update_fast_paths()
         if index == 0x1B and res is None:  # IA32_APIC_BASE: the xAPIC page follows the base (SDM §10.4.5)
             v.map_apic(self.arch[v.index].apic_base_address)
-        if index in (HvMsr.HYPERCALL, HvMsr.REFERENCE_TSC, HvMsr.GUEST_OS_ID):
-            pages = {o.gpa for o in self.partition.overlays() if not o.writable}
-            for other in self.vcpus:
-                other.set_protected(pages)
         if self.tracer is not None:
             self.tracer.msr(v, index, True, value, res)
         return res
@@ -449,6 +438,17 @@ class Machine:
         if v.wait_sipi:
             v.wait_sipi, v.sipi_vector = False, vector
         self.ready.mark(vp)
+
+    def overlays_changed(self, before: list[Overlay], after: list[Overlay]) -> None:
+        """The model moved or rewrote overlay pages: code that moved (the hypercall page at a new GPA) is
+        dropped from every vCPU's translations; read-only overlays are write-protected (TLFS §3.13)."""
+        moved = {o.gpa for o in after if o.kind == "hypercall"} - {o.gpa for o in before if o.kind == "hypercall"}
+        if moved:
+            for other in self.vcpus:
+                other.forget_code()
+        pages = {o.gpa for o in after if not o.writable}
+        for other in self.vcpus:
+            other.set_protected(pages)
 
     def enter_idle(self, vp: int) -> None:
         v = self.vcpus[vp]

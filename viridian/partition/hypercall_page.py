@@ -43,10 +43,14 @@ def page_contents(insn: HypercallInsn = HypercallInsn.VMCALL) -> bytes:
 class HypercallPage:
     """Where the hypercall page currently lives, and writing it into guest RAM."""
 
-    def __init__(self, memory: GuestMemory, insn: HypercallInsn = HypercallInsn.VMCALL) -> None:
+    def __init__(self, memory: GuestMemory, insn: HypercallInsn = HypercallInsn.VMCALL,
+                 contents: bytes | None = None) -> None:
         self.memory = memory
         self.insn = insn
-        self.contents = page_contents(insn)
+        # the page's code: KVM's stub by default, or what the machine gives (its hypercall page, stubs.py)
+        self.contents = page_contents(insn) if contents is None else bytes(contents)
+        if len(self.contents) != HV_PAGE_SIZE:
+            raise ValueError(f"a hypercall page is {HV_PAGE_SIZE} bytes, not {len(self.contents)}")
         self.gpa: int | None = None  # None while disabled
 
     def fits(self, gpfn: int) -> bool:

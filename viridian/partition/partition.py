@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from msr.apic import LocalApicPort
@@ -49,6 +50,7 @@ class Partition:
         apics: Sequence[LocalApicPort | None] | None = None,
         rep_budget: int = 256,
         hypercall_insn: HypercallInsn = HypercallInsn.VMCALL,
+        hypercall_code: bytes | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -61,7 +63,7 @@ class Partition:
         # partition-wide MSR state (TLFS App. C; KVM kvm_hv_msr_partition_wide)
         self.guest_os_id = 0
         self.hypercall_msr = 0
-        self.hypercall_page = HypercallPage(memory, hypercall_insn)
+        self.hypercall_page = HypercallPage(memory, hypercall_insn, hypercall_code)  # the machine's code, if any
         self.time = PartitionTime(self.clock, memory)  # TIME_REF_COUNT, REFERENCE_TSC, re-enlightenment
         self.crash_params = [0] * 5  # CRASH_P0..P4
         self._refresh_offer()
@@ -131,6 +133,16 @@ class Partition:
         for vp in self.vps:
             out.extend(vp.overlays())
         return out
+
+    @contextmanager
+    def overlay_change(self) -> Iterator[None]:
+        """Around a write that may move, enable, disable or rewrite overlay pages: the machine is told the
+        overlays before and after (MachineServices.overlays_changed), also when the write faults."""
+        before = self.overlays()
+        try:
+            yield
+        finally:
+            self.services.overlays_changed(before, self.overlays())
 
     # -- time --------------------------------------------------------------------------------------------
     def reference_time(self) -> int:

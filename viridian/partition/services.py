@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from viridian.partition.vp import Overlay
 
 
 class MachineServices(Protocol):
@@ -38,6 +41,12 @@ class MachineServices(Protocol):
         """GUEST_IDLE read: park ``vp`` until any interrupt arrives, even with IF = 0 (TLFS §7.x)."""
         ...
 
+    def overlays_changed(self, before: list[Overlay], after: list[Overlay]) -> None:
+        """A write that may move, enable, disable or rewrite overlay pages (HYPERCALL, REFERENCE_TSC,
+        GUEST_OS_ID) was handled: ``before``/``after`` are ``Partition.overlays()`` around it. The machine
+        write-protects the read-only ones and drops stale translations of code that moved (TLFS §3.13)."""
+        ...
+
 
 @dataclass
 class RecordingServices:
@@ -51,6 +60,7 @@ class RecordingServices:
     crashes: list[tuple[int, tuple[int, int, int, int, int], bytes | None]] = field(default_factory=list)
     kicks: list[int] = field(default_factory=list)
     idles: list[int] = field(default_factory=list)
+    overlay_changes: list[tuple[list[Overlay], list[Overlay]]] = field(default_factory=list)
 
     def flush_tlb(self, source_vp: int, targets: Iterable[int], gvas: Iterable[int] | None) -> None:
         self.flushes.append((source_vp, tuple(targets), None if gvas is None else tuple(gvas)))
@@ -72,3 +82,6 @@ class RecordingServices:
 
     def enter_idle(self, vp: int) -> None:
         self.idles.append(vp)
+
+    def overlays_changed(self, before: list[Overlay], after: list[Overlay]) -> None:
+        self.overlay_changes.append((before, after))

@@ -34,12 +34,13 @@ def read_guest_os_id(vp: VirtualProcessor) -> int:
 def write_guest_os_id(vp: VirtualProcessor, value: int) -> None:
     # TLFS §3.6: any value accepted; writing 0 disables the hypercall page (KVM clears the Enable bit).
     part = vp.partition
-    old, part.guest_os_id = part.guest_os_id, value
-    if value == 0:
-        part.hypercall_msr &= ~PAGE_ENABLE
-        part.hypercall_page.disable()
-    if value != old:
-        part._refresh_offer()  # Xen-style leaves (0x40000002/4) depend on the guest OS ID
+    with part.overlay_change():
+        old, part.guest_os_id = part.guest_os_id, value
+        if value == 0:
+            part.hypercall_msr &= ~PAGE_ENABLE
+            part.hypercall_page.disable()
+        if value != old:
+            part._refresh_offer()  # Xen-style leaves (0x40000002/4) depend on the guest OS ID
 
 
 # -- HYPERCALL --------------------------------------------------------------------------------------------
@@ -52,6 +53,11 @@ def read_hypercall(vp: VirtualProcessor) -> int:
 @HV_MSRS.writer(HvMsr.HYPERCALL, gate=HYPERCALL_MSRS, cite="TLFS §3.13; KVM; OpenVMM hv.rs (Locked)")
 def write_hypercall(vp: VirtualProcessor, value: int) -> None:
     # TLFS §3.13 is silent on writes after Locked; KVM lacks the bit; OpenVMM (Microsoft) answers #GP.
+    with vp.partition.overlay_change():  # the machine write-protects the page where it now is
+        _write_hypercall(vp, value)
+
+
+def _write_hypercall(vp: VirtualProcessor, value: int) -> None:
     part = vp.partition
     lockable = hypercall_lock_offered(vp)
     if lockable and part.hypercall_msr & HYPERCALL_LOCKED:

@@ -39,7 +39,8 @@ def read_reference_tsc(vp: VirtualProcessor) -> int:
 @HV_MSRS.writer(HvMsr.REFERENCE_TSC, gate=REF_TSC, cite="TLFS §12.7; KVM kvm_hv_setup_tsc_page")
 def write_reference_tsc(vp: VirtualProcessor, value: int) -> None:
     # TLFS §12.7 / KVM: enabling (re)writes the page with a bumped sequence; outside RAM: no #GP.
-    vp.partition.time.write_msr(value)
+    with vp.partition.overlay_change():
+        vp.partition.time.write_msr(value)
 
 
 @HV_MSRS.reader(HvMsr.TSC_FREQUENCY, name="TSC_FREQUENCY", gate=FREQUENCY, cite="TLFS §12.x; KVM A11")
