@@ -25,7 +25,7 @@ from viridian.machine.unicorn.unassigned import read_linear
 if TYPE_CHECKING:
     from viridian.machine.unicorn.vcpu import Vcpu
 
-DF, GP, PF = 8, 13, 14
+DF, NP, SS, GP, PF = 8, 11, 12, 13, 14
 MASK64 = (1 << 64) - 1
 
 
@@ -79,6 +79,17 @@ def last_instruction(v: Vcpu, detail: bool = False) -> Any:
     return next(md.disasm(bytes(last.bytes), last.address), None)
 
 
+def df_segment_load(v: Vcpu, rip: int) -> tuple[int, int] | None:
+    """The engine reported #DF at a MOV to a segment register whose descriptor check faults: that fault
+    (vector, error code). Seen with the GDT on an MMIO page (the APIC's): the engine's first #GP was cut short
+    by the MMIO read's exit and left QEMU's ``old_exception`` set, so its second one escalated."""
+    code = v.read_virtual(rip, 15) or v.read_virtual(rip, 0x1000 - (rip & 0xFFF))
+    if not code:
+        return None
+    fault = segment_load_fault(v, code, rip)
+    return fault if fault is not None and fault[0] != PF else None
+
+
 def ended_in_hlt(v: Vcpu) -> bool:
     """The block that ran last ended with a HLT that completed (HLT ends a block; the engine leaves after it)."""
     insn = last_instruction(v)
@@ -128,46 +139,80 @@ _SREG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "g
 
 
 def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None:
-    """(vector, error code) a MOV to DS/ES/FS/GS/SS at ``rip`` raises, when the engine stopped on it without
-    reporting (a descriptor table the guest overlaid, read from the GDT as it is in memory; a GDT on an MMIO page
-    such as the APIC's, which stops the engine after the descriptor read). SDM vol. 2B "MOV"
-    (protected/64-bit mode): beyond the table limit or a system descriptor -> #GP(sel); DS/ES/FS/GS: an
-    execute-only code segment, or a data / non-conforming code segment with DPL < max(CPL, RPL) -> #GP(sel),
-    not present -> #NP(sel); SS: not a writable data segment with DPL = RPL = CPL -> #GP(sel), not present ->
-    #SS(sel). None: not such an instruction, or it loads fine."""
+    """(vector, error code) a segment load at ``rip`` raises by its descriptor checks, when the engine stopped on
+    it without reporting or reported a spurious #DF (a descriptor table the guest overlaid, read as it is in
+    memory; a GDT on an MMIO page such as the APIC's). None: not such an instruction, or it loads fine.
+    - MOV to DS/ES/FS/GS/SS (SDM vol. 2B "MOV", 64-bit mode): beyond the table limit or a system descriptor ->
+      #GP(sel); DS/ES/FS/GS: an execute-only code segment, or a data / non-conforming code segment with
+      DPL < max(CPL, RPL) -> #GP(sel), not present -> #NP(sel); SS: null only at CPL < 3 with RPL = CPL
+      (else #GP(0)), a writable data segment with DPL = RPL = CPL (else #GP(sel)), not present -> #SS(sel).
+    - LTR (vol. 2A "LTR"): CPL > 0 or null -> #GP(0); the 16-byte descriptor beyond the limit, not an available
+      64-bit TSS -> #GP(sel); not present -> #NP(sel).
+    - far JMP/CALL through memory (vol. 2A "JMP"/"CALL"): null -> #GP(0); beyond the limit, a data segment, a
+      conforming code segment with DPL > CPL, a non-conforming one with RPL > CPL or DPL != CPL, L and D both
+      set, a system descriptor other than a call gate -> #GP(sel); not present -> #NP(sel). Call gates: None."""
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     md.detail = True
     insn = next(md.disasm(code, rip, 1), None)
-    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
+    if insn is None or not insn.operands:
         return None
-    dest = insn.reg_name(insn.operands[0].reg) if insn.operands[0].type == 1 else None
-    if dest not in _SREG:
+    ops = insn.operands
+    if insn.mnemonic == "mov" and len(ops) == 2 and ops[0].type == 1 and insn.reg_name(ops[0].reg) in _SREG:
+        kind, src = insn.reg_name(ops[0].reg), ops[1]
+    elif insn.mnemonic == "ltr":
+        kind, src = "tr", ops[0]
+    elif insn.opcode[0] == 0xFF and (insn.modrm >> 3) & 7 in (3, 5) and ops[0].type == 3:
+        kind, src = "far", ops[0]  # FF /3 call far, FF /5 jmp far: m16:32, or m16:64 with REX.W
+    else:
         return None
-    src = insn.operands[1]
-    if src.type != 1:  # a selector from memory: not modelled here
-        return None
-    sel = int(v.uc.reg_read(getattr(X, "UC_X86_REG_" + insn.reg_name(src.reg).upper()))) & 0xFFFF
+    if src.type == 1:
+        sel = int(v.uc.reg_read(getattr(X, "UC_X86_REG_" + insn.reg_name(src.reg).upper()))) & 0xFFFF
+    else:  # the selector from memory (its own #PF is the engine's to report)
+        from viridian.machine.unicorn.lost_fault import memory_operands
+
+        operands = memory_operands(v.uc, code, rip)
+        at = (8 if insn.rex & 8 else 4) if kind == "far" else 0
+        word = read_linear(v, (operands[0][0] + at) & MASK64, 2) if operands else None
+        if word is None:
+            return None
+        sel = int.from_bytes(word, "little")
     cpl, rpl, err = int(v.uc.reg_read(X.UC_X86_REG_CS)) & 3, sel & 3, sel & 0xFFFC
+    if kind == "tr" and cpl:
+        return GP, 0
     if sel & ~3 == 0:
-        return (GP, 0) if dest == "ss" else None  # a null selector: DS/ES/FS/GS load it (SS in 64-bit CPL 0 too)
+        if kind == "ss":
+            return None if cpl < 3 and rpl == cpl else (GP, 0)
+        return (GP, 0) if kind in ("tr", "far") else None  # DS/ES/FS/GS take a null selector
     _s, base, limit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
-    if sel & 4 or (sel | 7) > limit:
+    if sel & 4 or (sel | 7) + (8 if kind == "tr" else 0) > limit:
         return GP, err
     raw = read_linear(v, base + (sel & ~7), 8)  # outside RAM: what the engine read (the APIC's registers...)
     if raw is None:
         return PF, 0  # the table itself is not mapped: a #PF on the descriptor read (CR2 left to the walker)
-    access = raw[5]
+    access, flags = raw[5], raw[6]
     present, dpl, system, code_seg = access >> 7, (access >> 5) & 3, not access & 0x10, bool(access & 8)
+    if kind == "tr":
+        if access & 0x1F != 0x09:  # S = 0, type 9: an available 64-bit TSS
+            return GP, err
+        return (NP, err) if not present else None
+    if kind == "far":
+        if system:
+            return None if access & 0xF == 0xC else (GP, err)  # a call gate: not modelled here
+        if not code_seg or flags & 0x60 == 0x60:  # data, or L = D = 1
+            return GP, err
+        if (access & 4 and dpl > cpl) or (not access & 4 and (rpl > cpl or dpl != cpl)):
+            return GP, err
+        return (NP, err) if not present else None
     if system:
         return GP, err
-    if dest == "ss":
+    if kind == "ss":
         if code_seg or not access & 2 or not (dpl == rpl == cpl):
             return GP, err
-        return (0x0C, err) if not present else None
+        return (SS, err) if not present else None
     if code_seg and not access & 2:
         return GP, err
     if (not code_seg or not access & 4) and dpl < max(cpl, rpl):
         return GP, err
-    return (0x0B, err) if not present else None
+    return (NP, err) if not present else None

@@ -12,7 +12,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.unicorn import engine as E
-from viridian.machine.unicorn.arch_faults import refine, write_access
+from viridian.machine.unicorn.arch_faults import df_segment_load, refine, write_access
 from viridian.machine.unicorn.unassigned import reader
 
 if TYPE_CHECKING:
@@ -24,6 +24,11 @@ def interrupt(v: Vcpu, uc: Any, intno: int, _ud: Any) -> None:
     if off is not None and (intno in CONTRIBUTORY or intno in (PF, 8)):
         E.reset_old_exception(uc, off)
     rip = uc.reg_read(X.UC_X86_REG_RIP)
+    if intno == 8 and (seg := df_segment_load(v, rip)) is not None:  # arch_faults.py: not a double fault
+        v.df_retry = None
+        v.settle_clock(rip)
+        raise_exception(v, seg[0], seg[1], rip, count_exit=True, deferred=False)
+        return
     if (arch := refine(v, uc, intno, rip)) is None:  # arch_faults.py: an escalated first fault runs again
         v.stop()
         return
