@@ -82,7 +82,7 @@ def viridian_run() -> Iterator[Callable[..., GuestRun]]:
         from viridian.config.spec import parse_config
         from viridian.machine.loader import load_image
         from viridian.machine.machine import Machine
-        from viridian.machine.report import stats_json
+        from viridian.report.run import stats_json
 
         m = Machine(parse_config(offer), load_image(_image(image)), vcpus=vcpus, cmdline=cmdline,
                     max_ticks=max_ticks, **machine_options)

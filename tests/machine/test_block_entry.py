@@ -14,9 +14,9 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.unicorn import store_watch
 from viridian.machine.unicorn.native import library
+from viridian.report.run import stats_json
 
 
 def _run(path: Path, vcpus: int) -> tuple[Machine, dict[str, Any]]:

@@ -22,7 +22,7 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 # where a patched block's entry call returns, past its host code's start: movabs (10) or lea (7), then
 # xor %esi,%esi (2) and the call (5; the far form is rewritten to end there too)

@@ -17,8 +17,8 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.unicorn import engine_build
+from viridian.report.run import stats_json
 
 # Guests whose defaults run forever or need a command line, and bounds that keep each run short
 CMDLINES = {"hostile_loops.elf": "c", "lab.elf": "exp=eoi n=20 apic=xapic eoi=xapic", "fuzz_ops.elf": "7",

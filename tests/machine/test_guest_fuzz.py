@@ -13,7 +13,7 @@ from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.negotiation import MAX_DISTINCT
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 
 def fuzz(guests: Path, seed: int, vcpus: int, preset: str) -> dict:  # type: ignore[type-arg]

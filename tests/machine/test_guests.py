@@ -14,8 +14,8 @@ from viridian.config.presets import load_config
 from viridian.errors import UserError
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.unicorn import store_watch
+from viridian.report.run import stats_json
 
 
 def run_guest(path: Path, preset: str = "recommended", vcpus: int = 1, xen: str | None = None,

@@ -12,8 +12,8 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.trace import Tracer
+from viridian.report.run import stats_json
 
 
 def _run(path: Path, vcpus: int, traced: bool) -> tuple[Machine, dict[str, Any]]:

@@ -12,9 +12,9 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.trace import Tracer
 from viridian.partition.reftime import page_time
+from viridian.report.run import stats_json
 from viridian.tlfs.msrs import HvMsr
 
 OUT = 0x200000  # where the guest below stores what it read

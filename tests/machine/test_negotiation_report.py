@@ -13,7 +13,7 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 
 def report(path: Path, vcpus: int = 1, **cfg: Any) -> dict[str, Any]:

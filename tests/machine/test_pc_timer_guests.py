@@ -14,7 +14,7 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 
 def run_pc(path: Path, preset: str = "none") -> tuple[Machine, dict[str, Any]]:

@@ -15,8 +15,8 @@ from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 from viridian.machine.ready import ReadySet
-from viridian.machine.report import stats_json
 from viridian.machine.unicorn.vcpu import Vcpu
+from viridian.report.run import stats_json
 
 
 def _machine(guests: Path, name: str, vcpus: int, preset: str = "recommended", cmdline: str = "",
@@ -85,7 +85,7 @@ import json, sys
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 with Machine(load_config(preset="recommended"), load_image(sys.argv[2]), vcpus=int(sys.argv[1]), mem_mib=256,
              max_ticks=10**12, cmdline="ticks=2 spins=0") as m:
     m.run()

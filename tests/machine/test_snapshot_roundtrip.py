@@ -18,8 +18,8 @@ from viridian.machine import snapshot
 from viridian.machine.host import MIN_SLICE, Host
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
 from viridian.machine.unicorn.snapshot_cpu import save_cpu
+from viridian.report.run import stats_json
 
 MAX_TICKS = 2_000_000_000
 

@@ -13,7 +13,7 @@ import pytest
 from viridian.config.presets import load_config
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 STYLES = ("ws2008", "win7", "win8", "win10", "linux")
 PRESETS = ("none", "xen-3.4", "recommended", "all")

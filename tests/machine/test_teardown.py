@@ -18,7 +18,7 @@ from viridian.config.presets import load_config
 from viridian.machine.lifetime import machines_closed
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
-from viridian.machine.report import stats_json
+from viridian.report.run import stats_json
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from viridian.config.enlightenments import Enlightenments
 from viridian.config.presets import PRESETS, load_config
 from viridian.errors import UserError
 from viridian.machine.linux_machine import DEFAULT_APPEND
-from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
+from viridian.report.run import EXIT_STATUS, stats_json, summary_lines
 
 DEFAULT_PRESET = "linux"  # the recommended offer minus reenlightenment (viridian.config.presets)
 

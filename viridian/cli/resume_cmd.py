@@ -65,8 +65,8 @@ def take_snapshot(args: argparse.Namespace, machine: Any, result: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     from viridian.cli.run_cmd import _status
     from viridian.machine.host import Host
-    from viridian.machine.report import stats_json, summary_lines
     from viridian.machine.snapshot import engine_note, resume
+    from viridian.report.run import stats_json, summary_lines
 
     m, rr, manifest = resume(args.snapshot)
     if (note := engine_note(manifest)) is not None and not args.json:

@@ -13,7 +13,7 @@ from viridian.cli.inputs import out_file, out_file_named
 from viridian.config.cpuid_edits import parse_edit
 from viridian.config.presets import PRESETS, load_config
 from viridian.errors import UserError
-from viridian.machine.report import EXIT_STATUS, stats_json, summary_lines
+from viridian.report.run import EXIT_STATUS, stats_json, summary_lines
 
 DEFAULT_PRESET = "recommended"
 

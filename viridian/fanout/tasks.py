@@ -51,7 +51,7 @@ def compare_side(image: str, config: str, vcpus: int, mem_mib: int, pcpus: int |
                  linux: bool, initrd: str | None, append: str, max_ticks: int) -> dict[str, Any]:
     """One side of ``viridian compare``: the guest (or a Linux kernel) under one offer, its stats JSON."""
     from viridian.config.spec import parse_config
-    from viridian.machine.report import stats_json
+    from viridian.report.run import stats_json
 
     offer = parse_config(config)
     if linux:

@@ -145,7 +145,7 @@ def observe(spec: EngineSpec, guest: str, vcpus: int) -> dict[str, Any]:
     from viridian.guests import guest_path
     from viridian.machine.loader import load_image
     from viridian.machine.machine import Machine
-    from viridian.machine.report import stats_json
+    from viridian.report.run import stats_json
 
     with _environment(spec.disable), Machine(
             load_config(preset="recommended"), load_image(guest_path(guest)), vcpus=vcpus,
@@ -246,7 +246,7 @@ def linux_cell(kernel: str, vcpus: int, engines: tuple[str, str], max_ticks: int
     from viridian.config.presets import load_config
     from viridian.machine.eventlog import EventLog
     from viridian.machine.linux_machine import linux_machine
-    from viridian.machine.report import stats_json
+    from viridian.report.run import stats_json
 
     specs = [parse_spec(e) for e in engines]
     sides: list[dict[str, Any]] = []

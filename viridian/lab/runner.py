@@ -68,7 +68,7 @@ def run_once(pt: Point, n: int | None = None) -> dict[str, Any]:
     from viridian.machine.host import Host
     from viridian.machine.loader import load_image
     from viridian.machine.machine import Machine
-    from viridian.machine.report import stats_json
+    from viridian.report.run import stats_json
 
     e = pt.experiment
     params = pt.params if n is None else pt.params | {"n": n}

@@ -1,4 +1,5 @@
-"""The stats JSON of a run (README "viridian run") and the one-screen summary."""
+"""The stats JSON of a run (README "viridian run") and the one-screen summary, read from a finished machine
+(its result, counters and logs; the machine itself knows nothing of reports)."""
 
 from __future__ import annotations
 
