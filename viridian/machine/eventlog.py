@@ -160,6 +160,48 @@ class EventLog:
                           dict(zip(KICK_FIELDS[1:4], entry[1:4], strict=True)))
         self.pos += 1
 
+    def may_poll(self, v: Any) -> bool:
+        """``Machine.poll_vcpu`` for the running vCPU ``v`` (the run loop looking for due timers): whether to poll.
+        Both modes first bring the partition clock up to ``v``'s time, so a poll sees the time the vCPU is at
+        (not the last exit's). In a replay, a poll between the recorded kicks could raise a timer's interrupt at
+        another instruction than the recording did (where an engine stops, and which exits it handles in Python,
+        differ): the replaying run polls only once ``v`` reached the clock of the next kick it recorded in this
+        slice (:meth:`run_slice` stops it there)."""
+        m = self.machine
+        if m is None or m.running is not v:
+            return True
+        m.sync_clock(v)
+        if self.mode == "record" or self.divergence is not None:
+            return True
+        t = self._next_kick(v)
+        return t is not None and t <= v.ticks
+
+    def run_slice(self, v: Any, budget: int) -> int:
+        """Run ``v``'s slice (``Machine.run_vcpu``). A replay runs it in pieces that end at the clocks of the
+        kicks ``v`` recorded in it (the engine stops at the first block start from there), so the polls
+        :meth:`may_poll` allows happen where the recording's did."""
+        if self.mode == "record" or self.divergence is not None:
+            return int(v.run(budget))
+        used = 0
+        while True:
+            t = self._next_kick(v, after=v.ticks)  # kicks at this clock happen as the next run starts
+            if t is None or t - v.ticks >= budget - used:
+                return used + int(v.run(budget - used))
+            used += int(v.run(t - v.ticks))
+            m = self.machine
+            if used >= budget or v.halted or v.idle or v.yield_pending or (m is not None and m.done):
+                return used
+
+    def _next_kick(self, v: Any, after: int = -1) -> int | None:
+        """The clock of the next kick ``v`` recorded in the current slice later than ``after`` (None: none)."""
+        for j in range(self.pos, len(self.entries)):
+            e = self.entries[j]
+            if e[0] == "slice":
+                return None
+            if e[2] == v.index and e[3] > after:
+                return int(e[3])
+        return None
+
     def finish(self) -> None:
         """The replaying run ended: entries it never reached are a divergence too."""
         if self.mode == "replay" and self.divergence is None and self.pos < len(self.entries):

@@ -214,6 +214,8 @@ class Machine:
                 self.clock.set_tsc(now)
 
     def poll_vcpu(self, v: Vcpu) -> None:
+        if self.eventlog is not None and not self.eventlog.may_poll(v):
+            return
         self.apics[v.index].poll()
         self.partition.poll(v.index)
         if self.platform is not None:
@@ -275,7 +277,7 @@ class Machine:
         if self.eventlog is not None:
             budget = self.eventlog.slice_start(v, self.slice_t0, budget)
         try:
-            return v.run(budget)
+            return v.run(budget) if self.eventlog is None else self.eventlog.run_slice(v, budget)
         finally:
             self.running = None
             self.sync_code(v)
