@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def close_engine(v: Vcpu) -> None:
     """Close ``v``'s engine in the order above; a second call does nothing."""
-    uc: Any = getattr(v, "uc", None)
+    uc: Any = v.__dict__.get("uc")  # (not getattr: that would build a lazy engine just to close it)
     if uc is None:
         return
     unregister = v.__dict__.pop("_vn_unregister", None)  # vcpu_code.watch_stores: a weakref.finalize

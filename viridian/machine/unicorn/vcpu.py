@@ -40,6 +40,7 @@ from viridian.machine.unicorn import vcpu_code as C
 from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
 from viridian.machine.unicorn.engine_build import new_uc
+from viridian.machine.unicorn.lazy import LazyEngine, defer, unbuilt
 from viridian.machine.unicorn.lost_fault import recover_lost_fault
 from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
@@ -74,7 +75,7 @@ _CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_R
              X.UC_X86_REG_CR0, X.UC_X86_REG_CR3)
 
 
-class Vcpu(SeamMethods):
+class Vcpu(LazyEngine, SeamMethods):
     """A vCPU of a :class:`~viridian.machine.machine.Machine` (implements machine.backend.VcpuBackend)."""
 
     engine_msrs = NATIVE_MSRS
@@ -112,6 +113,17 @@ class Vcpu(SeamMethods):
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
+        self._boot = boot  # the engine comes on first use (lazy.py): an AP never started costs no engine
+        if index == 0:  # ... so what would refuse an engine refuses the machine now, in one line
+            engine_build.check_engine()
+            engine_build.disabled()
+            library()
+            engine_build.reserve_check(machine.vcpu_count * (engine_build.tcg_buffer_size() + (16 << 20)),
+                                       f"{machine.vcpu_count} vCPU engines")
+
+    def build_engine(self) -> None:
+        """The Unicorn instance and all that hangs on it (lazy.py runs this on the first access to any of it)."""
+        machine, index, boot = self.m, self.index, self._boot
         self.uc: Any = new_uc(UC_MODE_64, f"vCPU {index}")
         uc = self.uc
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
@@ -235,11 +247,11 @@ class Vcpu(SeamMethods):
     # -- clock ------------------------------------------------------------------------------------------
     @property
     def pauses(self) -> int:
-        return int(self.native.pauses)
+        return 0 if unbuilt(self) else int(self.native.pauses)
 
     @property
     def ticks(self) -> int:
-        return int(self.native.bytes)
+        return 0 if unbuilt(self) else int(self.native.bytes)
 
     def count_exit(self, reason: str, rip: int | None = None) -> None:
         """Account one exit and bring the partition clock up to this vCPU's time (``rip``: the trapping
@@ -430,13 +442,15 @@ class Vcpu(SeamMethods):
         C.hook_page(self, page, full)
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
-        C.forget_code(self, page, drop_cache)
+        if not unbuilt(self):  # (no engine yet: nothing translated, no sites)
+            C.forget_code(self, page, drop_cache)
 
     def note_new_code(self) -> list[int]:
         return C.note_new_code(self)
 
     def forget_physical(self, pa: int, drop_cache: bool) -> None:
-        C.forget_physical(self, pa, drop_cache)
+        if not unbuilt(self):
+            C.forget_physical(self, pa, drop_cache)
 
     def drain_dirty_code(self) -> list[int] | None:
         return C.drain_dirty_code(self)
@@ -447,6 +461,8 @@ class Vcpu(SeamMethods):
 
     def set_protected(self, pages: set[int]) -> None:
         """Make exactly ``pages`` read-only to the guest (its stores #GP, TLFS §3.13), the rest of RAM writable."""
+        if unbuilt(self):
+            return defer(self, "protected", set(pages))  # applied when the engine is built
         C.set_protected(self, pages)
 
     def _syscall_hook(self, uc: Any, _ud: Any) -> None:
@@ -455,7 +471,8 @@ class Vcpu(SeamMethods):
 
     def flush_tlb(self) -> None:
         """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if not unbuilt(self):
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         site = int(self.native.pending_site)

@@ -16,6 +16,7 @@ from unicorn import x86_const as X
 from viridian.machine.backend import CLOCK_FIELDS, MmioRead, MmioWrite
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn import snapshot_cpu
+from viridian.machine.unicorn.lazy import defer, unbuilt
 
 if TYPE_CHECKING:
     from viridian.devices.lapic import LocalApic
@@ -88,6 +89,8 @@ class SeamMethods:
 
     # -- fast paths and devices ------------------------------------------------------------------------------
     def set_fast_spin(self, ok: bool) -> None:
+        if unbuilt(self):
+            return defer(self, "fast_spin", ok)  # applied when the engine is built (lazy.py)
         self.native.fast_spin_ok = int(ok)
 
     def recheck_at_next_block(self) -> None:
