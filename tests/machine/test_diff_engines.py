@@ -103,12 +103,13 @@ def _replay(entries: list[Any], guest: str, vcpus: int, cmdline: str = "", disab
     return log
 
 
+@pytest.mark.parametrize(("guest", "vcpus"), [("ipi.elf", 2), ("apic_timer.elf", 1), ("stimer.elf", 2)])
 @pytest.mark.parametrize("disable", ["", "all"])
-def test_a_replay_of_the_event_log_meets_every_entry(disable: str) -> None:
-    entries = _record("ipi.elf", 2)
+def test_a_replay_of_the_event_log_meets_every_entry(guest: str, vcpus: int, disable: str) -> None:
+    entries = _record(guest, vcpus)
     kinds = {e[0] for e in entries}
-    assert kinds == {"slice", "kick"}  # the IPIs are logged as kicks between slice ends
-    log = _replay(entries, "ipi.elf", 2, disable=disable)
+    assert kinds == {"slice", "kick"}  # IPIs and timers are logged as kicks between slice ends
+    log = _replay(entries, guest, vcpus, disable=disable)
     assert log.divergence is None, log.divergence.describe()
     assert log.pos == len(entries)
 
