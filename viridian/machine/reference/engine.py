@@ -96,6 +96,7 @@ class SharedEngine:
         self.unassigned: list[tuple[int, int]] = []
         self.map_changed = False
         self.closed: set[int] = set()
+        self.devices: dict[int, dict[int, tuple[Any, Any]]] = {}  # MMIO base -> vCPU -> (read, write)
         self._keep: list[object] = []
         self._install()
 
@@ -267,13 +268,19 @@ class SharedEngine:
         self.apic_pages.add(base)
         return True
 
-    def map_mmio(self, base: int, size: int, read: Any, write: Any) -> None:
-        """A device region, mapped once for the machine; the access is the running vCPU's."""
-        regions = [(b, e) for b, e, _p in self.uc.mem_regions()]
-        if any(b <= base < e + 1 for b, e in regions):
-            return  # already mapped (by another vCPU)
-        self.uc.mmio_map(base, size, lambda _uc, off, sz, _ud: read(off, sz), None,
-                         lambda _uc, off, sz, val, _ud: write(off, sz, val), None)
+    def map_mmio(self, v: Vcpu, base: int, size: int, read: Any, write: Any) -> None:
+        """A device region, mapped once for the machine; each access goes to the handlers the running vCPU
+        registered (they account the exit to it)."""
+        handlers = self.devices.get(base)
+        if handlers is None:
+            handlers = self.devices[base] = {}
+            self.uc.mmio_map(base, size, lambda _uc, off, sz, _ud: self._device(handlers, 0)(off, sz), None,
+                             lambda _uc, off, sz, val, _ud: self._device(handlers, 1)(off, sz, val), None)
+        handlers[v.index] = (read, write)
+
+    def _device(self, handlers: dict[int, tuple[Any, Any]], which: int) -> Any:
+        assert self.cur is not None
+        return handlers[self.cur.index][which]
 
     # -- switching vCPUs ------------------------------------------------------------------------------------------
     def load(self, v: Vcpu) -> None:

@@ -20,6 +20,7 @@ from unicorn import UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from viridian.machine import pc_machine
 from viridian.machine.backend import CLOCK_FIELDS, EXIT_TICKS, MmioRead, MmioWrite
 from viridian.machine.boot import BootRegisters
 from viridian.machine.ports import ExitRequested
@@ -106,6 +107,7 @@ class Vcpu:
         self.ctx = self.eng.uc.context_save()
         self.eng.load(self)
         EV.set_boot_state(self, boot)
+        pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET... (dispatched to the running vCPU)
 
     # -- plumbing --------------------------------------------------------------------------------------------
     @property
@@ -287,6 +289,12 @@ class Vcpu:
             EV.enter_syscall(self)
             return True
         if self.stop_reason == "pause":
+            # the hook at the PAUSE stopped before it: complete it (F3 90, a no-op that ends its block), as
+            # when the engine's PAUSE helper stops after it on the fast engine -- settle took its bytes back
+            at = int(_RIP.read(self.eng.h)[0])
+            _RIP.write(self.eng.h, (at + 2,))
+            self.bytes += 2
+            self.pend_valid, self.pend_end = True, at + 1
             self.count_exit("pause")
             self.m.neg.record_event(self.index, self.m.clock.tsc(), "pause-loop")
             self.m.yield_vp(self.index, "pause-loop")
@@ -385,7 +393,7 @@ class Vcpu:
         self.eng.flush_tlb()
 
     def map_mmio(self, base: int, size: int, read: MmioRead, write: MmioWrite) -> None:
-        self.eng.map_mmio(base, size, read, write)
+        self.eng.map_mmio(self, base, size, read, write)
 
     def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
         self.eng.forget(page)

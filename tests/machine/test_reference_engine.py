@@ -1,0 +1,110 @@
+"""The reference engine (viridian/machine/reference/): real fixture guests give the fast engine's outcome exactly
+(serial output, result, exits by reason/MSR/hypercall/port/exception, virtual time) on 1 and 2 vCPUs; it runs
+without the fast engine's compiled helpers; without a C compiler the CLI falls back to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from viridian.config.presets import load_config
+from viridian.machine.loader import load_image
+from viridian.machine.machine import Machine
+from viridian.report.run import stats_json
+
+FIELDS = ("by_reason", "by_msr", "by_hypercall", "by_port", "by_exception")
+# what each guest exercises on the reference engine: port I/O and HLT; the hypercall page stub and MSR sites;
+# IDT delivery of #DE/#UD/#BP/#GP/#PF with the hidden fault state reset; SYSCALL from CPL 3 (CPL lowered over a
+# clean context); INIT-SIPI real mode; APIC timer interrupts and the window; a multiboot 32-bit entry; SynIC
+# timers; PV IPIs; GUEST_IDLE; the PC board's devices (MMIO dispatched to the running vCPU)
+CASES = [("hello.elf", 1, "minimal"), ("hello.elf", 2, "minimal"), ("negotiate.elf", 1, "minimal"),
+         ("exceptions.elf", 1, "minimal"), ("syscall.elf", 1, "minimal"), ("sipi.elf", 2, "minimal"),
+         ("apic_timer.elf", 1, "minimal"), ("ipi.elf", 2, "minimal"), ("multiboot.elf", 1, "minimal"),
+         ("stimer.elf", 1, "minimal"), ("hv_ipi.elf", 2, "minimal"), ("idle.elf", 1, "minimal"),
+         ("hpet.elf", 1, "pc"), ("ioapic_smp.elf", 2, "pc"), ("pic_pit.elf", 1, "pc")]
+
+
+def outcome(path: Path, engine: str, vcpus: int, board: str) -> dict[str, Any]:
+    m = Machine(load_config(preset="recommended"), load_image(path), vcpus=vcpus, max_ticks=2_000_000_000,
+                engine=engine, board=board)
+    m.run()
+    s = stats_json(m)
+    return {"result": s["result"], "serial": s["serial"], "time": s["time"],
+            **{k: s["exits"][k] for k in FIELDS}, "apic": s["apic"], "ticks": [v.ticks for v in m.vcpus]}
+
+
+def _both(guests: Path, cases: list[tuple[str, int, str]], conformance: int = 0) -> dict[str, Any]:
+    """Every case on the reference engine, then on the fast one, in a fresh process: the fast engine's engine
+    patches are process-wide (store_watch.py's PLT redirects; its quiet loads/stores change how every instance in
+    the process translates), so a reference run after a fast one in the same process is not Unicorn's own."""
+    code = ("import json, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from pathlib import Path\n"
+            "import test_reference_engine as t\n"
+            "print(json.dumps(t.collect(Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]))))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(guests), json.dumps(cases), str(conformance)],
+                          capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def collect(guests: Path, cases: list[list[Any]], conformance: int) -> dict[str, Any]:
+    from viridian.conformance.runner import run_suite
+
+    out: dict[str, Any] = {}
+    for engine in ("reference", "unicorn"):
+        out[engine] = [outcome(guests / g, engine, n, board) for g, n, board in cases]
+        if conformance:
+            r = run_suite(load_config(preset="recommended"), "recommended", guests / "conformance.elf", conformance,
+                          engine=engine)
+            tests = [{k: v for k, v in t.items() if k != "seconds"} for t in r["tests"]]
+            out[engine + "_conformance"] = {"tests": tests, **{k: r[k] for k in ("complete", "counts", "problem")}}
+    return out
+
+
+def test_same_outcome_as_the_fast_engine(guests: Path) -> None:
+    got = _both(guests, CASES)
+    for (guest, vcpus, board), ref, fast in zip(CASES, got["reference"], got["unicorn"], strict=True):
+        assert ref["result"]["status"] == "exit", (guest, vcpus, ref["result"])
+        assert ref == fast, (guest, vcpus, board)
+
+
+@pytest.mark.parametrize("vcpus", [1, 2])
+def test_conformance_suite_same_results_and_times(guests: Path, vcpus: int) -> None:
+    """Every TLFS conformance test: the same outcome and diagnostics on both engines (a line's virtual time is not
+    compared: the fast engine hands COM1 bytes to the port in batches, vcpu_io.py, so a line completes later)."""
+    got = _both(guests, [], conformance=vcpus)
+    ref, fast = got["reference_conformance"], got["unicorn_conformance"]
+    assert ref["complete"] and ref["counts"]["fail"] == 0, ref["problem"]
+    assert (ref["counts"], ref["tests"]) == (fast["counts"], fast["tests"])
+
+
+def test_runs_without_the_fast_engine(guests: Path) -> None:
+    """Public API only: the fast engine's modules and compiled helper are never loaded."""
+    code = ("import sys\n"
+            "from viridian.machine.machine import Machine\n"
+            "from viridian.config.presets import load_config\n"
+            "from viridian.machine.loader import load_image\n"
+            f"m = Machine(load_config(preset='recommended'), load_image({str(guests / 'hello.elf')!r}), vcpus=2,"
+            " engine='reference')\n"
+            "print(m.run().status)\n"
+            "print(sorted(k for k in sys.modules if k.startswith('viridian.machine.unicorn')))\n"
+            "print(sum('vcpu_native' in line for line in open('/proc/self/maps')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["exit", "[]", "0"]
+
+
+def test_no_compiler_falls_back_with_one_line(guests: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "VIRIDIAN_CACHE": str(tmp_path), "CC": str(tmp_path / "no-such-cc")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "viridian"), "run", str(guests / "hello.elf"), "--vcpus", "2",
+                           "-q"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line]
+    assert len(lines) == 1 and "running the reference engine" in lines[0]
+    assert not list(tmp_path.glob("vcpu_native*"))
