@@ -35,14 +35,8 @@ def test_a_guest_has_the_same_outcome_with_every_fast_path_off(guest: str, vcpus
     assert cell["status"][0] == cell["status"][1] == "exit"
 
 
-# Differences make diff-engines found between the engines (strict: a fix makes the case pass and must drop it)
-PAUSES = pytest.mark.xfail(strict=True, reason="diff-engines: the reference engine counts more PAUSEs than the "
-                           "fast one with equal clocks, exits and time (hello x2: pauses[0] 6750 != 6776)")
-REFERENCE_SLICE = [pytest.param(g, n, marks=PAUSES) if n > 1 else (g, n) for g, n in SLICE]
-
-
 @REFERENCE
-@pytest.mark.parametrize(("guest", "vcpus"), REFERENCE_SLICE)
+@pytest.mark.parametrize(("guest", "vcpus"), SLICE)
 def test_a_guest_has_the_same_outcome_on_the_reference_engine(guest: str, vcpus: int) -> None:
     cell = D.guest_cell(guest, vcpus, ("unicorn", "reference"))
     assert cell["same"], cell["first"]
