@@ -23,6 +23,7 @@ QEMU's behaviour for a descriptor table on the APIC page; all-ones where nothing
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from unicorn import (
     UC_ERR_FETCH_PROT,
@@ -63,13 +64,13 @@ def free_block(regions: list[tuple[int, int]], address: int) -> tuple[int, int] 
     return None
 
 
-_BLOCKS_MAPPED: dict[int, list[tuple[int, int]]] = {}  # id(vCPU) -> the all-ones blocks its engine mapped
+_BLOCKS_MAPPED: WeakKeyDictionary[Vcpu, list[tuple[int, int]]] = WeakKeyDictionary()  # the all-ones blocks
 
 
 def install(v: Vcpu) -> None:
     """The vCPU answers accesses to unassigned guest-physical memory (see the module docstring)."""
     mapped: list[tuple[int, int]] = []
-    _BLOCKS_MAPPED[id(v)] = mapped
+    _BLOCKS_MAPPED[v] = mapped  # (base, size) of each block the vCPU's engine mapped
 
     def unmapped(uc: Any, _access: int, address: int, _size: int, _value: int, _ud: Any) -> bool:
         if address >= 1 << PHYS_BITS or len(mapped) >= MAX_REGIONS:
@@ -117,7 +118,7 @@ def unassigned(v: Vcpu, pa: int) -> bool:
     """Nothing but the all-ones answer is at guest-physical ``pa`` (not RAM, no device region)."""
     if pa < v.m.ram_size:
         return False
-    if any(base <= pa < base + size for base, size in _BLOCKS_MAPPED.get(id(v), ())):
+    if any(base <= pa < base + size for base, size in _BLOCKS_MAPPED.get(v, ())):
         return True
     return not any(begin <= pa <= end for begin, end, _p in v.uc.mem_regions())
 
