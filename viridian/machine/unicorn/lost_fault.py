@@ -8,24 +8,28 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import capstone
-from capstone import x86_const as CX
 from unicorn import x86_const as X
 
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 if TYPE_CHECKING:
+    import capstone
+
     from viridian.machine.unicorn.vcpu import Vcpu
 
 
 @cache
 def _disassembler() -> capstone.Cs:
+    import capstone  # here, not at module level: ~0.1 s of every start-up, for a rare recovery
+
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.detail = True
     return md
 
 
 def _reg(uc: Any, md: capstone.Cs, reg: int, next_rip: int) -> int:
+    from capstone import x86_const as CX
+
     if reg == 0:
         return 0
     if reg == CX.X86_REG_RIP:
@@ -36,6 +40,9 @@ def _reg(uc: Any, md: capstone.Cs, reg: int, next_rip: int) -> int:
 
 def memory_operands(uc: Any, code: bytes, rip: int) -> list[tuple[int, int, bool]]:
     """(linear address, size, is_write) of each memory operand of the instruction at ``rip``."""
+    import capstone
+    from capstone import x86_const as CX
+
     md = _disassembler()
     out: list[tuple[int, int, bool]] = []
     for insn in md.disasm(code, rip, 1):
