@@ -69,7 +69,7 @@ OFFERS ?= none,xen-3.4,recommended,all
 VCPUS_LIST ?= 1,2,3,4,8
 WORKERS ?= 2
 linux-matrix: $(STAMP) pyc
-	$(BIN)/python -m viridian.lab.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --workers $(WORKERS)
+	$(BIN)/python -m viridian.cli.boot_matrix --offers $(OFFERS) --vcpus $(VCPUS_LIST) --workers $(WORKERS)
 
 # the fan-out layer: a fuzz campaign serial vs --workers 2 (wall time), per-cell overhead, serial-executor overhead
 bench-fanout: $(STAMP) pyc

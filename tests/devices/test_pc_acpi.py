@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from viridian.machine.linux_acpi import F_HW_REDUCED_ACPI, build_acpi
+from viridian.machine.acpi import build_acpi
+from viridian.machine.linux_acpi import F_HW_REDUCED_ACPI
 from viridian.machine.linux_boot import BIOS_AREA
 from viridian.machine.pc_acpi import F_RESET_REG_SUP, F_TMR_VAL_EXT
 

@@ -15,13 +15,13 @@ from viridian.config.presets import get_preset
 from viridian.devices.acpi_sleep import CONTROL_PORT, S5_SLP_TYP, SLP_EN, STATUS_PORT, WAK_STS, AcpiSleep
 from viridian.devices.cmos import CENTURY
 from viridian.machine import layout as L
+from viridian.machine.acpi import build_acpi
 from viridian.machine.linux_acpi import (
     F_HW_REDUCED_ACPI,
     FADT_FLAGS,
     aml_integer,
     aml_package,
     aml_pkg_length,
-    build_acpi,
 )
 from viridian.machine.linux_boot import BIOS_AREA
 from viridian.machine.machine import Machine, RunResult

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
-from viridian.machine.linux_acpi import build_acpi
+from viridian.machine.acpi import build_acpi
 from viridian.machine.linux_boot import (
     E820_RAM,
     OFF_ACPI_RSDP,

@@ -38,15 +38,8 @@ RegisterReader = Callable[[Any], tuple[int, ...]]
 
 
 def engine_registers(v: Any) -> tuple[int, ...]:
-    """The values of :data:`REGISTERS` of vCPU ``v``: ``read_registers`` of the engine protocol
-    (backend.VcpuBackend), else Unicorn's public register API on ``v.uc`` (until every engine has it)."""
-    read = getattr(v, "read_registers", None)
-    if read is not None:
-        return tuple(int(x) for x in read(REGISTERS))
-    from unicorn import x86_const as X
-
-    ids = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in REGISTERS]
-    return tuple(int(x) for x in v.uc.reg_read_batch(ids))
+    """The values of :data:`REGISTERS` of vCPU ``v`` (backend.VcpuBackend.read_registers: every engine has it)."""
+    return tuple(int(x) for x in v.read_registers(REGISTERS))
 
 
 @dataclass

@@ -167,7 +167,7 @@ def install(boot: LinuxBoot, ram: memoryview, ram_size: int, vcpus: int, cmdline
     """Write the zero page, the initrd, the BIOS data area and the ACPI tables; returns the zero page address
     (RSI at the 64-bit entry). The kernel itself was placed as the image's segments. ``pc``: the full PC's
     tables (fixed-hardware FADT, FACS, HPET; viridian.machine.pc_acpi)."""
-    from viridian.machine.linux_acpi import build_acpi
+    from viridian.machine.acpi import build_acpi
 
     top = L.reserved_top(vcpus, ram_size)
     if boot.load + boot.init_size > top:

@@ -6,14 +6,12 @@ with status "exit", code 0, as the exit port does)."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from viridian.config.enlightenments import Enlightenments
-from viridian.devices.acpi_sleep import AcpiSleep
 from viridian.errors import UserError
-from viridian.machine.ports import ExitRequested
+from viridian.machine.power import attach_acpi_sleep
 
 DEFAULT_APPEND = "console=ttyS0 earlyprintk=ttyS0 panic=-1 nokaslr"
 PT_NOTE = 4
@@ -57,24 +55,6 @@ def _has_linux_note(blob: bytes) -> bool:
                 return True
             at += 12 + (namesz + 3 & ~3) + (descsz + 3 & ~3)
     return False
-
-
-@dataclass
-class PowerOff:
-    """An S5 request ends the run like the exit port (ExitRequested(0): status "exit", code 0)."""
-
-    machine: Any
-
-    def __call__(self) -> None:
-        self.machine.ports.exit_code = 0
-        raise ExitRequested(0)
-
-
-def attach_acpi_sleep(machine: Any) -> AcpiSleep:
-    """Claim the Sleep Control/Status ports on ``machine``'s port bus (an S5 request: :class:`PowerOff`)."""
-    dev = AcpiSleep(PowerOff(machine))
-    machine.ports.attach(dev.ports, dev)
-    return dev
 
 
 def linux_machine(config: Enlightenments, kernel: str | Path, *, initrd: str | Path | None = None,

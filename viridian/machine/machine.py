@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from msr.arch import ARCH_MSRS, ArchMsrState
-from msr.faults import Fault, gp
-from msr.registry import NOT_MINE, Bound, MsrChain
+from msr.faults import Fault
+from msr.registry import Bound, MsrChain
 from msr.x2apic import X2APIC_MSRS
 from viridian.abi.dispatch import HypercallOutcome
 from viridian.abi.memory import BytesMemory
@@ -28,7 +28,7 @@ from viridian.devices.apic_bus import ApicBus
 from viridian.devices.fw_cfg import PORTS as FW_CFG_PORTS
 from viridian.devices.fw_cfg import FwCfg
 from viridian.errors import UserError
-from viridian.machine import engines
+from viridian.machine import engines, exits
 from viridian.machine import layout as L
 from viridian.machine.boot import BootRegisters, boot_registers, build_gdt, build_page_tables, place_cmdline
 from viridian.machine.host import MIN_SLICE
@@ -44,7 +44,6 @@ from viridian.machine.replay import WallClock
 from viridian.machine.stats import VcpuStats, merge
 from viridian.machine.stubs import hypercall_page
 from viridian.partition.partition import Partition
-from viridian.tlfs.msrs import HvMsr
 
 if TYPE_CHECKING:
     from viridian.devices.pc_platform import PcPlatform
@@ -148,7 +147,7 @@ class Machine:
             else:
                 self.cmos = Cmos(self.virtual_seconds)  # a bound method: snapshots pickle it by name
                 self.ports.attach((INDEX_PORT, DATA_PORT), self.cmos)
-            from viridian.machine.linux_machine import attach_acpi_sleep
+            from viridian.machine.power import attach_acpi_sleep
 
             if self.platform is None:  # the HW-reduced FADT's sleep registers (linux_acpi.py): S5 ends the run
                 attach_acpi_sleep(self)
@@ -317,36 +316,12 @@ class Machine:
         else:
             self.code_defer[word] |= bit
 
-    # -- model entry points ---------------------------------------------------------------------------------
+    # -- model entry points (exits.py: what an exit means, for every engine) -----------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:
-        res = self._rdmsr(v, index)
-        if self.tracer is not None:
-            self.tracer.msr(v, index, False, 0 if isinstance(res, Fault) else res, res)
-        return res
-
-    def _rdmsr(self, v: Vcpu, index: int) -> int | Fault:
-        if 0x4000_0000 <= index <= 0x4000_FFFF and not 0x4000_0070 <= index <= 0x4000_0072:
-            # hot path: the Hyper-V range goes straight to its provider (same answer as the chain)
-            res = self.partition.msr_table.rdmsr(v.vp, index)
-            return gp(f"unknown MSR {index:#x}") if res is NOT_MINE else res  # type: ignore[return-value]
-        if 0x800 <= index <= 0x8FF:  # an x2APIC register: settle a skipped EOI first (KVM syncs PV EOI per exit)
-            v.vp.assist.retire_lazy_eoi()
-        res = self.chains[v.index].rdmsr(index)
-        self._count_apic_msr(v, index)
-        return res
+        return exits.model_rdmsr(self, v, index)
 
     def wrmsr(self, v: Vcpu, index: int, value: int) -> Fault | None:
-        self._count_apic_msr(v, index)
-        if 0x800 <= index <= 0x8FF:  # x2APIC EOI/ICR/TPR...: settle a skipped EOI first (as rdmsr)
-            v.vp.assist.retire_lazy_eoi()
-        res = self.chains[v.index].wrmsr(index, value)  # overlay moves come back as overlays_changed
-        if index == HvMsr.GUEST_OS_ID:
-            self.update_fast_paths()
-        if index == 0x1B and res is None:  # IA32_APIC_BASE: the xAPIC page follows the base (SDM §10.4.5)
-            v.map_apic(self.arch[v.index].apic_base_address)
-        if self.tracer is not None:
-            self.tracer.msr(v, index, True, value, res)
-        return res
+        return exits.model_wrmsr(self, v, index, value)
 
     def update_fast_paths(self) -> None:
         """Whether fast NotifyLongSpinWait may complete natively: offered, hypercalls enabled, no yield possible
@@ -360,18 +335,8 @@ class Machine:
         for v in self.vcpus:
             v.set_fast_spin(ok and spin_notify_offered(v.vp))
 
-    def _count_apic_msr(self, v: Vcpu, index: int) -> None:
-        reg = {0x40000070: 0xB0, 0x40000071: 0x300, 0x40000072: 0x80}.get(index)
-        if reg is None and 0x800 <= index <= 0x8FF:
-            reg = (index - 0x800) << 4
-        if reg is not None:
-            v.stats.apic_access(reg, via_msr=True)
-
     def hypercall(self, v: Vcpu, regs: HypercallRegisters) -> HypercallOutcome:
-        out = self.partition.hypercall(v.index, regs)
-        if self.tracer is not None:
-            self.tracer.hypercall(v, regs, out)
-        return out
+        return exits.model_hypercall(self, v, regs)
 
     # -- MachineServices (viridian.partition.services) ------------------------------------------------------
     def flush_tlb(self, source_vp: int, targets: Any, gvas: Any) -> None:

@@ -46,7 +46,7 @@ def attach_pc(m: Machine) -> PcPlatform:
     bsp.write_register(0x350, LINT0_EXTINT)  # SDM §10.5.1 virtual wire, as SeaBIOS programs the BSP
     bsp.write_register(0x360, LINT1_NMI)
     from viridian.devices.pc_timers import S5Sleep, attach_pc_timers
-    from viridian.machine.linux_machine import PowerOff
+    from viridian.machine.power import PowerOff
 
     # PM timer/SCI, HPET, RTC interrupts, COM1's IRQ 4, 0xCF9 (pc-timers); S5 through PM1a_CNT ends the run
     platform.timers = attach_pc_timers(platform, m.ports, sleep=S5Sleep(PowerOff(m)))

@@ -12,16 +12,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from viridian.errors import UserError
 from viridian.machine import layout as L
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Check = Callable[[Any], str | None]  # None: valid; else what is wrong
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 TEXT_MAX = 4096
 MAX_IMAGES = 64
 
+
+FORMAT = "viridian-replay"  # a record's "format" and "version" (replay.py writes them)
+VERSION = 1
+
+
+def sha256_file(path: str | Path) -> str:
+    """An input file's sha256 (read as the loader reads it: a regular file of bounded size)."""
+    from viridian.cli.inputs import sha256_input
+
+    return sha256_input(path, "image")
 
 def _int(lo: int, hi: int, none: bool = False) -> Check:
     def check(v: Any) -> str | None:
@@ -150,8 +163,6 @@ def resolve(path: str) -> str:
 
 def check_record(path: str, data: Any) -> dict[str, Any]:
     """A parsed record, validated; a clean copy holding only what a replay uses."""
-    from viridian.machine.replay import FORMAT, VERSION, sha256_file
-
     where = f"record {path}"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a viridian record")

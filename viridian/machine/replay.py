@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from viridian.errors import UserError
 from viridian.machine import engines
+from viridian.machine.record_schema import FORMAT, VERSION, check_record, sha256_file
 
 if TYPE_CHECKING:
     from viridian.machine.machine import Machine
 
-FORMAT = "viridian-replay"
-VERSION = 1
 _STATE_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
                "r14", "r15", "rip", "rflags", "cr0", "cr3", "cr4", "cs", "ss")
 
@@ -45,12 +44,6 @@ class WallClock:
             self._next += 1
         self.log.append(live)
         return live
-
-
-def sha256_file(path: str | Path) -> str:
-    from viridian.cli.inputs import sha256_input
-
-    return sha256_input(path, "image")
 
 
 def _digest(obj: Any) -> str:
@@ -84,7 +77,6 @@ def read_record(path: str) -> dict[str, Any]:
     """A record, validated as inert data (viridian.machine.record_schema): its run options are an allow-list,
     type- and range-checked; its images are exactly the ones the options name, unchanged."""
     from viridian.cli.inputs import RECORD_MAX, load_json, read_input
-    from viridian.machine.record_schema import check_record
 
     data = load_json(read_input(path, "record", RECORD_MAX), f"record {path}")
     record = check_record(path, data)

@@ -28,8 +28,8 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
+from viridian.machine import exits, pc_machine
 from viridian.machine import layout as L
-from viridian.machine import pc_machine
 from viridian.machine.boot import BootRegisters
 from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.ports import ExitRequested
@@ -481,39 +481,26 @@ class Vcpu(LazyEngine, SeamMethods):
         self.native.pending_site = 0
         ecx, eax, edx = self._msr_regs.read()
         index = ecx & 0xFFFF_FFFF
-        neg = self.m.neg
-        if self.sites[site]:
-            self.count_exit("msr_write", site)
-            self.stats.msr_writes[index] += 1
-            wvalue = (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF)
+        if self.sites[site]:  # what the write means: exits.py; what the engine caches of it: here
+            res = exits.msr_write(self, index, (edx & 0xFFFF_FFFF) << 32 | (eax & 0xFFFF_FFFF), site)
             if index in NATIVE_MSRS:
-                neg.record_msr(self.index, self.m.clock.tsc(), index, True, wvalue, None)
                 if index == E.EFER:
                     self.efer = int(uc.msr_read(E.EFER))
                 return
-            res = self.m.wrmsr(self, index, wvalue)
             self.native.tsc_offset = self.apic.tsc_offset & MASK64  # IA32_TSC / TSC_ADJUST move it
             if self.native.native_msr_count:
                 self.traps.refresh_native_msrs()  # e.g. an MPERF write moves its offset
             self.clip_to_deadline()
-            neg.record_msr(self.index, self.m.clock.tsc(), index, True, wvalue,
-                           res.vector if isinstance(res, Fault) else None)
             if isinstance(res, Fault):
                 self.raise_exception(res.vector, res.error_code, site)
                 return
         else:
-            self.count_exit("msr_read", site)
-            self.stats.msr_reads[index] += 1
-            if index in NATIVE_MSRS:
-                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, None)
+            value = exits.msr_read(self, index, site)
+            if value is None:  # an MSR the engine executed itself
                 return
-            value = self.m.rdmsr(self, index)
             if isinstance(value, Fault):
-                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, value.vector)
                 self.raise_exception(value.vector, value.error_code, site)
                 return
-            if ("rdmsr", index) not in neg.first:
-                neg.record_msr(self.index, self.m.clock.tsc(), index, False, 0, None)
             if self.native_msr_on and index in NATIVE_READS:
                 self.traps.enable_native_msr(index)  # offered and on record: vn_msr_done answers the next ones
             self.rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)

@@ -11,8 +11,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from viridian.abi.registers import HypercallRegisters
-from viridian.machine import pc_machine
-from viridian.machine.cpuid_base import base_leaf
+from viridian.machine import exits
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn import vcpu_io
 from viridian.machine.unicorn.native import MSR_REFERENCE, MSR_TSC_OFFSET
@@ -68,16 +67,8 @@ class InstructionTraps:
                                   xmm=fr.read_wide(7, 6))
 
     def _hypercall(self, rip: int) -> tuple[bool, bool]:
-        """Run the hypercall; returns (handled without fault, continued)."""
-        self.v.count_exit("hypercall")
-        regs = self._hypercall_regs()
-        outcome = self.v.m.hypercall(self.v, regs)
-        self.v.stats.hypercalls[outcome.code] += 1
-        result = (f"#{'UD' if outcome.fault.vector == 6 else outcome.fault.vector}" if outcome.fault is not None
-                  else outcome.status.name if outcome.status is not None else "?")
-        m = self.v.m
-        if m.neg.record_hypercall(self.v.index, m.clock.tsc(), outcome.code, result) and outcome.code == 0x0008:
-            m.update_fast_paths()  # the native fast path starts after the first call is on record
+        """Run the hypercall (exits.hypercall); returns (handled without fault, continued)."""
+        outcome = exits.hypercall(self.v, self._hypercall_regs())
         if outcome.fault is not None:
             self.v.raise_exception(outcome.fault.vector, outcome.fault.error_code, rip)
             return False, False
@@ -126,19 +117,9 @@ class InstructionTraps:
 
     def cpuid_leaf(self, leaf: int, sub: int) -> CpuidRegs:
         """One CPUID exit (SDM vol. 2A "CPUID"; TLFS §2.4 for 0x40000000+): the partition's leaf or the base
-        CPU's, accounted and recorded. Also the answer for the 16/32-bit instances of realmode.py."""
-        self.v.count_exit("cpuid")
-        self.v.m.neg.record_cpuid(self.v.index, self.v.m.clock.tsc(), leaf)
-        r = self.v.m.partition.cpuid(leaf, sub)
-        if r is None:
-            arch = self.v.m.arch[self.v.index]
-            r = base_leaf(leaf, sub, self.v.apic.apic_id, self.v.m.vcpu_count,
-                          invariant_tsc=not self.v.m.partition.invariant_tsc_suppressed(),
-                          limit_maxval=arch.limit_cpuid_maxval)
-            if leaf == 1:
-                # CPUID.1:EDX[9]: the APIC is present while IA32_APIC_BASE[11] enables it (SDM vol. 3 §10.4.3)
-                r = type(r)(r.eax, r.ebx, r.ecx, r.edx & ~(1 << 9) | (1 << 9 if self.v.apic.hw_enabled else 0))
-        return r
+        CPU's, accounted and recorded (exits.cpuid). Also the answer for the 16/32-bit instances of
+        realmode.py."""
+        return exits.cpuid(self.v, leaf, sub)
 
     def _tsc(self) -> int:
         self.v.m.sync_clock(self.v)
@@ -217,40 +198,16 @@ class InstructionTraps:
 
     def on_in(self, uc: Any, port: int, size: int, _ud: Any) -> int:
         vcpu_io.collect(self.v)  # what vn_in/vn_out answered so far comes first
-        self.v.count_exit("io")
-        self.v.stats.ports[port] += 1
-        platform = self.v.m.platform
-        if platform is None:
-            return self.v.m.ports.read(port, size)
-        platform.sync(self.v.m.ports.device(port))  # timed PC devices up to now first (pc_platform.sync)
-        value = self.v.m.ports.read(port, size)
-        pc_machine.after_access(self.v, write=False)
-        return value
+        return exits.port_in(self.v, port, size)
 
     def on_out(self, uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
         vcpu_io.collect(self.v)
-        self.v.count_exit("io")
-        self.v.stats.ports[port] += 1
-        if self.v.m.platform is not None:
-            self.v.m.platform.sync(self.v.m.ports.device(port))
-        self.v.m.ports.write(port, size, value)
+        exits.port_out(self.v, port, size, value)  # a PC device may have raised an interrupt or armed a timer
         vcpu_io.arm(self.v)  # LCR.DLAB may have changed
-        if self.v.m.platform is not None:
-            pc_machine.after_access(self.v)  # a PC device may have raised an interrupt or armed a timer
 
     def on_mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         try:
-            self.v.count_exit("mmio")
-            self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
-            if not self.v.apic.hw_enabled:  # IA32_APIC_BASE[11] = 0: no APIC answers (SDM vol. 3 §10.4.3)
-                return int.from_bytes(self._disabled_page[offset:offset + size], "little")
-            reg = offset & ~0xF
-            self.v.stats.apic_access(reg, via_msr=False)
-            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock.tsc(), reg, False)
-            if self.v.apic.x2apic:
-                return 0xFFFF_FFFF  # xAPIC MMIO is disabled in x2APIC mode
-            value = self.v.apic.read_register(reg) if offset & 0xF < 4 else 0
-            return (value >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
+            return exits.apic_read(self.v, offset, size, self._disabled_page)
         except Exception as exc:
             self.v.m.finish("error", vcpu=self.v.index, detail=f"host error in APIC read: {exc!r}",
                           traceback=traceback.format_exc())
@@ -259,24 +216,12 @@ class InstructionTraps:
 
     def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         try:
-            self.v.count_exit("mmio")
-            self.v.vp.assist.retire_lazy_eoi()  # settle NoEoiRequired at the exit (KVM: PV EOI synced per exit)
-            if not self.v.apic.hw_enabled:  # plain memory then, as on KVM (kvm-unit-tests apic.c reads back
-                self._disabled_page[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
-                return  # what it wrote: verify_disabled_apic_mmio); all-ones before any write
-            reg = offset & ~0xF
-            self.v.stats.apic_access(reg, via_msr=False)
-            self.v.m.neg.record_mmio(self.v.index, self.v.m.clock.tsc(), reg, True)
-            if self.v.apic.x2apic or offset & 0xF:
+            reg = exits.apic_write(self.v, offset, size, value, self._disabled_page)
+            if reg is None:
                 return
-            self.v.apic.write_register(reg, value & 0xFFFF_FFFF)
             if self.v.native.native_msr_count:
                 self.refresh_native_msrs()  # a self-INIT resets the MPERF/APERF offsets
-            if reg in (0x300, 0xB0, 0x80, 0xF0, 0x320, 0x380) :
-                # re-evaluate at the next block start (stopping here would re-run the MMIO write)
-                self.v.native.limit = min(int(self.v.native.limit), int(self.v.native.bytes))
-            if reg in (0x320, 0x380, 0x3E0):  # the timer may now expire within this run
-                self.v.clip_to_deadline()
+            exits.after_apic_write(self.v, reg)  # re-evaluate at the next block start; timer deadlines
         except Exception as exc:
             self.v.m.finish("error", vcpu=self.v.index, detail=f"host error in APIC write: {exc!r}",
                           traceback=traceback.format_exc())
