@@ -54,7 +54,7 @@ def test_engines_are_built_on_first_use_and_change_nothing(guests: Path, name: s
 def test_a_parked_ap_is_cheap_until_its_engine_is_needed(guests: Path) -> None:
     """Before its first run a vCPU has no engine; what the core does to every vCPU (code coherence, TLB
     flushes, overlay pages, the fast-spin flag, clocks) keeps it that way; reading a register builds it and
-    the remembered overlay pages apply; closing an unbuilt vCPU builds nothing."""
+    the remembered overlay pages apply; closing an unbuilt vCPU builds nothing, and nothing builds one after."""
     m = Machine(load_config(preset="recommended"), load_image(guests / "multiboot.elf"), vcpus=3)
     ap = m.vcpus[2]
     assert unbuilt(ap) and ap.ticks == 0 and ap.pauses == 0
@@ -69,4 +69,7 @@ def test_a_parked_ap_is_cheap_until_its_engine_is_needed(guests: Path) -> None:
     m.close()
     m2 = Machine(load_config(preset="recommended"), load_image(guests / "multiboot.elf"), vcpus=2)
     m2.close()
+    assert unbuilt(m2.vcpus[1]) and m2.vcpus[1].ticks == 0
+    with pytest.raises(AttributeError):  # no engine after the close: it would never be freed
+        m2.vcpus[1].read_registers(["rip"])
     assert unbuilt(m2.vcpus[1])

@@ -34,7 +34,7 @@ class LazyEngine:
 
         def __getattr__(self, name: str) -> Any:
             d = self.__dict__
-            if name.startswith("__") or not unbuilt(self) or d.get("_building"):
+            if name.startswith("__") or not unbuilt(self) or d.get("_building") or d.get("_closed"):
                 raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
             d["_building"] = True
             try:

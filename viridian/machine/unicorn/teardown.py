@@ -30,6 +30,7 @@ def close_engine(v: Vcpu) -> None:
     """Close ``v``'s engine in the order above; a second call does nothing."""
     uc: Any = v.__dict__.get("uc")  # (not getattr: that would build a lazy engine just to close it)
     if uc is None:
+        v.__dict__["_closed"] = True  # and none is built after the close (lazy.py): it would never be freed
         return
     unregister = v.__dict__.pop("_vn_unregister", None)  # vcpu_code.watch_stores: a weakref.finalize
     if unregister is not None:
