@@ -18,6 +18,7 @@ from viridian.config.presets import load_config
 from viridian.errors import UserError
 from viridian.guests import guest_path
 from viridian.lab import diff_engines as D
+from viridian.lab.diff_side import INPROCESS_ENV, isolated
 from viridian.machine.eventlog import REGISTERS, EventLog
 from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
@@ -28,15 +29,22 @@ REFERENCE = pytest.mark.skipif("reference" not in D.available(),
                                reason="the reference engine is not registered yet (viridian/machine/engines.py)")
 
 
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sides in this process (as test_fastpath_equivalence.py does for the fast paths): quicker, and what
+    lets a test swap the comparer's input; the reference engine's cases keep a process per side."""
+    monkeypatch.setenv(INPROCESS_ENV, "1")
+
+
 @pytest.mark.parametrize(("guest", "vcpus"), SLICE)
-def test_a_guest_has_the_same_outcome_with_every_fast_path_off(guest: str, vcpus: int) -> None:
+def test_a_guest_has_the_same_outcome_with_every_fast_path_off(guest: str, vcpus: int, in_process: None) -> None:
     cell = D.guest_cell(guest, vcpus, FAST_PAIR)
     assert cell["same"], cell["first"]
     assert cell["status"][0] == cell["status"][1] == "exit"
 
 
 @REFERENCE
-@pytest.mark.parametrize(("guest", "vcpus"), SLICE)
+@pytest.mark.parametrize(("guest", "vcpus"), [("hello.elf", 2), ("apic_timer.elf", 1), ("win10.elf", 2)])
 def test_a_guest_has_the_same_outcome_on_the_reference_engine(guest: str, vcpus: int) -> None:
     cell = D.guest_cell(guest, vcpus, ("unicorn", "reference"))
     assert cell["same"], cell["first"]
@@ -144,7 +152,7 @@ def test_a_run_that_goes_past_or_stops_short_of_the_log_is_a_divergence() -> Non
     assert longer.divergence is not None and longer.divergence.kind == "missing"
 
 
-def test_the_cli_compares_and_names_the_first_difference(monkeypatch: pytest.MonkeyPatch,
+def test_the_cli_compares_and_names_the_first_difference(monkeypatch: pytest.MonkeyPatch, in_process: None,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff-engines", "--guests", "hello", "--vcpus", "1", "--engines", ",".join(FAST_PAIR),
                  "--json"]) == 0
@@ -173,6 +181,13 @@ def test_bad_options_are_one_user_error(argv: list[str], capsys: pytest.CaptureF
     assert main(["diff-engines", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
+
+
+def test_each_side_runs_in_a_process_of_its_own_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INPROCESS_ENV, raising=False)
+    assert isolated()
+    cell = D.guest_cell("hello.elf", 1, FAST_PAIR)
+    assert cell["same"] and cell["status"] == ["exit", "exit"]
 
 
 def test_the_default_pair_is_reference_when_registered() -> None:

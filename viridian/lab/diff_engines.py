@@ -10,6 +10,8 @@ reference engine is registered, else against ``unicorn:all`` (:func:`default_pai
 * Fixture guests (every fixtures/build/*.elf but the Linux user program, conformance.elf among them) run on
   each side and their :func:`observe` records are compared field by field (:data:`COMPARED`); the first
   field that differs is named (:func:`compare`). :data:`NOT_COMPARED` lists what may legitimately differ.
+* Each side runs in a process of its own (viridian/lab/diff_side.py: the fast engine's patches are
+  process-wide).
 * Debian's kernel (:func:`linux_cell`): side A runs with an event log recording every slice end and kick
   (viridian/machine/eventlog.py); side B replays it -- held to A's slice lengths, compared at each entry --
   and the first divergence names the vCPU, its clock, RIP and the registers or counters that differ.
@@ -229,12 +231,14 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
 
 # -- cells (viridian.fanout.tasks: "diff_guest", "diff_linux") ------------------------------------------------
 def guest_cell(guest: str, vcpus: int, engines: tuple[str, str]) -> dict[str, Any]:
-    """One fixture guest on both engine configurations, compared."""
+    """One fixture guest on both engine configurations, each in a process of its own (diff_side.py), compared."""
+    from viridian.lab.diff_side import side
+
     specs = [parse_spec(e) for e in engines]
     sides, seconds = [], []
     for spec in specs:
         t0 = time.perf_counter()
-        sides.append(observe(spec, guest, vcpus))
+        sides.append(side({"kind": "guest", "engine": spec.label, "guest": guest, "vcpus": vcpus})["outcome"])
         seconds.append(round(time.perf_counter() - t0, 2))
     diffs = compare(sides[0], sides[1])
     return _cell(f"{guest}", vcpus, specs, sides, seconds, diffs, None)
@@ -242,43 +246,40 @@ def guest_cell(guest: str, vcpus: int, engines: tuple[str, str]) -> dict[str, An
 
 def linux_cell(kernel: str, vcpus: int, engines: tuple[str, str], max_ticks: int = LINUX_MAX_TICKS,
                append: str = LINUX_APPEND, offer: str = "recommended") -> dict[str, Any]:
-    """Debian's kernel: side A records its event log, side B replays it; then the outcomes are compared."""
-    from viridian.config.presets import load_config
-    from viridian.machine.eventlog import EventLog
-    from viridian.machine.linux_machine import linux_machine
-    from viridian.report.run import stats_json
+    """Debian's kernel: side A records its event log, side B replays it (each in a process of its own); then
+    the outcomes are compared."""
+    from viridian.lab.diff_side import side, temp_log
 
     specs = [parse_spec(e) for e in engines]
-    sides: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
     seconds: list[float] = []
-    logs: list[EventLog] = []
-    for i, spec in enumerate(specs):
-        t0 = time.perf_counter()
-        with _environment(spec.disable), linux_machine(load_config(preset=offer), kernel, append=append,
-                                                       vcpus=vcpus, max_ticks=max_ticks, **_engine_args(spec)) as m:
-            log = EventLog("record") if i == 0 else EventLog("replay", logs[0].entries)
-            log.attach(m)
-            m.run()
-            log.finish()
-            sides.append(outcome(m, stats_json(m)))
-        logs.append(log)
-        seconds.append(round(time.perf_counter() - t0, 2))
-    div = logs[1].divergence
+    log = temp_log()
+    try:
+        for i, spec in enumerate(specs):
+            t0 = time.perf_counter()
+            answers.append(side({"kind": "linux", "engine": spec.label, "kernel": str(kernel), "vcpus": vcpus,
+                                 "max_ticks": max_ticks, "append": append, "offer": offer, "log": str(log),
+                                 "replay": i == 1}))
+            seconds.append(round(time.perf_counter() - t0, 2))
+    finally:
+        log.unlink(missing_ok=True)
+    sides = [a["outcome"] for a in answers]
+    div = answers[1]["divergence"]
     diffs = [] if div is not None else compare(sides[0], sides[1])
     out = _cell(f"debian:{Path(kernel).name}", vcpus, specs, sides, seconds, diffs, div)
-    out["events"] = len(logs[0].entries)
-    out["replayed"] = logs[1].pos
+    out["events"] = answers[0]["events"]
+    out["replayed"] = answers[1]["pos"]
     return out
 
 
 def _cell(name: str, vcpus: int, specs: list[EngineSpec], sides: list[dict[str, Any]], seconds: list[float],
-          diffs: list[Difference], div: Any) -> dict[str, Any]:
-    first = div.describe() if div is not None else (diffs[0].describe() if diffs else None)
+          diffs: list[Difference], div: dict[str, Any] | None) -> dict[str, Any]:
+    first = div["text"] if div is not None else (diffs[0].describe() if diffs else None)
     return {"guest": name, "vcpus": vcpus, "engines": [s.label for s in specs],
             "status": [s["result"]["status"] for s in sides], "exits": [s["exits"]["total"] for s in sides],
             "tsc": [s["time"]["tsc"] for s in sides], "serial_bytes": [len(s["serial"]) for s in sides],
             "events": 0, "replayed": 0,
-            "same": not diffs and div is None, "first": first, "divergence": div.to_json() if div else None,
+            "same": not diffs and div is None, "first": first, "divergence": div,
             "differences": [d.to_json() for d in diffs[:50]], "n_differences": len(diffs) + (div is not None),
             "seconds": seconds}
 

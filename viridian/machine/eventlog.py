@@ -161,13 +161,14 @@ class EventLog:
         differ): the replaying run polls only once ``v`` reached the clock of the next kick it recorded in this
         slice (:meth:`run_slice` stops it there)."""
         m = self.machine
-        if m is None or m.running is not v:
-            return True
-        m.sync_clock(v)
+        running = m.running if m is not None else None
+        if m is None or running is None or running.index != v.index:
+            return True  # between slices: the scheduler's polls are the same on every engine
+        m.sync_clock(running)
         if self.mode == "record" or self.divergence is not None:
             return True
-        t = self._next_kick(v)
-        return t is not None and t <= v.ticks
+        t = self._next_kick(running)
+        return t is not None and t <= running.ticks
 
     def run_slice(self, v: Any, budget: int) -> int:
         """Run ``v``'s slice (``Machine.run_vcpu``). A replay runs it in pieces that end at the clocks of the
