@@ -84,6 +84,8 @@ class PcPlatform:
         self._timed: list[_Timed] = []
         self._state: dict[str, Any] = {}
         self.changed = False  # an interrupt or a deadline may have changed: the vCPU re-evaluates
+        self.syncs = 0  # guest accesses (sync calls) and state loads so far: next_deadline() can move earlier
+        # only through one of these (poll's advances move deadlines later) -- what a cached deadline checks
         self.resets: list[str] = []
         self.timers: Any = None  # viridian.devices.pc_timers.PcTimers once attached (PM timer, HPET, RTC, UART)
         self.pic = PicPair(on_intr=self._on_intr)
@@ -166,6 +168,7 @@ class PcPlatform:
         """Before a guest access to ``dev`` (None: some platform port or MMIO): ``dev`` is brought up to now, and
         so is every timed device whose deadline has come, masked or not (its edges reach the PIC's IRR and the
         I/O APIC in time order before the guest looks). A device with a later deadline has nothing to raise."""
+        self.syncs += 1
         now = self.now()
         for t in self._timed:
             if t.dev is dev:
@@ -254,6 +257,7 @@ class PcPlatform:
     def load_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or set(state) != set(self._state):
             raise ValueError("PC platform state: the device set differs")
+        self.syncs += 1
         for name, dev in self._state.items():
             dev.load_state(state[name])
 

@@ -22,8 +22,9 @@ programmed one earlier in this quantum). ``VIRIDIAN_DISABLE=quiet_ple`` turns it
 from __future__ import annotations
 
 import os
+import weakref
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from viridian.machine.unicorn import engine_build
 from viridian.machine.unicorn import vcpu_delivery as D
@@ -49,8 +50,22 @@ def allowed(v: Vcpu, limit: int) -> bool:
         return False
     # a PC device another vCPU programmed earlier in this quantum may fall due inside this run: its interrupt
     # would be raised at the first pause-loop exit after that (PcPlatform.poll in the run loop)
-    d = m.platform.next_deadline() if m.platform is not None else None
+    d = _platform_deadline(m.platform) if m.platform is not None else None
     return d is None or d > (limit + int(v.native.tsc_base)) & MASK64
+
+
+_deadlines: weakref.WeakKeyDictionary[Any, tuple[int, int | None]] = weakref.WeakKeyDictionary()
+
+
+def _platform_deadline(p: Any) -> int | None:
+    """PcPlatform.next_deadline(), or an earlier value: it is recomputed after every guest access to the platform
+    (PcPlatform.syncs), the only way a deadline moves earlier; between accesses devices only fall due, and an
+    advanced device's next deadline is later (a stale, earlier answer only refuses the fast path)."""
+    got = _deadlines.get(p)
+    if got is None or got[0] != p.syncs or (got[1] is not None and got[1] <= p.now()):  # (due: maybe advanced)
+        got = (p.syncs, p.next_deadline())
+        _deadlines[p] = got
+    return got[1]
 
 
 @lru_cache(maxsize=4)
