@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -131,7 +132,8 @@ class Vcpu(LazyEngine, SeamMethods):
         self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
         pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET...
         self.native = VnState()
-        self._table = (ctypes.c_uint64 * TABLE_PAGES)()
+        self._table_map = mmap.mmap(-1, TABLE_PAGES * 8)  # zero pages, resident only once used (not memset)
+        self._table = (ctypes.c_uint64 * TABLE_PAGES).from_buffer(self._table_map)
         lib = library()
         n = self.native
         n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
