@@ -178,6 +178,11 @@ class PcPlatform:
             if d is not None and d <= now:
                 t.dev.advance(now)
 
+    def touched(self) -> None:
+        """A guest access that reached a device without :meth:`sync` (the real-mode start-up instance's port I/O):
+        whatever cached :meth:`next_deadline` against ``syncs`` recomputes it."""
+        self.syncs += 1
+
     def take_changed(self) -> bool:
         """True once after anything that may have changed an interrupt or a deadline (a port/MMIO write)."""
         changed, self.changed = self.changed, False

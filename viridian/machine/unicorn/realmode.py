@@ -141,10 +141,14 @@ def _common_hooks(uc: Any, v: Vcpu, intr: Any) -> None:
     m = v.m
 
     def port_in(u: Any, port: int, size: int, _ud: Any) -> int:
+        if m.platform is not None:
+            m.platform.touched()  # (quiet_ple caches the platform's next deadline between accesses)
         return m.ports.read(port, size)
 
     def port_out(u: Any, port: int, size: int, value: int, _ud: Any) -> None:
         try:
+            if m.platform is not None:
+                m.platform.touched()
             m.ports.write(port, size, value)
         except Exception as exc:  # ExitRequested: the run ends here
             m.finish("exit", code=getattr(exc, "code", 1), vcpu=v.index)
