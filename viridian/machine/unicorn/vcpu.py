@@ -26,7 +26,6 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from msr.faults import Fault
 from viridian.machine import exits, pc_machine
@@ -41,7 +40,7 @@ from viridian.machine.unicorn import vcpu_code as C
 from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
 from viridian.machine.unicorn.engine_build import new_uc
-from viridian.machine.unicorn.lazy import LazyEngine, defer, unbuilt
+from viridian.machine.unicorn.lazy import LazyEngine, unbuilt
 from viridian.machine.unicorn.lost_fault import recover_lost_fault
 from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
@@ -110,7 +109,7 @@ class Vcpu(LazyEngine, SeamMethods):
         self.window_open_at: int | None = None  # the window hook saw an open boundary here (not after STI)
         self.hidden_flags: D.HiddenFlags | None = None  # the engine's hflags/hflags2 (vcpu_delivery.hidden_flags)
         self.nmi_window = False  # an NMI waits for the IRET that unblocks NMIs: run one block at a time
-        self._run_end = 0  # this run ends once the clock (bytes) reaches it
+        self.run_end = 0  # this run ends once the clock (bytes) reaches it
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
@@ -289,7 +288,7 @@ class Vcpu(LazyEngine, SeamMethods):
         """Run guest code for at most ``budget`` ticks (a block may overshoot); returns ticks used."""
         n, uc = self.native, self.uc
         start = int(n.bytes)
-        self._run_end = start + budget  # clip_to_deadline may bring it forward
+        self.run_end = start + budget  # clip_to_deadline may bring it forward
         self.stop_requested = self.yield_pending = False
         n.ple_quiet = 1  # quiet_ple.py: until this run handles an exit in Python (count_exit)
         if self.sipi_vector is not None:
@@ -300,12 +299,12 @@ class Vcpu(LazyEngine, SeamMethods):
             (entry, info), self.multiboot_entry = self.multiboot_entry, None
             if not enter_multiboot(self, entry, BOOT_MAGIC, info):
                 return int(n.bytes) - start
-        while not self.m.done and n.bytes < self._run_end:
+        while not self.m.done and n.bytes < self.run_end:
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
             self.traps.set_window(D.has_interrupt(self))
-            limit = self._run_end if not self.nmi_window else min(self._run_end, int(n.bytes) + 1)
+            limit = self.run_end if not self.nmi_window else min(self.run_end, int(n.bytes) + 1)
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
@@ -433,48 +432,17 @@ class Vcpu(LazyEngine, SeamMethods):
         self.m.finish("error", vcpu=self.index, detail=f"engine error at {rip:#x}: {exc}",
                       disasm=self.m.disassemble(self, rip))
 
-    # -- guest memory by virtual address --------------------------------------------------------------------
-    def paging(self) -> tuple[int, int]:
-        """(CR3, CR0): what a guest page walk needs (paging.PageWalker)."""
-        cr0, cr3 = self.uc.reg_read_batch((X.UC_X86_REG_CR0, X.UC_X86_REG_CR3))
-        return int(cr3), int(cr0)
-
     # -- code: MSR sites, translation coherence (viridian/machine/unicorn/vcpu_code.py) ---------------------------------
     def _hook_page(self, page: int, full: bool = False) -> None:
         C.hook_page(self, page, full)
-
-    def forget_code(self, page: int | None = None, drop_cache: bool = True) -> None:
-        if not unbuilt(self):  # (no engine yet: nothing translated, no sites)
-            C.forget_code(self, page, drop_cache)
-
-    def note_new_code(self) -> list[int]:
-        return C.note_new_code(self)
-
-    def forget_physical(self, pa: int, drop_cache: bool) -> None:
-        if not unbuilt(self):
-            C.forget_physical(self, pa, drop_cache)
-
-    def drain_dirty_code(self) -> list[int] | None:
-        return C.drain_dirty_code(self)
 
     def _write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _ud: Any) -> bool:
         self._wp_fault = address
         return False  # the engine stops with the RIP of the writing instruction; the loop injects #GP
 
-    def set_protected(self, pages: set[int]) -> None:
-        """Make exactly ``pages`` read-only to the guest (its stores #GP, TLFS §3.13), the rest of RAM writable."""
-        if unbuilt(self):
-            return defer(self, "protected", set(pages))  # applied when the engine is built
-        C.set_protected(self, pages)
-
     def _syscall_hook(self, uc: Any, _ud: Any) -> None:
         self._syscall = True
         uc.emu_stop()
-
-    def flush_tlb(self) -> None:
-        """Drop this vCPU's cached translations (flush hypercalls; SDM: like a CR3 reload with PGE off)."""
-        if not unbuilt(self):
-            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def msr_done(self, uc: Any, address: int, size: int, _ud: Any) -> None:
         site = int(self.native.pending_site)
@@ -508,58 +476,6 @@ class Vcpu(LazyEngine, SeamMethods):
             self.rax_rdx.write(value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF)
         self.after_exit()
 
-    def clip_to_deadline(self) -> None:
-        """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
-        so it fires on time -- the host shortens a quantum only to the deadlines known when it starts."""
-        m = self.m
-        if m.fast or m.running is not self or m.vcpu_count != 1:  # SMP: not yet (a 2-vCPU boot crawled)
-            return
-        d = m.next_deadline()
-        if d is None:
-            return
-        at = m.slice_b0 + max(0, d - m.slice_t0)
-        if at <= int(self.native.bytes):
-            return  # already due: delivered when this run next stops (inject_pending)
-        if at < self._run_end:
-            self._run_end = at
-            n = self.native
-            n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
-
-    def map_apic(self, base: int) -> None:
-        """IA32_APIC_BASE moved this vCPU's xAPIC page (SDM vol. 3 §10.4.5): the engine maps it at ``base``; the
-        old page is left unmapped (unassigned.py answers it, as QEMU's PC); over a device page the APIC wins. A
-        base inside RAM is not mapped (QEMU overlays RAM with the APIC: not modelled)."""
-        if base == self.apic_page:
-            return
-        if self.apic_page is not None:
-            self.uc.mem_unmap(self.apic_page, 0x1000)
-            self.apic_page = None
-        mapped = [(b, e) for b, e, _p in self.uc.mem_regions() if b <= base + 0xFFF and e >= base]
-        try:
-            if mapped and base >= self.m.ram_size:  # an unassigned or device page there: the APIC wins (QEMU)
-                self.uc.mem_unmap(base, 0x1000)
-            self.uc.mmio_map(base, 0x1000, self.traps.on_mmio_read, None, self.traps.on_mmio_write, None)
-            self.apic_page = base
-        except UcError:
-            self.stats.events["apic_base_not_mapped"] += 1
-        self.flush_tlb()
-        if self.m.running is self:  # a map change inside a hook makes emu_start return (vcpu_code.set_protected)
-            self.map_changed = True
-
-    def end_run_within(self, ticks: int) -> None:
-        """End this run at the first block start ``ticks`` from now (Machine.kick)."""
-        n = self.native
-        at = int(n.bytes) + ticks
-        if at < self._run_end:
-            self._run_end = at
-            n.limit = min(int(n.limit), at)
-
-    def event_pending(self) -> bool:
-        """An NMI or a deliverable interrupt waits (IF = 1): the host runs this vCPU first (Host._schedule)."""
-        if self.nmi_pending:
-            return not D.nmi_blocked(self)
-        return not self.wait_sipi and D.has_interrupt(self) and self._if_set()
-
     def after_exit(self) -> None:
         """At an instruction boundary inside a hook: deliver what became deliverable, honour stop requests."""
         if self.m.done:
@@ -578,37 +494,8 @@ class Vcpu(LazyEngine, SeamMethods):
     def _interrupt(self, uc: Any, intno: int, _ud: Any) -> None:
         D.interrupt(self, uc, intno, _ud)
 
-    def raise_exception(self, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
-                        deferred: bool = True) -> None:
-        D.raise_exception(self, vector, error, rip, count_exit=count_exit, deferred=deferred)
-
     def _enter(self, vector: int, error: int | None, rip: int) -> bool:
         return D.enter(self, vector, error, rip)
 
-    def interruptible(self) -> bool:
-        return D.interruptible(self)
-
-    def in_sti_shadow(self) -> bool:
-        return D.in_sti_shadow(self)
-
     def inject_pending(self) -> bool:
         return D.inject_pending(self)
-
-    def wants_to_run(self) -> bool:
-        if self.sipi_vector is not None:
-            return True
-        if self.wait_sipi:
-            return False
-        if self.idle:
-            self.m.poll_vcpu(self)
-            if self.apic.irr_vectors():
-                self.idle = False
-        if self.nmi_pending and not D.nmi_blocked(self):
-            return True
-        if self.halted:
-            self.m.poll_vcpu(self)
-            return D.has_interrupt(self) and self._if_set()
-        return not self.idle
-
-    def _if_set(self) -> bool:
-        return bool(self.rip_flags.read()[1] & (1 << 9))
