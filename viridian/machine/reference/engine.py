@@ -13,7 +13,10 @@ helper, no patched engine code, no engine structure offsets.
 from __future__ import annotations
 
 import ctypes
+import logging
+import sys
 import weakref
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from viridian.machine.machine import Machine
     from viridian.machine.reference.vcpu import Vcpu
 
+log = logging.getLogger(__name__)
 TCG_BUFFER = 32 << 20  # translator buffer (Unicorn reserves 1 GiB by default; a Debian boot uses ~14 MiB)
 MAX_ADDR = (1 << 64) - 1
 _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
@@ -70,7 +74,20 @@ def engine_of(m: Machine) -> SharedEngine:
     eng = _ENGINES.get(m)
     if eng is None:
         eng = _ENGINES[m] = SharedEngine(m)
+        if FAST_PATCHES in sys.modules:
+            _warn_patched()
     return eng
+
+
+# The fast engine redirects libunicorn's own functions for the whole process (its store_watch.py); once it has run
+# here, this engine's translations are not Unicorn's own (measured: block boundaries and write-protect stops move).
+FAST_PATCHES = "viridian.machine.unicorn.store_watch"
+
+
+@cache
+def _warn_patched() -> None:
+    log.warning("the fast engine's engine patches are loaded in this process: the reference engine's results may "
+                "differ from Unicorn's own (run it in a process of its own)")
 
 
 class SharedEngine:
