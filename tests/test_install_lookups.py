@@ -71,8 +71,13 @@ def test_cc_with_flags_compiles(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("env", "needle"), [({"CC": "/nonexistent/clang"}, "cannot run the C compiler"),
                                              ({"VIRIDIAN_CACHE": "/dev/null/cache"}, "cannot write the vCPU hot-path")])
 def test_cli_build_problem_is_one_line(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    """The default engine falls back to the reference engine with one line; asking for the fast one is exit 2."""
     import os
 
     full = os.environ | {"VIRIDIAN_CACHE": str(tmp_path / "cache")} | env
     res = subprocess.run([*CLI, "run", "hello", "--quiet"], capture_output=True, text=True, env=full, cwd=tmp_path)
+    assert res.returncode == 0 and needle in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "running the reference engine" in res.stderr
+    res = subprocess.run([*CLI, "run", "hello", "--quiet", "--engine", "unicorn"], capture_output=True, text=True,
+                         env=full, cwd=tmp_path)
     assert res.returncode == 2 and needle in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
