@@ -138,6 +138,8 @@ def render(results: list[dict[str, Any]]) -> str:
         ex = str(r["exits"][0]) if r["exits"][0] == r["exits"][1] else f"{r['exits'][0]} / {r['exits'][1]}"
         ts = str(r["tsc"][0]) if r["tsc"][0] == r["tsc"][1] else f"{r['tsc'][0]} / {r['tsc'][1]}"
         extra = f" ({r['events']} events)" if r.get("events") else ""
+        if r.get("known"):
+            extra += " (known: " + ", ".join(k["path"] for k in r["known"]) + ")"
         first = str(r["first"]) if len(str(r["first"])) <= 200 else str(r["first"])[:197] + "..."  # whole in --json
         verdict = "same" + extra if r["same"] else f"DIFFERS ({r['n_differences']}): {first}"
         t.add_row(r["guest"], str(r["vcpus"]), st, ex, ts, "/".join(f"{s:.1f}" for s in r["seconds"]), verdict)
