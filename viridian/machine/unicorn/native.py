@@ -147,7 +147,29 @@ class VnState(ctypes.Structure):
         ("hix_tail", ctypes.c_void_p),
         ("ple_quiet", ctypes.c_uint64),
         ("ple_exits", ctypes.c_uint64),
+        ("spin_control", ctypes.c_uint64),
+        ("lsr_idle", ctypes.c_uint64),
+        ("stub_len", ctypes.c_uint64),
+        ("stub_sig", ctypes.c_uint8 * 16),
     ]
+
+
+def model_constants(n: VnState) -> None:
+    """The constants the C fast paths compare with or answer, taken from the model when an engine is built --
+    one source of truth: the fast NotifyLongSpinWait input value (TLFS §3.7 control word, code 0x0008 with the
+    fast bit), COM1's LSR while it transmits instantly (the 16550 model) and the start of our hypercall page
+    (stubs.py, through the hook's instruction). TIME_REF_COUNT's scale and offset and the exit cost are set
+    the same way (vcpu_traps.refresh_native_msrs, vcpu.py)."""
+    from viridian.abi.control import HypercallControl
+    from viridian.devices.uart16550 import LSR_TEMT, LSR_THRE
+    from viridian.machine.stubs import HYPERCALL_HOOK_OFFSET, STUB64
+    from viridian.tlfs.hypercalls import HvCall
+
+    n.spin_control = HypercallControl(code=int(HvCall.NOTIFY_LONG_SPIN_WAIT), fast=True).encode()
+    n.lsr_idle = LSR_THRE | LSR_TEMT
+    sig = STUB64[:HYPERCALL_HOOK_OFFSET + 4]  # mov rax, -1; nop dword [rax] (the hook's address)
+    n.stub_len = len(sig)
+    n.stub_sig[:len(sig)] = list(sig)
 
 
 def _cache_dir() -> Path:
@@ -157,7 +179,7 @@ def _cache_dir() -> Path:
 
 
 LAYOUT_FIELDS = ("bytes", "exit_request", "table", "new_code", "ram_ranges", "tb_map", "serial_buf", "msr_slow",
-                 "native_msrs", "hix_tail", "ple_exits")  # vcpu_native.c vn_layout(1...), in this order
+                 "native_msrs", "hix_tail", "ple_exits", "stub_sig")  # vcpu_native.c vn_layout(1...), in order
 
 
 def check_layout(lib: ctypes.CDLL) -> None:

@@ -30,6 +30,7 @@ from unicorn import x86_const as X
 from msr.faults import Fault
 from viridian.machine import exits, pc_machine
 from viridian.machine import layout as L
+from viridian.machine.backend import EXIT_TICKS
 from viridian.machine.boot import BootRegisters
 from viridian.machine.multiboot import BOOT_MAGIC
 from viridian.machine.ports import ExitRequested
@@ -40,7 +41,7 @@ from viridian.machine.unicorn import vcpu_code as C
 from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
 from viridian.machine.unicorn.engine_build import new_uc
-from viridian.machine.unicorn.lazy import LazyEngine, unbuilt
+from viridian.machine.unicorn.lazy import LazyEngine, capture_boot, load_boot_state, unbuilt
 from viridian.machine.unicorn.lost_fault import recover_lost_fault
 from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
@@ -51,6 +52,7 @@ from viridian.machine.unicorn.native import (
     VnState,
     function_address,
     library,
+    model_constants,
 )
 from viridian.machine.unicorn.realmode import bring_up, enter_multiboot
 from viridian.machine.unicorn.syscall import enter_syscall
@@ -68,11 +70,27 @@ GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, 
          X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10,
          X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15)
 MASK64 = (1 << 64) - 1
-EXIT_TICKS = 1000  # virtual TSC ticks one exit costs (~0.5 us at the default 2 GHz)
 _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
                    X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
 _CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
              X.UC_X86_REG_CR0, X.UC_X86_REG_CR3)
+
+
+def _write_boot_registers(uc: Any, b: BootRegisters, cr3: int) -> None:
+    """The guest contract's entry state (README); ``cr3`` is lazy.load_boot_state's scratch tables."""
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, b.gdt, 7 * 8 - 1, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, cr3)
+    uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
+    uc.msr_write(E.EFER, L.EFER_BOOT)
+    uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
+    uc.reg_write(X.UC_X86_REG_CS, b.cs)
+    for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+        uc.reg_write(reg, b.ds)
+    uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
+    uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
+                        (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
+                        (X.UC_X86_REG_RFLAGS, 2)])
 
 
 class Vcpu(LazyEngine, SeamMethods):
@@ -114,6 +132,7 @@ class Vcpu(LazyEngine, SeamMethods):
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
         self._boot = boot  # the engine comes on first use (lazy.py): an AP never started costs no engine
+        self._boot_descs = capture_boot(machine.ram, boot, L.PML4)  # what an eager build would load, now
         if index == 0:  # ... so what would refuse an engine refuses the machine now, in one line
             engine_build.check_engine()
             engine_build.disabled()
@@ -126,6 +145,7 @@ class Vcpu(LazyEngine, SeamMethods):
         machine, index, boot = self.m, self.index, self._boot
         self.uc: Any = new_uc(UC_MODE_64, f"vCPU {index}")
         uc = self.uc
+        load_boot_state(uc, boot, self._boot_descs, _write_boot_registers)  # never from the guest's tables
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps.on_mmio_read, None, self.traps.on_mmio_write, None)
         self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
@@ -138,6 +158,7 @@ class Vcpu(LazyEngine, SeamMethods):
         n.limit, n.stop = 1 << 62, E.c_function("uc_emu_stop")
         n.reg_write = E.c_function("uc_reg_write")
         n.reg_read, n.exit_ticks = E.c_function("uc_reg_read"), EXIT_TICKS
+        model_constants(n)  # the C paths' constants from the model (spin input, COM1 LSR, our stub)
         n.rcx_reg, n.rax_reg, n.cs_reg = X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_CS
         n.rflags_reg = X.UC_X86_REG_RFLAGS
         n.cr0_reg, n.cr3_reg, n.cr4_reg = X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4
@@ -190,7 +211,6 @@ class Vcpu(LazyEngine, SeamMethods):
         self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
         self.map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
-        self._set_boot_state(boot)
         self._msr_regs = E.FastRegs(uc, (X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
         self.rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
         self.rax_reg = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
@@ -203,23 +223,6 @@ class Vcpu(LazyEngine, SeamMethods):
         self.idtr_reg, self.tr_reg = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
         self.gdtr_reg = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
         self.efer = int(uc.msr_read(E.EFER))
-
-    # -- setup ---------------------------------------------------------------------------------------------
-    def _set_boot_state(self, b: BootRegisters) -> None:
-        uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, b.gdt, 7 * 8 - 1, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
-        uc.reg_write(X.UC_X86_REG_CR3, L.PML4)
-        uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
-        uc.msr_write(E.EFER, L.EFER_BOOT)
-        uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
-        uc.reg_write(X.UC_X86_REG_CS, b.cs)
-        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(reg, b.ds)
-        uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
-        uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
-                            (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
-                            (X.UC_X86_REG_RFLAGS, 2)])
 
     def close(self) -> None:
         """End of life (Machine.close): the engine closed in order, before RAM and native state can go."""

@@ -134,9 +134,8 @@ __attribute__((noinline)) static int scan_page(void *uc, vn_state *s, uint64_t p
         s->new_code_pa[s->new_code_count] = pa & ~0xFFFULL;
     }
     s->new_code_count++;
-    static const uint8_t stub[11] = {0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x1F, 0x40, 0x00};
-    if (memcmp(buf, stub, sizeof stub) == 0)
-        return 1;  /* our hypercall page (viridian/machine/stubs.py) */
+    if (s->stub_len && s->stub_len <= sizeof s->stub_sig && memcmp(buf, s->stub_sig, s->stub_len) == 0)
+        return 1;  /* our hypercall page (viridian/machine/stubs.py, given at set-up) */
     for (int i = 0; i < 4096; i++)
         if ((buf[i] == 0x0F && (buf[i + 1] == 0x30 || buf[i + 1] == 0x32))
             || (!s->pause_native && buf[i] == 0xF3 && buf[i + 1] == 0x90))
@@ -406,7 +405,7 @@ void vn_stub(void *uc, uint64_t address, uint32_t size, void *user) {
     if (!s->fast_spin_ok)
         return;
     s->reg_read(uc, s->rcx_reg, &rcx);
-    if (rcx != 0x10008)
+    if (rcx != s->spin_control)  /* 0x10008: code 0x0008, fast (set from the model) */
         return;
     s->reg_read(uc, s->cs_reg, &cs);
     if (cs & 3)
@@ -497,7 +496,7 @@ uint32_t vn_in(void *uc, uint32_t port, int size, void *user) {
         s->bytes += s->exit_ticks;
         s->io_last = s->bytes;
         s->lsr_reads++;
-        return 0x60;
+        return (uint32_t)s->lsr_idle;  /* THRE | TEMT (set from the UART model) */
     }
     return s->io_in_slow(uc, port, size, 0);
 }
@@ -521,6 +520,6 @@ int64_t vn_layout(int which) {
                                   offsetof(vn_state, ram_ranges), offsetof(vn_state, tb_map),
                                   offsetof(vn_state, serial_buf), offsetof(vn_state, msr_slow),
                                   offsetof(vn_state, native_msrs), offsetof(vn_state, hix_tail),
-                                  offsetof(vn_state, ple_exits)};
+                                  offsetof(vn_state, ple_exits), offsetof(vn_state, stub_sig)};
     return which >= 0 && which < (int)(sizeof at / sizeof at[0]) ? (int64_t)at[which] : -1;
 }

@@ -116,6 +116,11 @@ typedef struct {
     void *hix_head, *hix_tail; /* ... built for the hook list with this head and tail */
     uint64_t ple_quiet;      /* vn_pause: a pause-loop exit would change nothing (quiet_ple.py): count it here */
     uint64_t ple_exits;      /* pause-loop exits counted so since the machine last collected them */
+    /* constants of the fast paths, set from the model when the engine is built (native.model_constants) */
+    uint64_t spin_control;   /* vn_stub: the fast HvCallNotifyLongSpinWait input value (abi.control encoding) */
+    uint64_t lsr_idle;       /* vn_in: COM1's LSR while it transmits instantly (devices/uart16550.py) */
+    uint64_t stub_len;       /* scan_page: our hypercall page's bytes up to its hook (machine/stubs.py) */
+    uint8_t stub_sig[16];
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
