@@ -16,7 +16,12 @@ IF, TF, NT, RF = 1 << 9, 1 << 8, 1 << 14, 1 << 16
 
 
 class TripleFault(Exception):
-    """Delivery of #DF failed: the processor would shut down."""
+    """Delivery of #DF failed: the processor would shut down. ``raised``: the exceptions delivery raised on the
+    way (each fault it tried to deliver after the first, #DF included); ``cr2``: a #PF's address, if one was."""
+
+    def __init__(self, message: str, raised: tuple[int, ...] = (), cr2: int | None = None) -> None:
+        super().__init__(message)
+        self.raised, self.cr2 = raised, cr2
 
 
 @dataclass
@@ -46,11 +51,13 @@ class Delivery:
     rflags: int
     cs: int
     ss: int | None  # None: unchanged
+    raised: tuple[int, ...] = ()  # the exceptions raised while delivering (each one delivered in turn, #DF...)
+    cr2: int | None = None  # a #PF raised while delivering: its linear address (the CPU writes CR2)
 
 
 class _Fail(Exception):
-    def __init__(self, vector: int, error: int) -> None:
-        self.vector, self.error = vector, error
+    def __init__(self, vector: int, error: int, cr2: int | None = None) -> None:
+        self.vector, self.error, self.cr2 = vector, error, cr2
 
 
 def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, return_rip: int, *,
@@ -64,21 +71,28 @@ def deliver(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, re
     "INT n": the faults are raised before the instruction completes)."""
     first = vector
     ext = int(external)
+    raised: list[int] = []
+    cr2: int | None = None
     for _attempt in range(3):
         try:
-            return _deliver_once(walker, cpu, vector, error, return_rip, ext, io)
+            d = _deliver_once(walker, cpu, vector, error, return_rip, ext, io)
+            return Delivery(d.rip, d.rsp, d.rflags, d.cs, d.ss, tuple(raised), cr2) if raised else d
         except _Fail as fail:
+            if fail.cr2 is not None:  # SDM vol. 3A §4.7: a #PF loads CR2, a #DF it becomes too
+                cr2 = fail.cr2
             if insn_rip is not None:
                 return_rip, insn_rip = insn_rip, None
             if vector == DF:
-                raise TripleFault(f"double fault delivery failed (first vector {first})") from None
+                raise TripleFault(f"double fault delivery failed (first vector {first})", tuple(raised),
+                                  cr2) from None
             benign_first = vector not in CONTRIBUTORY and vector != PF
             if benign_first:
                 vector, error = fail.vector, fail.error
             else:
                 vector, error = DF, 0
+            raised.append(vector)
             ext = 1  # an exception while delivering an event: external to the program (SDM §6.13)
-    raise TripleFault(f"exception delivery failed for vector {first}")
+    raise TripleFault(f"exception delivery failed for vector {first}", tuple(raised), cr2)
 
 
 def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | None, rip: int,
@@ -86,9 +100,7 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
     idt_error = vector * 8 + 2 + ext  # IDT flag, EXT
     if cpu.idt_limit < vector * 16 + 15:
         raise _Fail(GP, idt_error)
-    gate = walker.read(cpu.cr3, cpu.cr0, cpu.idt_base + vector * 16, 16, io)
-    if gate is None:
-        raise _Fail(PF, 0)
+    gate = _load(walker, cpu, cpu.idt_base + vector * 16, 16, io)
     lo, hi = struct.unpack("<QQ", gate)
     gate_type, present = (lo >> 40) & 0xF, (lo >> 47) & 1
     if not present or gate_type not in (0xE, 0xF):
@@ -112,8 +124,9 @@ def _deliver_once(walker: PageWalker, cpu: CpuView, vector: int, error: int | No
         frame.append(error & 0xFFFF_FFFF)
     rsp -= 8 * len(frame)
     data = struct.pack(f"<{len(frame)}Q", *reversed(frame))
-    if not walker.write(cpu.cr3, cpu.cr0, rsp, data):
-        raise _Fail(PF, 2)
+    failed = walker.store(cpu.cr3, cpu.cr0, rsp, data, user=new_cpl == 3, io=io)
+    if failed is not None:  # the first push that faults, SS's first (QEMU's do_interrupt64 pushes in order)
+        raise _Fail(PF, failed[0], failed[1])
     flags = cpu.rflags & ~(TF | NT | RF)
     if gate_type == 0xE:
         flags &= ~IF
@@ -130,9 +143,7 @@ def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: in
     index = selector & ~7
     if selector & 4 or cpu.gdt_base is None or index + 7 > cpu.gdt_limit:
         raise _Fail(GP, error)
-    raw = walker.read(cpu.cr3, cpu.cr0, cpu.gdt_base + index, 8, io)
-    if raw is None:
-        raise _Fail(PF, 0)
+    raw = _load(walker, cpu, cpu.gdt_base + index, 8, io)
     desc: int = struct.unpack("<Q", raw)[0]
     code = (desc >> 43) & 3 == 3  # S = 1 and type bit 3 (code)
     if not code or (desc >> 45) & 3 > cpu.cs & 3:
@@ -145,8 +156,15 @@ def _check_code_segment(walker: PageWalker, cpu: CpuView, selector: int, ext: in
 
 
 def _tss_qword(walker: PageWalker, cpu: CpuView, offset: int, io: PhysRead | None) -> int:
-    raw = walker.read(cpu.cr3, cpu.cr0, cpu.tss_base + offset, 8, io)
-    if raw is None:
-        raise _Fail(PF, 0)
+    raw = _load(walker, cpu, cpu.tss_base + offset, 8, io)
     value: int = struct.unpack("<Q", raw)[0]
     return value
+
+
+def _load(walker: PageWalker, cpu: CpuView, vaddr: int, length: int, io: PhysRead | None) -> bytes:
+    """A supervisor read of a descriptor table (SDM vol. 3A §6.14: implicit supervisor accesses): a walk that
+    fails is #PF with the walk's error code (RSVD for an all-ones entry) and CR2 = the address read."""
+    data, err, where = walker.load(cpu.cr3, cpu.cr0, vaddr, length, io)
+    if data is None:
+        raise _Fail(PF, err, where)
+    return data

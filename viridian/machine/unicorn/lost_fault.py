@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
+from viridian.machine.backend import EXIT_TICKS
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
+
+STOP_ROUNDS = 8  # engine stops resumed at one RIP with no instruction completed in between, at most
 
 if TYPE_CHECKING:
     import capstone
@@ -157,4 +160,25 @@ def fetch_fault(v: Vcpu, rip: int) -> bool:
     v.stats.exit("exception")
     v.stats.events["lost_fault_recovered"] += 1
     v.raise_exception(14, fetch | (4 if cpl == 3 else 0), rip, deferred=False)
+    return True
+
+
+def resume_stop(v: Vcpu, rip: int) -> bool:
+    """The engine stopped at ``rip`` with nothing to report and nothing recovered: run on from there, at most
+    STOP_ROUNDS times in a row without progress (then False: the run ends "error", never a hang). Progress
+    is any instruction byte counted since the last such stop at ``rip``: a clock that moved only by whole
+    exits (an MMIO read the instruction made before the engine gave up on it) is none. Measured: a page MSR
+    moving an overlay onto the GDT's page stops the engine after the WRMSR with nothing to report."""
+    clock = int(v.native.bytes)
+    last = v.unexplained_stop
+    rounds = 0
+    if last is not None and last[0] == rip:
+        moved = clock - last[1]
+        if 0 <= moved <= 16 * EXIT_TICKS and moved % EXIT_TICKS == 0:
+            rounds = last[2] + 1
+    if rounds >= STOP_ROUNDS:
+        v.unexplained_stop = None
+        return False
+    v.unexplained_stop = (rip, clock, rounds)
+    v.stats.events["engine stop resumed"] += 1
     return True

@@ -66,11 +66,15 @@ def software_interrupt_at(v: Vcpu, intno: int, rip: int) -> int | None:
 
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:
+    """The #PF error code of the engine's fault at ``cr2`` (the engine does not report it): the walk the engine
+    made, entries outside RAM read as it reads them (all-ones: RSVD | P; a device's registers; paging.py)."""
     cr3, cr0 = v.paging()
-    present = v.m.walker.translate(cr3, cr0, cr2) is not None
     cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
+    pa, err = v.m.walker.walk(cr3, cr0, cr2, user=cpl == 3, io=reader(v))
+    present = pa is not None or bool(err & 1)  # RSVD comes with P
     write = write_access(v)  # arch_faults.py: decoded (the engine does not report it)
-    return (1 if present else 0) | (2 if (present if write is None else write) else 0) | (4 if cpl == 3 else 0)
+    return ((1 if present else 0) | (2 if (present if write is None else write) else 0) | (4 if cpl == 3 else 0)
+            | (err & 8))
 
 
 def raise_exception(v: Vcpu, vector: int, error: int | None, rip: int, *, count_exit: bool = False,
@@ -104,9 +108,12 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
     try:
         d = deliver(v.m.walker, cpu, vector, error, rip, external=external, io=reader(v), insn_rip=insn_rip)
     except TripleFault as tf:
+        delivery_faults(v, tf.raised, tf.cr2)
         v.m.finish("triple-fault", vcpu=v.index, detail=str(tf), disasm=v.m.disassemble(v, rip))
         v.uc.emu_stop()
         return False
+    if d.raised:
+        delivery_faults(v, d.raised, d.cr2)
     if d.cs & 3 != cpu.cs & 3 and (off := E.hflags_offset()) is not None:
         E.set_cpl(v.uc, off, d.cs & 3)  # a CS/SS write cannot lower Unicorn's hidden CPL (engine.py)
     if d.cs != cpu.cs:
@@ -117,6 +124,16 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
     v.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
     E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
+
+
+def delivery_faults(v: Vcpu, raised: tuple[int, ...], cr2: int | None) -> None:
+    """Exceptions raised while delivering one (delivery.py: each one the CPU went on to deliver, #DF
+    included) count like any other; a #PF among them wrote CR2 (SDM vol. 3A §4.7)."""
+    for vector in raised:
+        v.stats.exceptions[vector] += 1
+    if cr2 is not None:
+        v.uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        v.guest_cr2 = cr2
 
 
 HF_INHIBIT_IRQ, HF2_NMI = 1 << 3, 1 << 2  # QEMU's hflags bit for the STI/MOV SS shadow; hflags2's NMI blocking
