@@ -42,7 +42,7 @@ from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
 from viridian.machine.unicorn.engine_build import new_uc
 from viridian.machine.unicorn.lazy import LazyEngine, unbuilt
-from viridian.machine.unicorn.lost_fault import recover_lost_fault
+from viridian.machine.unicorn.lost_fault import recover_lost_fault, resume_stop
 from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
     STOP_PAUSE,
@@ -99,7 +99,7 @@ class Vcpu(LazyEngine, SeamMethods):
         self.hooked_pages: set[int] = set()
         self.pause_sites: set[int] = set()  # PAUSE hooks (without vn_svm_check): one per address, ever
         self.df_retry: int | None = None  # arch_faults.py: the instruction an engine #DF is run again at
-        self._unexplained_stop: tuple[int, int] | None = None  # (RIP, clock) of an engine stop resumed once
+        self.unexplained_stop: tuple[int, int, int] | None = None  # (RIP, clock, rounds): lost_fault.resume_stop
         self.stub_hooks: set[int] = set()
         self.resume_at: int | None = None  # a hook stopped the engine before its instruction ran
         # Engine rule (measured): a RIP write inside a code/MMIO/invalid-insn hook leaves Unicorn unable to
@@ -319,13 +319,14 @@ class Vcpu(LazyEngine, SeamMethods):
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
             try:
-                uc.emu_start(rip, E.MAX_ADDR)
+                uc.emu_start(rip, unassigned.until(self))  # MAX_ADDR, or an instruction at the edge of RAM
             except UcError as exc:
                 if self._wp_fault is None:
                     self._engine_error(exc)
             finally:
                 self._engine_leave()
                 self._settle(self._uch, self._native_ref, MASK64)  # settle_clock at the engine's RIP
+                unassigned.after_run(self)  # an all-ones page that stood in for one run goes
                 if n.wp_fault:  # vn_tbipf stopped a store into a read-only overlay (set_protected)
                     self._wp_fault, n.wp_fault = int(n.wp_fault) - 1, 0
                 if self._cr2.read()[0] == E.SPURIOUS_CR2:
@@ -417,12 +418,7 @@ class Vcpu(LazyEngine, SeamMethods):
             self.m.neg.record_event(self.index, self.m.clock.tsc(), "hlt")
             self.halted = True
             return
-        if recover_lost_fault(self, rip):
-            return
-        here = (rip, int(self.native.bytes))
-        if self._unexplained_stop != here:  # measured: a page MSR moving an overlay onto the GDT's page stops
-            self._unexplained_stop = here   # the engine after the WRMSR with nothing to report; go on once
-            self.stats.events["engine stop resumed"] += 1
+        if unassigned.edge_stop(self, rip) or recover_lost_fault(self, rip) or resume_stop(self, rip):
             return
         self.m.finish("error", vcpu=self.index, detail=f"engine stopped unexpectedly at {rip:#x}",
                       disasm=self.m.disassemble(self, rip))
