@@ -32,6 +32,10 @@ REG_BY_NAME = {"rax": X.UC_X86_REG_RAX, "rbx": X.UC_X86_REG_RBX, "rcx": X.UC_X86
                "rdx": X.UC_X86_REG_RDX, "rsi": X.UC_X86_REG_RSI, "rdi": X.UC_X86_REG_RDI,
                "r8": X.UC_X86_REG_R8, **{f"xmm{i}": r for i, r in enumerate(XMM)}}
 EFER = 0xC000_0080
+GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+        X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+        X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+        X.UC_X86_REG_R15)  # by x86 register number (ModRM encoding order)
 
 
 # Measured on Unicorn 2.1.4: at the end of every emu_start the engine invalidates its translation of

@@ -83,9 +83,7 @@ def add_site(v: Vcpu, addr: int, is_write: bool) -> None:
 def add_cr8_site(v: Vcpu, addr: int, is_write: bool, gpr: int) -> None:
     if addr in v.cr8_sites:
         return
-    from viridian.machine.unicorn.vcpu import GPRS
-
-    v.cr8_sites[addr] = (is_write, GPRS[gpr])
+    v.cr8_sites[addr] = (is_write, E.GPRS[gpr])
     E.hook_add_native(v.uc, UC_HOOK_CODE, v.site_fn, ctypes.addressof(v.native), addr, addr)
     v.keep_alive.append(E.hook_code_raw(v.uc, v.cr8_done_hook, addr + 4, addr + 4)[1])
 
