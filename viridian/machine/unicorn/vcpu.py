@@ -41,7 +41,7 @@ from viridian.machine.unicorn import vcpu_code as C
 from viridian.machine.unicorn import vcpu_delivery as D
 from viridian.machine.unicorn.arch_faults import ended_in_hlt
 from viridian.machine.unicorn.engine_build import new_uc
-from viridian.machine.unicorn.lazy import LazyEngine, unbuilt
+from viridian.machine.unicorn.lazy import LazyEngine, capture_boot, load_boot_state, unbuilt
 from viridian.machine.unicorn.lost_fault import recover_lost_fault, resume_stop
 from viridian.machine.unicorn.native import (
     STOP_NEW_SITES,
@@ -72,6 +72,23 @@ _HYPERCALL_READ = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X8
                    X.UC_X86_REG_RDI, X.UC_X86_REG_R8, *E.XMM, X.UC_X86_REG_CS, X.UC_X86_REG_CR0)
 _CPU_VIEW = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
              X.UC_X86_REG_CR0, X.UC_X86_REG_CR3)
+
+
+def _write_boot_registers(uc: Any, b: BootRegisters, cr3: int) -> None:
+    """The guest contract's entry state (README); ``cr3`` is lazy.load_boot_state's scratch tables."""
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, b.gdt, 7 * 8 - 1, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, cr3)
+    uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
+    uc.msr_write(E.EFER, L.EFER_BOOT)
+    uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
+    uc.reg_write(X.UC_X86_REG_CS, b.cs)
+    for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+        uc.reg_write(reg, b.ds)
+    uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
+    uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
+                        (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
+                        (X.UC_X86_REG_RFLAGS, 2)])
 
 
 class Vcpu(LazyEngine, SeamMethods):
@@ -113,6 +130,7 @@ class Vcpu(LazyEngine, SeamMethods):
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
         self._boot = boot  # the engine comes on first use (lazy.py): an AP never started costs no engine
+        self._boot_descs = capture_boot(machine.ram, boot, L.PML4)  # what an eager build would load, now
         if index == 0:  # ... so what would refuse an engine refuses the machine now, in one line
             engine_build.check_engine()
             engine_build.disabled()
@@ -125,6 +143,7 @@ class Vcpu(LazyEngine, SeamMethods):
         machine, index, boot = self.m, self.index, self._boot
         self.uc: Any = new_uc(UC_MODE_64, f"vCPU {index}")
         uc = self.uc
+        load_boot_state(uc, boot, self._boot_descs, _write_boot_registers)  # never from the guest's tables
         uc.mem_map_ptr(0, machine.ram_size, UC_PROT_ALL, ctypes.addressof(machine.ram_buffer))
         uc.mmio_map(L.APIC_BASE, 0x1000, self.traps.on_mmio_read, None, self.traps.on_mmio_write, None)
         self.apic_page: int | None = L.APIC_BASE  # where this vCPU's xAPIC page is mapped (map_apic)
@@ -190,7 +209,6 @@ class Vcpu(LazyEngine, SeamMethods):
         self.code_vas: dict[int, set[int]] = {}  # physical code page -> the virtual pages it ran at here
         self.map_changed = False  # set_protected ran inside a hook: the engine returns, not an error
         self.protected: set[int] = set()  # read-only overlay pages (hypercall page...) mapped R+X here
-        self._set_boot_state(boot)
         self._msr_regs = E.FastRegs(uc, (X.UC_X86_REG_RCX, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
         self.rax_rdx = E.FastRegs(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX))
         self.rax_reg = E.FastRegs(uc, (X.UC_X86_REG_RAX,))
@@ -203,23 +221,6 @@ class Vcpu(LazyEngine, SeamMethods):
         self.idtr_reg, self.tr_reg = E.MmrReg(uc, X.UC_X86_REG_IDTR), E.MmrReg(uc, X.UC_X86_REG_TR)
         self.gdtr_reg = E.MmrReg(uc, X.UC_X86_REG_GDTR)  # the IDT gate's code segment (delivery.py)
         self.efer = int(uc.msr_read(E.EFER))
-
-    # -- setup ---------------------------------------------------------------------------------------------
-    def _set_boot_state(self, b: BootRegisters) -> None:
-        uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, b.gdt, 7 * 8 - 1, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
-        uc.reg_write(X.UC_X86_REG_CR3, L.PML4)
-        uc.reg_write(X.UC_X86_REG_CR4, L.CR4_BOOT)
-        uc.msr_write(E.EFER, L.EFER_BOOT)
-        uc.reg_write(X.UC_X86_REG_CR0, L.CR0_BOOT)
-        uc.reg_write(X.UC_X86_REG_CS, b.cs)
-        for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(reg, b.ds)
-        uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SEL, b.tss, L.TSS_LIMIT, 0x8B))
-        uc.reg_write_batch([(X.UC_X86_REG_RIP, b.rip), (X.UC_X86_REG_RSP, b.rsp), (X.UC_X86_REG_RDI, b.rdi),
-                            (X.UC_X86_REG_RSI, b.rsi), (X.UC_X86_REG_RDX, b.rdx), (X.UC_X86_REG_RCX, b.rcx),
-                            (X.UC_X86_REG_RFLAGS, 2)])
 
     def close(self) -> None:
         """End of life (Machine.close): the engine closed in order, before RAM and native state can go."""
