@@ -99,7 +99,7 @@ def load_config(hv: str | None = None, xen: str | None = None, libvirt_path: str
     if xen is not None:
         return parse_xen(xen)
     if libvirt_path is not None:
-        from viridian.cli.inputs import CONFIG_MAX, read_input
+        from viridian.inputs import CONFIG_MAX, read_input
 
         try:  # a regular file of bounded size (issue 17)
             text = read_input(libvirt_path, "libvirt file", CONFIG_MAX).decode("utf-8")

@@ -119,7 +119,7 @@ class LinuxBoot:
 def load_linux(path: str | Path, initrd: str | Path | None = None) -> Image:
     """A bzImage (64-bit boot protocol) or an uncompressed vmlinux ELF, with ``initrd`` as its initramfs."""
     p = Path(path)
-    from viridian.cli.inputs import IMAGE_MAX, read_input
+    from viridian.inputs import IMAGE_MAX, read_input
 
     blob = read_input(p, "kernel", IMAGE_MAX)  # regular files of bounded size (issue 17)
     rd = b""

@@ -20,7 +20,7 @@ PT_NOTE = 4
 def is_linux_image(path: str | Path) -> bool:
     """A bzImage (boot_flag 0xAA55 and the "HdrS" setup header, boot.rst) or a vmlinux (an x86-64 ELF with a
     PT_NOTE owned by "Linux", e.g. the build salt every kernel carries). UserError if unreadable."""
-    from viridian.cli.inputs import IMAGE_MAX, open_input
+    from viridian.inputs import IMAGE_MAX, open_input
 
     p = Path(path)
     fh, _size = open_input(p, "guest image", IMAGE_MAX)  # a regular file of bounded size (issue 17)

@@ -64,7 +64,7 @@ def read_modules(spec: str | None) -> tuple[Module, ...]:
     """The multiboot modules named by ``--initrd`` (QEMU syntax), read from disk."""
     if not spec:
         return ()
-    from viridian.cli.inputs import IMAGE_MAX, read_input
+    from viridian.inputs import IMAGE_MAX, read_input
 
     mods = []
     for path, string in parse_initrd(spec):  # regular files of bounded size (issue 17)
@@ -82,7 +82,7 @@ def load_image(path: str | Path, initrd: str | None = None, flat: bool = False) 
 
         if is_guest_name(str(path)):
             p = guest_path(str(path))
-    from viridian.cli.inputs import IMAGE_MAX, read_input
+    from viridian.inputs import IMAGE_MAX, read_input
 
     blob = read_input(p, "guest image", IMAGE_MAX)  # a regular file of bounded size (issue 17)
     if not blob:

@@ -32,7 +32,7 @@ VERSION = 1
 
 def sha256_file(path: str | Path) -> str:
     """An input file's sha256 (read as the loader reads it: a regular file of bounded size)."""
-    from viridian.cli.inputs import sha256_input
+    from viridian.inputs import sha256_input
 
     return sha256_input(path, "image")
 

@@ -76,7 +76,7 @@ def write_record(path: str, options: dict[str, Any], images: list[str], m: Machi
 def read_record(path: str) -> dict[str, Any]:
     """A record, validated as inert data (viridian.machine.record_schema): its run options are an allow-list,
     type- and range-checked; its images are exactly the ones the options name, unchanged."""
-    from viridian.cli.inputs import RECORD_MAX, load_json, read_input
+    from viridian.inputs import RECORD_MAX, load_json, read_input
 
     data = load_json(read_input(path, "record", RECORD_MAX), f"record {path}")
     record = check_record(path, data)
