@@ -18,8 +18,8 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from viridian.errors import UserError
-from viridian.report.catalog import msr_name
 from viridian.tlfs.hypercalls import HvCall
+from viridian.tlfs.msr_names import msr_name
 
 if TYPE_CHECKING:
     from viridian.abi.dispatch import HypercallOutcome

@@ -11,6 +11,7 @@ from viridian.tlfs.cpuid import SPINLOCK_NEVER_NOTIFY, Feature
 from viridian.tlfs.cpuid import PartitionPrivilege as P
 from viridian.tlfs.cpuid import Recommendation as R
 from viridian.tlfs.hypercalls import HvCall
+from viridian.tlfs.msr_names import msr_name as msr_name  # re-exported: reports name MSRs through the catalog
 from viridian.tlfs.msrs import HvMsr
 
 SYNIC_MSRS = frozenset({HvMsr.SCONTROL, HvMsr.SVERSION, HvMsr.SIEFP, HvMsr.SIMP, HvMsr.EOM, HvMsr.SIRBP,
@@ -114,26 +115,8 @@ CATALOG: tuple[Enlightenment, ...] = (
 
 BY_KEY = {e.key: e for e in CATALOG}
 
-ARCH_MSR_NAMES = {0x1B: "IA32_APIC_BASE", 0x10: "IA32_TIME_STAMP_COUNTER", 0x6E0: "IA32_TSC_DEADLINE",
-                  0xC0000080: "IA32_EFER", 0xC0000100: "IA32_FS_BASE", 0xC0000101: "IA32_GS_BASE",
-                  0xC0000102: "IA32_KERNEL_GS_BASE", 0x277: "IA32_PAT"}
-X2APIC_NAMES = {0x802: "ID", 0x803: "VERSION", 0x808: "TPR", 0x80B: "EOI", 0x80F: "SVR", 0x830: "ICR",
-                0x832: "LVT_TIMER", 0x838: "TIMER_INITIAL", 0x839: "TIMER_CURRENT", 0x83E: "TIMER_DIVIDE",
-                0x83F: "SELF_IPI"}
 LEAF_NAMES = {0x0: "vendor", 0x1: "features (ECX[31] hypervisor)", 0x40000000: "vendor + max leaf",
               0x40000001: "interface (Hv#1)", 0x40000002: "version", 0x40000003: "features/privileges",
               0x40000004: "recommendations", 0x40000005: "limits", 0x40000006: "hardware features",
               0x40000007: "CPU management", 0x40000008: "SVM", 0x40000009: "nested features",
               0x4000000A: "nested optimizations"}
-
-
-def msr_name(index: int) -> str:
-    try:
-        return "HV_X64_MSR_" + HvMsr(index).name
-    except ValueError:
-        pass
-    if index in X2APIC_NAMES:
-        return "x2APIC " + X2APIC_NAMES[index]
-    if 0x800 <= index <= 0x8FF:
-        return f"x2APIC {(index - 0x800) << 4:#05x}"
-    return ARCH_MSR_NAMES.get(index, f"MSR {index:#x}")
