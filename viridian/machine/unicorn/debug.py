@@ -13,7 +13,7 @@ removed, code memory or RIP written, a step of this vCPU) ends the engine run at
 run loop's own stop (no yield, the slice goes on). A watchpoint, a Ctrl-C and a new connection are served
 by :meth:`Debugger.after_slice` (called by Machine.run_vcpu after every slice): a watchpoint stops the vCPU
 with its run loop's yield (stop_requested + yield_pending), at the end of the translation block that made
-the access (accesses run without exit checks, docs/architecture.md), so gdb sees the value written.
+the access (accesses run without exit checks, ENGINE_NOTES.md), so gdb sees the value written.
 Without a debugger attached and without points nothing is installed, so a run with --gdb gives the same stats
 as one without. A stop on the instruction right after an RDMSR/WRMSR completes that MSR access first (the model's
 answer is in RAX:RDX when gdb looks). Not reached: the 16/32-bit code a multiboot kernel or a SIPI-started AP

@@ -335,7 +335,7 @@ def pc_mark_offset() -> int | None:
     off = _find_pc_mark()
     if off is None:
         log.warning("engine: the PC mark of a RIP write was not found; a stop after an exception may resume at "
-                    "a stale PC (docs/architecture.md)")
+                    "a stale PC (viridian/machine/unicorn/ENGINE_NOTES.md)")
     return off
 
 

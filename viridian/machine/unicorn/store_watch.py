@@ -1,4 +1,4 @@
-"""Seeing every guest store into code, at no cost to the others (docs/architecture.md, "code coherence").
+"""Seeing every guest store into code, at no cost to the others (ENGINE_NOTES.md, "Each Uc has its own translation cache").
 
 Each vCPU's engine keeps its own translation cache and only notices its own stores to code, so the
 machine must learn of every store into a page some vCPU executed. Measured on Unicorn 2.1.4: region
