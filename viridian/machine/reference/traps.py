@@ -139,14 +139,11 @@ def apic_write(v: Vcpu, offset: int, size: int, value: int) -> None:
         v.clip_to_deadline()
 
 
-_DISABLED: dict[int, bytearray] = {}
-
-
 def _disabled_page(v: Vcpu) -> bytearray:
-    key = id(v)
-    if key not in _DISABLED:
-        _DISABLED[key] = bytearray(b"\xff" * 0x1000)
-    return _DISABLED[key]
+    """The xAPIC page while the APIC is disabled: plain memory, all-ones until written (as on KVM)."""
+    if v.disabled_page is None:
+        v.disabled_page = bytearray(b"\xff" * 0x1000)
+    return v.disabled_page
 
 
 # -- MSR and CR8 sites (the engine executed the instruction as a no-op or its own; the model answers) -----------

@@ -24,6 +24,7 @@ from viridian.machine import pc_machine
 from viridian.machine.backend import CLOCK_FIELDS, EXIT_TICKS, MmioRead, MmioWrite
 from viridian.machine.boot import BootRegisters
 from viridian.machine.ports import ExitRequested
+from viridian.machine.ready import own_deadline
 from viridian.machine.reference import events as EV
 from viridian.machine.reference import traps as T
 from viridian.machine.reference.engine import MAX_ADDR, engine_of
@@ -65,6 +66,7 @@ class Vcpu:
     """One vCPU of a :class:`~viridian.machine.machine.Machine` on the shared reference engine."""
 
     engine_msrs = ENGINE_MSRS
+    deadline_cut: bool | None = False  # the run ended at its own timer deadline; None: kicked (host.py)
 
     def __init__(self, machine: Machine, index: int, boot: BootRegisters) -> None:
         self.m, self.index = machine, index
@@ -100,6 +102,7 @@ class Vcpu:
         self.window_active = self.window_first = self.window_shadow = self.window_prev_if = False
         self.window_open_at: int | None = None
         self.apic_page: int | None = 0xFEE0_0000
+        self.disabled_page: bytearray | None = None  # the xAPIC page while IA32_APIC_BASE[11] = 0 (traps.py)
         self.efer = 0
         self.eng = engine_of(machine)
         self.loaded = False
@@ -209,6 +212,7 @@ class Vcpu:
 
     def end_run_within(self, ticks: int) -> None:
         at = self.bytes + ticks
+        self.deadline_cut = None  # for another vCPU's sake: the host does not run this one on (host.py)
         if at < self.run_end:
             self.run_end = at
             self.limit = min(self.limit, at)
@@ -217,11 +221,11 @@ class Vcpu:
         self.limit = min(self.limit, self.bytes)
 
     def clip_to_deadline(self) -> None:
-        """A timer may have been armed: end this run at the machine's nearest deadline (as the fast engine)."""
+        """A timer may have been armed: end this run at this vCPU's nearest deadline (as the fast engine)."""
         m = self.m
-        if m.fast or m.running is not self or m.vcpu_count != 1:
+        if m.fast or m.running is not self:
             return
-        d = m.next_deadline()
+        d = own_deadline(m, self)
         if d is None:
             return
         at = m.slice_b0 + max(0, d - m.slice_t0)
@@ -229,6 +233,8 @@ class Vcpu:
             return
         if at < self.run_end:
             self.run_end = at
+            if self.deadline_cut is not None:
+                self.deadline_cut = True
             self.limit = min(self.limit, at)
 
     def run(self, budget: int) -> int:
