@@ -103,7 +103,6 @@ class SharedEngine:
         self.clean = uc.context_save()  # a fresh instance: CPL 0, no fault recorded (hidden.py)
         self.cur: Vcpu | None = None  # whose registers the instance holds
         self.scanned: set[int] = set()  # virtual pages searched for sites (hooks act by virtual address)
-        self.last_page = -1  # the page of the last block counted (no search needed within it)
         self.sites: dict[int, bool] = {}  # MSR instruction address -> is WRMSR
         self.cr8_sites: dict[int, tuple[bool, int]] = {}
         self.pause_sites: set[int] = set()
@@ -161,33 +160,34 @@ class SharedEngine:
             v.last_ran = (v.block_start, v.pend_end)
             if v.nmi_blocked:
                 v.guarded("check_iret", (), None)
-        v.block_start, v.pend_end, v.pend_valid = address, address + size - 1, True
+        end = address + size - 1
+        v.block_start = address
+        v.pend_end = end
+        v.pend_valid = True
         if v.window_active and v.window_block(address):
             v.pend_valid = False
             return
-        first = address & ~0xFFF
-        last = (address + size - 1) & ~0xFFF
-        if first != self.last_page or last != first:
-            if self._check_page(v, first) or (last != first and self._check_page(v, last)):
-                v.pend_valid = False
-                return
-            if last == first:
-                self.last_page = first
-        if v.bytes >= v.limit:  # the budget is used up: stop before this block, which is not counted
+        first, last = address & -4096, end & -4096
+        scanned = self.scanned
+        if (first not in scanned or (last != first and last not in scanned)) and (
+                self._check_page(v, first) or (last != first and self._check_page(v, last))):
+            v.pend_valid = False  # stopped before the block: hooks were added for its page
+            return
+        ticks = v.bytes
+        if ticks >= v.limit:  # the budget is used up: stop before this block, which is not counted
             v.limit = MAX_ADDR
             if not v.stop_reason:
                 v.stop_reason = "budget"
             v.pend_valid = False
             uclib.uc_emu_stop(self.h)
             return
-        v.bytes += size
+        v.bytes = ticks + size
         v.blocks += 1
 
     def _check_page(self, v: Vcpu, page: int) -> bool:
         """A page's first block: search it for MSR/CR8/PAUSE sites and our hypercall stub; True when hooks
         were added (the engine stops before the block; its translations are dropped and redone with them)."""
         if page in self.scanned:
-            self.last_page = page
             return False
         data = v.read_virtual(page, 0x1001) or v.read_virtual(page, 0x1000)
         if data is None:
@@ -310,7 +310,6 @@ class SharedEngine:
         self.uc.context_restore(v.ctx)
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)  # the TLB belongs to the previous vCPU's CR3
         self.cur, v.loaded = v, True
-        self.last_page = -1
 
     def release(self, v: Vcpu) -> None:
         """``v`` is closed (Machine.close): once none is left, the instance and its hooks are dropped."""
@@ -334,7 +333,6 @@ class SharedEngine:
         else:
             self.scanned.discard(page & ~0xFFF)
             self.uc.ctl_remove_cache(page & ~0xFFF, (page & ~0xFFF) + 0x1000)
-        self.last_page = -1
 
     def set_protected(self, pages: set[int]) -> None:
         """Read-only overlays (TLFS §3.13): mapped read+execute; a store stops the engine (UC_HOOK_MEM_WRITE_PROT)."""
