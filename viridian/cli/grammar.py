@@ -60,6 +60,10 @@ def chosen_engine(args: argparse.Namespace) -> str:
     from viridian.machine.engines import DEFAULT
 
     name = getattr(args, "engine", None)
+    if name == "reference":  # viridian/machine/reference/ENGINE_NOTES.md "Not supported"
+        for option, given in (("--gdb", getattr(args, "gdb", None)), ("--snapshot-at", getattr(args, "snapshot_at", None))):
+            if given is not None:
+                raise UserError(f"{option} needs the fast engine (--engine unicorn)")
     if name:
         return str(name)
     if DEFAULT != "unicorn":
