@@ -60,7 +60,7 @@ bench: $(STAMP) fixtures pyc
 # Debian's cloud kernel (fetched once) on 4 vCPUs to the initramfs program's exit, with the negotiation report
 VCPUS ?= 4
 linux: $(STAMP) fixtures pyc
-	$(BIN)/viridian boot "$$($(BIN)/viridian fetch-kernel)" --vcpus $(VCPUS) --report \
+	$(BIN)/viridian boot "$$($(BIN)/viridian fetch-kernel)" --vcpus $(VCPUS) --report $(if $(ENGINE),--engine $(ENGINE)) \
 		--initrd fixtures/build/initramfs.cpio --append "console=ttyS0 panic=-1 nokaslr viridian.iters=40"
 
 # Debian's cloud kernel to its root-mount panic under {none, xen-3.4, recommended, all} x {1,2,3,4,8} vCPUs
