@@ -111,3 +111,17 @@ def test_no_compiler_falls_back_with_one_line(guests: Path, tmp_path: Path) -> N
     lines = [line for line in proc.stderr.splitlines() if line]
     assert len(lines) == 1 and "running the reference engine" in lines[0]
     assert not list(tmp_path.glob("vcpu_native*"))
+
+
+def test_a_closed_machine_is_garbage(guests: Path) -> None:
+    """Machine.close releases the shared instance with the last vCPU: nothing keeps the machine alive."""
+    import gc
+    import weakref
+
+    with Machine(load_config(preset="recommended"), load_image(guests / "hello.elf"), vcpus=2,
+                 engine="reference") as m:
+        assert m.run().status == "exit"
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
