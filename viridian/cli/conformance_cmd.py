@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.matrix:
         if any((args.hv, args.xen, args.libvirt, args.preset)):
             raise UserError("--matrix runs the presets itself; drop --hv/--xen/--libvirt/--preset")
+        if args.engine is not None:
+            raise UserError("--matrix runs the default engine; drop --engine")
         return _report(args, str(image), _matrix(args, image))
     else:
         if not 1 <= args.vcpus <= 256:
