@@ -189,13 +189,14 @@ def test_the_answers_cost_the_same_virtual_time_with_fast_paths_off(guests: Path
 @pytest.mark.parametrize("mem_mib", [64, 1024])
 def test_an_instruction_running_off_ram_reads_all_ones(guests: Path, mem_mib: int) -> None:
     """The guest maps the unassigned memory right after RAM and runs, from RAM's last bytes: FF | FF.. (#UD at
-    it), B0 | FF (MOV AL, 0xFF; then #UD at RAM's end + 1), 48 B8 | FF x8 (RAX = all-ones; #UD at + 8) -- the
-    guest checks each RIP and value. The engine cannot translate any of these blocks (it ended "error")."""
+    it), B0 | FF (MOV AL, 0xFF; then #UD at RAM's end + 1), 48 B8 | FF x8 (RAX = all-ones; #UD at + 8), and B0
+    again entered by a jump straight to it -- the guest checks each RIP and value. The engine cannot translate
+    any of these blocks (the run ended "error")."""
     m = _run(guests, "e", mem_mib)
     assert m.result is not None and (m.result.status, m.result.code) == ("exit", 0), m.ports.serial.text()
-    assert m.total_stats().exceptions == {6: 3}
+    assert m.total_stats().exceptions == {6: 4}
     events = m.vcpus[0].stats.events
-    assert (events["instruction at the edge of RAM"], events["fetch from unassigned memory"]) == (2, 3)
+    assert (events["instruction at the edge of RAM"], events["fetch from unassigned memory"]) == (3, 4)
     assert events["engine stop resumed"] == 0
 
 

@@ -162,6 +162,7 @@ class _Edge:
 
     until: int | None = None  # the next run stops here (the instruction that runs into unassigned memory)
     page: int | None = None  # guest-physical page mapped all-ones RAM for one run
+    stand_in: int | None = None  # ... to be mapped right before the next run (by :func:`until`)
     buffer: Any = None
     restore: bool = False  # the page was part of an all-ones I/O block: map it back as one after the run
     done_at: int | None = None  # the stood-in instruction ends here: the engine's stop there is expected
@@ -169,6 +170,7 @@ class _Edge:
 
 
 _EDGE: WeakKeyDictionary[Vcpu, _Edge] = WeakKeyDictionary()
+_ARMED: set[int] = set()  # id() of the vCPUs whose next run ends early or has a stand-in page (the hot path's test)
 _ONES = b"\xff" * 0x1000
 
 
@@ -199,10 +201,20 @@ def _straddler(v: Vcpu, rip: int) -> tuple[int, int, int] | None:
 
 def until(v: Vcpu) -> int:
     """Where the next engine run ends: the address after which nothing may be translated, or MAX_ADDR."""
+    if id(v) not in _ARMED:
+        return X_MAX
     edge = _EDGE.get(v)
     if edge is None or edge.until is None:
         return X_MAX
     end, edge.until = edge.until, None
+    if edge.stand_in is not None:  # mapped here, not when found: an engine error is found before after_run
+        page, edge.stand_in = edge.stand_in, None
+        edge.restore = not all(e < page or b >= page + 0x1000 for b, e, _p in v.uc.mem_regions())
+        if edge.restore:
+            v.uc.mem_unmap(page, 0x1000)  # splits the all-ones I/O block (Unicorn 2.1 splits MMIO regions)
+        edge.buffer = (ctypes.c_ubyte * 0x1000).from_buffer_copy(_ONES)
+        v.uc.mem_map_ptr(page, 0x1000, UC_PROT_ALL, ctypes.addressof(edge.buffer))
+        edge.page = page
     return end
 
 
@@ -235,6 +247,7 @@ def edge_stop(v: Vcpu, rip: int, deferred: bool = False) -> bool:
         if not _first_try(v, edge, rip):
             return False  # the run up to it stopped the same way: not this case after all
         edge.until = at
+        _ARMED.add(id(v))
         v.stats.events["run up to an instruction at the edge of RAM"] += 1
         if deferred:
             v.stop()  # the run loop goes on with the next run (not the natural-stop path)
@@ -245,12 +258,8 @@ def edge_stop(v: Vcpu, rip: int, deferred: bool = False) -> bool:
         return True
     if not _first_try(v, edge, rip):
         return False
-    restore = not all(end < page or begin >= page + 0x1000 for begin, end, _p in v.uc.mem_regions())
-    if restore:
-        v.uc.mem_unmap(page, 0x1000)  # splits the all-ones I/O block (Unicorn 2.1 splits MMIO regions)
-    edge.buffer = (ctypes.c_ubyte * 0x1000).from_buffer_copy(_ONES)
-    v.uc.mem_map_ptr(page, 0x1000, UC_PROT_ALL, ctypes.addressof(edge.buffer))
-    edge.page, edge.restore, edge.until, edge.done_at = page, restore, at + length, at + length
+    edge.stand_in, edge.until, edge.done_at = page, at + length, at + length
+    _ARMED.add(id(v))
     v.stats.events["instruction at the edge of RAM"] += 1
     if deferred:
         v.stop()
@@ -259,9 +268,14 @@ def edge_stop(v: Vcpu, rip: int, deferred: bool = False) -> bool:
 
 def after_run(v: Vcpu) -> None:
     """After an engine run: the all-ones page that stood in for one instruction goes (its writes with it)."""
+    if id(v) not in _ARMED:
+        return
     edge = _EDGE.get(v)
     if edge is None or edge.page is None:
+        if edge is None or edge.until is None:
+            _ARMED.discard(id(v))
         return
+    _ARMED.discard(id(v))
     page, edge.page = edge.page, None
     v.uc.mem_unmap(page, 0x1000)
     if edge.restore:
