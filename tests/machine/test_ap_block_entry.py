@@ -23,4 +23,4 @@ def test_sipi_started_vcpu_enters_blocks_natively(guests: Path) -> None:
     ap = m.vcpus[1]
     assert ap.stats.events["sipi_start"] == 1
     assert ap.native.tb_patch == 1 and ap.native.tb_patched > 0
-    assert not ap._block_hooked and not ap.stats.events.get("tb_patch_failed")
+    assert not ap.block_hooked and not ap.stats.events.get("tb_patch_failed")
