@@ -53,6 +53,7 @@ class VcpuBackend(Protocol):
     multiboot_entry: tuple[int, int] | None  # (entry, info): the next run starts in 32-bit protected mode
     stop_requested: bool
     yield_pending: bool  # NotifyLongSpinWait / pause-loop exit: give up the rest of this slice
+    deadline_cut: bool | None  # clip_to_deadline ended this run at its own deadline; None: kicked (host.py)
     ticks_used: int  # ticks run by this vCPU since the machine was built (report.py)
     engine_msrs: frozenset[int]  # MSRs the engine executes itself; the model never sees them (trace.py)
 

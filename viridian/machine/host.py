@@ -16,6 +16,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from viridian.machine import interrupt
+from viridian.machine.ready import own_deadline
 
 if TYPE_CHECKING:
     from viridian.machine.backend import VcpuBackend as Vcpu
@@ -107,7 +108,8 @@ class Host:
             kicked = [mv for mv in runnable if mv[1].event_pending()] if self.vcpu_count > 1 else []
             if kicked:  # KVM kicks an IPI's target onto a CPU: it runs first, and the others only briefly
                 q = min(q, KICK_QUANTUM)
-            if self.vcpu_count == 1:  # nothing to interleave: run to the deadline (timers clip a run, vcpu.py)
+            if self.vcpu_count == 1 or self._solo(live, runnable, kicked):
+                # nothing to interleave: run to the deadline (timers armed meanwhile clip the run, ready.py)
                 q = max(q, min(SOLO_QUANTUM, max(MIN_SLICE, live[0].max_ticks - self.T)))
             if deadline is not None and deadline > self.T:
                 q = max(MIN_SLICE, min(q, deadline - self.T))
@@ -128,8 +130,21 @@ class Host:
                     m, v = order.pop(0)
                     if m.done:
                         continue
-                    used = m.run_vcpu(v, self.T, q - budget, budget)
-                    budget -= used
+                    b = budget
+                    while True:
+                        v.deadline_cut, before = False, budget
+                        used = m.run_vcpu(v, self.T, q - budget, b)
+                        budget -= used
+                        if (interrupt.state.signum is not None or m.done or m.vcpu_count == 1 or used == 0
+                                or v.halted or v.idle or v.yield_pending or budget < slice_min):
+                            break
+                        if not (v.deadline_cut is True or (b < before and used >= b)):
+                            break  # ran its budget, or was kicked for another vCPU's sake
+                        # SMP: it stopped at a deadline of its own (armed in the run, or the one this loop
+                        # cut it at): deliver it there and run on, on the same CPU, to its next deadline
+                        b = _deliver_due(m, v, self.T + q - budget, budget)
+                        if b == 0:
+                            break
                     if interrupt.state.signum is not None:
                         break
                     if used == 0 or not (v.halted or v.idle or v.yield_pending):
@@ -143,3 +158,31 @@ class Host:
             for m in live:
                 end = max(end, m.end_quantum(end))
             self.T = end
+
+    def _solo(self, live: list[Machine], runnable: list[tuple[Machine, Vcpu]], kicked: list[tuple[Machine, Vcpu]]) -> bool:
+        """One partition with one runnable vCPU and no event pending for it: nothing to interleave, so it runs
+        to the next deadline as a single vCPU does. Whatever can make another vCPU runnable ends the run: a
+        deadline known now (the quantum's cut), a timer its own exits arm (clip_to_deadline), an IPI, NMI, INIT
+        or SIPI it sends and a device interrupt (Machine.kick: end_run_within). A vCPU whose SynIC waits for a
+        free message slot is re-evaluated every quantum (ready.py): no solo run while one does."""
+        if len(live) != 1 or len(runnable) != 1 or kicked:
+            return False
+        m, v = runnable[0]
+        return not any(m.partition.vps[i].synic.busy() for i in m.ready.hot if i != v.index)
+
+
+def _deliver_due(m: Machine, v: Vcpu, t: int, budget: int) -> int:
+    """``v`` (SMP) stopped at host time ``t`` at a deadline of its own inside its CPU's quantum: deliver what is
+    due there as its next run would (the poll belongs to its run: a device interrupt for another vCPU kicks it)
+    and return how long it may run on -- to its next own deadline (a periodic timer re-armed itself in the poll),
+    at most ``budget``; 0 if the poll kicked another vCPU (the quantum ends, that vCPU runs first: KICK_QUANTUM)."""
+    m.clock.set_tsc(max(m.clock.tsc(), t))
+    m.running = v
+    try:
+        m.poll_vcpu(v)
+    finally:
+        m.running = None
+    if v.deadline_cut is None:
+        return 0
+    d = own_deadline(m, v)
+    return budget if d is None or d <= t else min(budget, max(MIN_SLICE, d - t))

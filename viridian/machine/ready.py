@@ -129,3 +129,18 @@ class ReadySet:
             self.hot.add(i)
         else:
             self.hot.discard(i)
+
+
+def own_deadline(m: Machine, v: Vcpu) -> int | None:
+    """The nearest deadline (TSC) an exit of running vCPU ``v`` can arm or move: its local APIC timer, its SynIC
+    timers (polled: what is due is delivered, as Machine.next_deadline does) and the platform's devices. Another
+    vCPU's APIC and SynIC timers are armed only by that vCPU (per-VP MSRs and APIC registers), so on one vCPU this
+    is Machine.next_deadline(), and on SMP it is what a run must not overshoot (Vcpu.clip_to_deadline), in O(1)."""
+    d = m.apics[v.index].next_deadline_tsc()
+    ref = m.partition.poll(v.index)
+    if ref is not None:
+        t = m.clock.tsc_for_ref_time(ref)
+        d = t if d is None else min(d, t)
+    if m.platform is not None and (p := m.platform.next_deadline()) is not None:
+        d = p if d is None else min(d, p)
+    return d

@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from viridian.machine.backend import CLOCK_FIELDS, MmioRead, MmioWrite
+from viridian.machine.ready import own_deadline
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn import snapshot_cpu
 from viridian.machine.unicorn import vcpu_code as C
@@ -61,6 +62,7 @@ class SeamMethods:
     apic_page: int | None
     map_changed: bool
     run_end: int
+    deadline_cut: bool | None = False  # this run ended at its own timer deadline (clip); None: kicked (host.py)
     rip_flags: Any
     halted: bool
     idle: bool
@@ -164,12 +166,13 @@ class SeamMethods:
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def clip_to_deadline(self) -> None:
-        """A timer may have been armed (an MSR or APIC write): end this run at the machine's nearest deadline,
-        so it fires on time -- the host shortens a quantum only to the deadlines known when it starts."""
+        """A timer may have been armed (an MSR or APIC write): end this run at this vCPU's nearest deadline
+        (ready.own_deadline), so it fires on time -- the host shortens a quantum only to the deadlines known
+        when it starts; on SMP the host then delivers it and runs this vCPU on (Host: ``deadline_cut``)."""
         m = self.m
-        if m.fast or m.running is not _v(self) or m.vcpu_count != 1:  # SMP: not yet (a 2-vCPU boot crawled)
+        if m.fast or m.running is not _v(self):
             return
-        d = m.next_deadline()
+        d = own_deadline(m, _v(self))
         if d is None:
             return
         at = m.slice_b0 + max(0, d - m.slice_t0)
@@ -177,6 +180,8 @@ class SeamMethods:
             return  # already due: delivered when this run next stops (inject_pending)
         if at < self.run_end:
             self.run_end = at
+            if self.deadline_cut is not None:  # (None: a kick ended this run first; it goes on ending it)
+                self.deadline_cut = True
             n = self.native
             n.limit = min(int(n.limit), at)  # the engine stops at the next block start from there
 
@@ -205,6 +210,7 @@ class SeamMethods:
         """End this run at the first block start ``ticks`` from now (Machine.kick)."""
         n = self.native
         at = int(n.bytes) + ticks
+        self.deadline_cut = None  # the run ends for another vCPU's sake: the host does not run this one on
         if at < self.run_end:
             self.run_end = at
             n.limit = min(int(n.limit), at)
