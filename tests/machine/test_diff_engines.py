@@ -9,6 +9,7 @@ must name the difference.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,9 +189,13 @@ def test_the_cli_compares_and_names_the_first_difference(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("argv", [["--engines", "unicorn,warp"], ["--engines", "unicorn"],
                                   ["--engines", "unicorn,unicorn:warp_drive"], ["--guests", "nosuch"],
-                                  ["--vcpus", "0"], ["--guests", "none"]])
-def test_bad_options_are_one_user_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["diff-engines", *argv]) == 2
+                                  ["--vcpus", "0"], ["--guests", "none"], ["--linux", "{text}"],
+                                  ["--linux", "/nonexistent/vmlinuz"]])
+def test_bad_options_are_one_user_error(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a kernel\n")
+    assert main(["diff-engines", *[a.format(text=text) for a in argv]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
 

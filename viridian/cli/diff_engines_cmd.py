@@ -74,6 +74,10 @@ def plan(args: argparse.Namespace) -> list[Any]:
             from viridian.cli.fetch_kernel_cmd import fetch_kernel
 
             kernel = str(fetch_kernel())
+        from viridian.machine.linux_machine import is_linux_image
+
+        if not is_linux_image(kernel):
+            raise UserError(f"--linux {kernel}: not a Linux kernel image (bzImage or vmlinux)")
         cells += [Cell("diff_linux", {"kernel": kernel, "vcpus": n, "engines": engines,
                                       "max_ticks": args.max_ticks or D.LINUX_MAX_TICKS}, f"linux x{n}")
                   for n in _counts(args.linux_vcpus, "--linux-vcpus")]
@@ -91,13 +95,19 @@ def run(args: argparse.Namespace) -> int:
     workers, cluster = options(args)
     quiet = args.quiet or data_on_stdout(args)
     results = []
-    if workers is None and cluster is None and not quiet and not sys.stderr.isatty():
-        done = []  # in this process, no terminal for a bar (make diff-engines in a log): a line per cell
+    if workers is None and cluster is None:
+        from viridian.fanout.executor import CellResult
+
+        done = []  # in this process: a line per cell; a side that fails (its process died) fails only its cell
         for i, c in enumerate(cells, 1):
-            (r,) = fan_out([c], quiet=True)
+            try:
+                (r,) = fan_out([c], quiet=True)
+            except RuntimeError as exc:
+                r = CellResult(c, error=str(exc)[:500])
             same = r.value is not None and r.value["same"]
-            print(f"[{i}/{len(cells)}] {c.label}: {'same' if same else 'DIFFERS'} ({r.seconds:.1f} s)",
-                  file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"[{i}/{len(cells)}] {c.label}: {'same' if same else 'DIFFERS'} ({r.seconds:.1f} s)",
+                      file=sys.stderr, flush=True)
             done.append(r)
     else:
         done = fan_out(cells, workers, cluster, what="diff-engines", quiet=quiet)
