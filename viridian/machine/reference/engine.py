@@ -300,6 +300,16 @@ class SharedEngine:
         return handlers[self.cur.index][which]
 
     # -- switching vCPUs ------------------------------------------------------------------------------------------
+    def new_context(self) -> Any:
+        """A saved context of a fresh CPU (the clean one), the loaded vCPU's registers left as they are."""
+        if self.cur is not None:
+            self.uc.context_update(self.cur.ctx)
+        self.uc.context_restore(self.clean)
+        ctx = self.uc.context_save()
+        if self.cur is not None:
+            self.uc.context_restore(self.cur.ctx)
+        return ctx
+
     def load(self, v: Vcpu) -> None:
         """Make the instance hold ``v``'s registers (saving the previous vCPU's)."""
         if self.cur is v:

@@ -106,8 +106,7 @@ class Vcpu:
         self.efer = 0
         self.eng = engine_of(machine)
         self.loaded = False
-        self.ctx = self.eng.clean  # replaced by a copy below (load saves into it)
-        self.ctx = self.eng.uc.context_save()
+        self.ctx = self.eng.new_context()  # a fresh CPU: no hidden state of another vCPU
         self.eng.load(self)
         EV.set_boot_state(self, boot)
         pc_machine.map_mmio(self)  # --machine pc: I/O APIC, HPET... (dispatched to the running vCPU)
@@ -170,8 +169,6 @@ class Vcpu:
         cr3, cr0 = self.paging()
         return self.m.walker.read(cr3, cr0, vaddr, length)
 
-    _read_virt = read_virtual  # the core's older name (Machine.disassemble)
-
     def describe_instruction(self, rip: int) -> str:
         return T.describe(self, rip)
 
@@ -183,8 +180,6 @@ class Vcpu:
         self.m.sync_clock(self)
         if self.m.tracer is not None:
             self.m.tracer.exit(self, reason, rip)
-
-    _exit = count_exit
 
     def settle(self, rip: int) -> None:
         """The engine left the current block at ``rip``: the bytes from there on did not run (vn_settle)."""
@@ -207,8 +202,6 @@ class Vcpu:
         self.stop_requested = True
         if self.loaded and self.m.running is self:
             self.eng.uc.emu_stop()
-
-    _stop = stop
 
     def end_run_within(self, ticks: int) -> None:
         at = self.bytes + ticks
