@@ -121,7 +121,7 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
     if d.ss is not None:
         v.uc.reg_write(X.UC_X86_REG_SS, d.ss)
     v.sp_flags.write(d.rsp, d.rflags)
-    v.uc.reg_write(X.UC_X86_REG_RIP, d.rip)  # a single write: Unicorn restarts at a PC set in a hook
+    v.rip_flags.write(d.rip)  # RIP alone, a single raw write: Unicorn restarts at a PC set in a hook
     E.drop_pc_mark(v.uc)  # else the next stop at a block start keeps a stale PC (engine.py)
     return True
 
@@ -178,7 +178,7 @@ def interruptible(v: Vcpu) -> bool:
         return False
     if rip == v.window_open_at:  # the window check saw this boundary open
         return True
-    return not in_sti_shadow(v)
+    return rip != v.native.block_start or not in_sti_shadow(v)  # (in_sti_shadow's own first test)
 
 
 def in_sti_shadow(v: Vcpu) -> bool:
