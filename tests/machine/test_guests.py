@@ -188,7 +188,7 @@ def test_guest_write_to_hypercall_page_is_gp(tmp_path: Path, precise: bool, monk
     assert m.total_stats().exceptions[13] == 1
     assert bytes(m.ram[0x200000:0x200004]) == bytes.fromhex("48c7c0ff")
     assert m.ram[0x300000] == 0
-    assert (int(m.wp_map[0x200000 >> 18]) >> ((0x200000 >> 12) & 63) & 1) == precise
+    assert (int(m.engine_state.wp_map[0x200000 >> 18]) >> ((0x200000 >> 12) & 63) & 1) == precise
 
 
 def test_trace_has_one_exit_line_per_exit(guests: Path, tmp_path: Path) -> None:

@@ -26,12 +26,16 @@ class EngineEntry:
     vcpu: str  # "module:attribute" of the VcpuBackend class
     build: str  # module with engine_identity() and identity_note(recorded)
     summary: str
+    # "module:factory" of what the engine shares among one machine's vCPUs (built before them: Machine.engine_state;
+    # its sync_code(v, slice_end) runs after every slice), or "" for none
+    machine_state: str = ""
 
 
 ENGINES: dict[str, EngineEntry] = {
     # the fast engine: one Unicorn instance per vCPU, compiled hot paths, engine patches (unicorn/ENGINE_NOTES.md)
     "unicorn": EngineEntry("viridian.machine.unicorn.vcpu:Vcpu", "viridian.machine.unicorn.engine_build",
-                           "fast: Unicorn with compiled hot paths (default)"),
+                           "fast: Unicorn with compiled hot paths (default)",
+                           "viridian.machine.unicorn.coherence:SharedState"),
     # the reference engine: Unicorn's public API only, one instance shared by a machine's vCPUs, Python hooks
     "reference": EngineEntry("viridian.machine.reference.vcpu:Vcpu", "viridian.machine.reference.build",
                              "reference: Unicorn through its public API only (slower; the oracle)"),
@@ -55,6 +59,12 @@ def vcpu_class(name: str = DEFAULT) -> VcpuFactory:
     return cast("VcpuFactory", _load(_entry(name).vcpu))
 
 
+def machine_state(name: str, machine: Any) -> Any:
+    """What engine ``name`` shares among ``machine``'s vCPUs (None when it keeps nothing machine-wide)."""
+    path = _entry(name).machine_state
+    return _load(path)(machine) if path else None
+
+
 def build(name: str = DEFAULT) -> Any:
     """The engine's build module (``engine_identity()``, ``identity_note(recorded)``)."""
     return importlib.import_module(_entry(name).build)
@@ -70,4 +80,4 @@ def identity_note(recorded: Any, name: str = DEFAULT) -> str | None:
     return cast("str | None", build(name).identity_note(recorded))
 
 
-__all__ = ["DEFAULT", "ENGINES", "EngineEntry", "build", "identity", "identity_note", "vcpu_class"]
+__all__ = ["DEFAULT", "ENGINES", "EngineEntry", "build", "identity", "identity_note", "machine_state", "vcpu_class"]

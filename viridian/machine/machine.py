@@ -126,11 +126,6 @@ class Machine:
         self.flushes = 0
         self.neg = NegotiationLog()  # first uses and outcomes: the negotiation report's raw material
         self.eventlog: EventLog | None = None  # diff-engines: slice ends and kicks, recorded or replayed (eventlog.py)
-        # code coherence (vcpu_code.py): a bit per physical page that some vCPU executed, shared by every vCPU
-        self.code_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()
-        self.code_defer = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # written since run: rewatch later
-        self.tb_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # ever translated: never fast stores
-        self.wp_map = (ctypes.c_uint64 * ((size >> 12) // 64 + 1))()  # read-only overlays (csrc vn_tbipf)
         build_page_tables(self.ram, size)
         place_image(image, self.ram, size, vcpus)
         place_cmdline(self.ram, cmdline)
@@ -153,6 +148,7 @@ class Machine:
                 attach_acpi_sleep(self)
         self.engine = engine  # which vCPU engine runs this partition (engines.py)
         vcpu_class = engines.vcpu_class(engine)
+        self.engine_state: Any = engines.machine_state(engine, self)  # what its vCPUs share (None: nothing)
         self.vcpus: list[Vcpu] = []
         for i in range(vcpus):
             build_gdt(self.ram, i)
@@ -288,33 +284,10 @@ class Machine:
             self.ready.mark(v.index)
 
     def sync_code(self, v: Vcpu, slice_end: bool = True) -> None:
-        """Code coherence across vCPUs (each Uc has its own translation cache and only sees its own
-        stores to code): every store into a physical page some vCPU executed stops the writer (vn_write in
-        csrc/vcpu_native.c); the page is then dropped from the other vCPUs' caches and rescanned for MSR
-        sites everywhere before it runs again. A page written after it ran is watched again only at the end
-        of the slice it runs again in, so a page mixing code and hot data stops its writer once a slice."""
-        fresh = v.note_new_code()
-        if slice_end:
-            for pa in fresh:
-                self._code_bit(pa, watch=True)
-        dirty = v.drain_dirty_code()
-        if dirty is None:  # more than the ring holds: drop everything
-            for o in self.vcpus:
-                o.forget_code()
-            return
-        for pa in dirty:
-            if not slice_end:
-                self._code_bit(pa, watch=False)
-            for o in self.vcpus:
-                o.forget_physical(pa, drop_cache=o is not v)
-
-    def _code_bit(self, pa: int, watch: bool) -> None:
-        word, bit = pa >> 18, 1 << ((pa >> 12) & 63)
-        if watch:
-            self.code_map[word] |= bit
-            self.code_defer[word] &= ~bit
-        else:
-            self.code_defer[word] |= bit
+        """After a slice (or a store into code inside one): the engine keeps its vCPUs' code coherent
+        (engine_state.sync_code; nothing for an engine with one translation cache)."""
+        if self.engine_state is not None:
+            self.engine_state.sync_code(v, slice_end)
 
     # -- model entry points (exits.py: what an exit means, for every engine) -----------------------------------
     def rdmsr(self, v: Vcpu, index: int) -> int | Fault:

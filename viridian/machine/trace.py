@@ -106,7 +106,7 @@ class Tracer:
 
     # -- events from the vCPU loop and the machine --------------------------------------------------------
     def exit(self, v: Vcpu, reason: str, rip: int | None = None) -> None:
-        """One exit (called by Vcpu._exit, after its accounting)."""
+        """One exit (called by the engine's count_exit, after its accounting)."""
         kind = REASON_KIND.get(reason, reason)
         via: str | None = "mmio" if reason == "mmio" else None  # xAPIC EOI register write (SDM §11.8.5)
         index = None

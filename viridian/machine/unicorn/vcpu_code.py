@@ -143,14 +143,14 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
     """Wire the coherence hooks (store_watch.py): the machine's shared code map, then either the engine's
     store path (vn_tbipf, registered under this engine's handle) or, failing that, the native write hook."""
     n, m = v.native, v.m
-    n.code_map = ctypes.cast(m.code_map, ctypes.POINTER(ctypes.c_uint64))
-    n.defer_map = ctypes.cast(m.code_defer, ctypes.POINTER(ctypes.c_uint64))
+    n.code_map = ctypes.cast(m.engine_state.code_map, ctypes.POINTER(ctypes.c_uint64))
+    n.defer_map = ctypes.cast(m.engine_state.code_defer, ctypes.POINTER(ctypes.c_uint64))
     n.code_map_pages, n.vmem_translate = m.ram_size >> 12, E.c_function("uc_vmem_translate")
     n.host_ram = ctypes.addressof(m.ram_buffer)  # the hooks' page walk reads guest RAM here
     n.uc = v.uc._uch.value
     if engine_build.enabled("store_watch") and store_watch.install(lib):
         store_watch.use_code_filter(lib, engine_build.enabled("code_filter"))
-        n.tb_map = ctypes.cast(m.tb_map, ctypes.POINTER(ctypes.c_uint64))
+        n.tb_map = ctypes.cast(m.engine_state.tb_map, ctypes.POINTER(ctypes.c_uint64))
         n.pause_native = 1
         refresh_ram_ranges(v)
         if lib.vn_register(v.uc._uch, ctypes.byref(n)) != 0:
@@ -159,7 +159,7 @@ def watch_stores(v: Vcpu, lib: Any) -> None:
         quiet = store_watch.quiet_loads_enabled()
         lib.vn_enable_quiet_loads(int(quiet))
         lib.vn_enable_quiet_stores(int(quiet and store_watch.precise_write_protect()))
-        n.wp_map = ctypes.cast(m.wp_map, ctypes.POINTER(ctypes.c_uint64))
+        n.wp_map = ctypes.cast(m.engine_state.wp_map, ctypes.POINTER(ctypes.c_uint64))
         if store_watch.TB_ENTRY is not None and store_watch.tb_entry_enabled():
             cpu_off, exit_off = store_watch.TB_ENTRY
             cpu = ctypes.c_void_p.from_address(v.uc._uch.value + cpu_off).value
@@ -201,7 +201,7 @@ def set_protected(v: Vcpu, pages: set[int]) -> None:
     block) or, where that is not available, by mapping them read+execute (Unicorn's write-protect hook)."""
     newly = pages - v.protected
     if store_watch.precise_write_protect() and v.native.wp_map:
-        wp = v.m.wp_map
+        wp = v.m.engine_state.wp_map
         for page in v.protected - pages:
             if page < v.m.ram_size:
                 wp[page >> 18] &= ~(1 << ((page >> 12) & 63))
