@@ -103,8 +103,9 @@ class VcpuBackend(Protocol):
         ...
 
     def clip_to_deadline(self) -> None:
-        """A timer may have been armed by the exit being handled: end the run at the machine's nearest
-        deadline (``Machine.next_deadline``) so the timer fires on time; no-op when it is already due."""
+        """A timer may have been armed by the exit being handled: end the run at this vCPU's nearest deadline
+        (``ready.own_deadline``) so the timer fires on time, and set ``deadline_cut`` (the host then runs an SMP
+        vCPU on after delivering it); no-op when it is already due. :meth:`end_run_within` sets it to None."""
         ...
 
     def count_exit(self, reason: str, rip: int | None = None) -> None:

@@ -1,8 +1,9 @@
 """The host: P simulated physical CPUs shared by the vCPUs of one or more partitions, in one deterministic loop.
 
 Every quantum, the runnable vCPUs of all partitions (rotating order) get at most ``pcpus`` CPUs for up to
-``quantum`` ticks (a lone vCPU: SOLO_QUANTUM), shortened so that the nearest timer deadline of any partition is
-not overshot -- a timer armed during a run ends that run at its deadline (Vcpu.clip_to_deadline); a vCPU
+``quantum`` ticks (a lone vCPU, or the only runnable one of a lone partition: SOLO_QUANTUM), shortened so that
+the nearest timer deadline of any partition is not overshot -- a timer armed during a run ends that run at its
+deadline (Vcpu.clip_to_deadline; on SMP the vCPU then gets it delivered and runs on in its CPU's quantum); a vCPU
 that halts, idles or yields early hands the rest of its CPU's quantum to the next vCPU waiting. With nothing
 runnable anywhere, host time jumps to the nearest deadline. A partition whose vCPUs are all halted with no
 deadline ends "hung" while the others go on — the 2009 promise that an idle or spinning guest's time goes to
