@@ -125,3 +125,83 @@ def test_a_closed_machine_is_garbage(guests: Path) -> None:
     del m
     gc.collect()
     assert ref() is None
+
+
+def _recorder(seen: list[int]) -> Any:
+    """An INTR hook that records the vector and stops the engine."""
+
+    def hook(u: Any, intno: int, _ud: Any) -> None:
+        seen.append(intno)
+        u.emu_stop()
+
+    return hook
+
+
+def _user_mode_uc() -> tuple[Any, Any, Any]:
+    """A 64-bit instance taken to CPL 3 by IRETQ (GDT: 0x08 kernel code, 0x10 kernel data, 0x1B/0x23 user)."""
+    import ctypes
+    import struct
+
+    from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
+    from unicorn import x86_const as X
+
+    ram = (ctypes.c_ubyte * (2 << 20))()
+    q = lambda a, v: struct.pack_into("<Q", ram, a, v)  # noqa: E731
+    for at, entry in ((0x1000, 0x2007), (0x2000, 0x3007), (0x3000, 0x87)):  # a user-accessible 2 MiB page
+        q(at, entry)
+    for at, desc in ((0x508, 0x00209A0000000000), (0x510, 0x0000920000000000), (0x518, 0x0020FA0000000000),
+                     (0x520, 0x0000F20000000000)):
+        q(at, desc)
+    for i, v in enumerate((0x11000, 0x1B, 0x202, 0x9000, 0x23)):  # RIP CS RFLAGS RSP SS of the IRETQ frame
+        q(0x7FD8 + 8 * i, v)
+    # iretq to CPL 3; hlt (#GP there); mov rax, cr0; a non-canonical load (#GP)
+    code = {0x10000: "48bcd87f00000000000048cf", 0x11000: "f4", 0x12000: "0f20c0f4",
+            0x13000: "48bb0000000000f07f00488b03f4"}
+    for at, hexcode in code.items():
+        ctypes.memmove(ctypes.addressof(ram) + at, bytes.fromhex(hexcode), len(hexcode) // 2)
+    uc: Any = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map_ptr(0, len(ram), UC_PROT_ALL, ctypes.addressof(ram))
+    clean = uc.context_save()
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, 0x27, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, 0x1000)
+    uc.reg_write(X.UC_X86_REG_CR4, 0x620)
+    uc.msr_write(0xC000_0080, 0x500)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80010033)
+    uc.reg_write(X.UC_X86_REG_CS, 8)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    seen: list[int] = []
+    uc.hook_add(UC_HOOK_INTR, _recorder(seen))
+    uc.emu_start(0x10000, (1 << 64) - 1, count=3)  # mov rsp; iretq; hlt at CPL 3 -> #GP
+    assert seen == [13] and uc.reg_read(X.UC_X86_REG_CS) == 0x1B
+    return uc, clean, ram  # the caller keeps the RAM alive while the instance maps it
+
+
+def test_hidden_state_reset_lowers_the_cpl_and_keeps_every_register() -> None:
+    """hidden.reset_hidden: the registers read back the same, privileged code then runs at CPL 0 and the next
+    fault is itself, not a double fault. A CS/SS write alone leaves the engine's CPL at 3 and its record of the
+    first #GP: the same MOV from CR0 faults, reported as #GP or escalated to a spurious #DF."""
+    from unicorn import UC_HOOK_INTR
+    from unicorn import x86_const as X
+
+    from viridian.machine.reference.hidden import capture, reset_hidden
+
+    uc, clean, _ram = _user_mode_uc()
+    before = capture(uc)
+    reset_hidden(uc, clean, segs=(0x08, 0x10))
+    after = capture(uc)
+    assert after["segs"][:2] == [0x08, 0x10] and {k: v for k, v in after.items() if k != "segs"} == \
+        {k: v for k, v in before.items() if k != "segs"}
+    seen: list[int] = []
+    uc.hook_add(UC_HOOK_INTR, _recorder(seen))
+    uc.emu_start(0x13000, (1 << 64) - 1, count=3)  # a second #GP: reported as itself, the first one forgotten
+    assert seen == [13]
+    uc.emu_start(0x12000, (1 << 64) - 1, count=1)  # CPL 0 now: MOV from CR0 runs
+    assert seen == [13] and uc.reg_read(X.UC_X86_REG_RAX) == 0x80010033
+
+    uc, _clean, _ram = _user_mode_uc()  # without the reset: the selectors change, the CPL does not
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    seen.clear()
+    uc.hook_add(UC_HOOK_INTR, _recorder(seen))
+    uc.emu_start(0x12000, (1 << 64) - 1, count=2)
+    assert seen in ([13], [8])
