@@ -172,10 +172,23 @@ class EventLog:
 
     def run_slice(self, v: Any, budget: int) -> int:
         """Run ``v``'s slice (``Machine.run_vcpu``). A replay runs it in pieces that end at the clocks of the
-        kicks ``v`` recorded in it (the engine stops at the first block start from there), so the polls
-        :meth:`may_poll` allows happen where the recording's did."""
+        kicks ``v`` recorded in it, so the polls :meth:`may_poll` allows happen where the recording's did. The
+        pieces are exact runs (``v.exact``: the engine stops before the block that would pass the piece's end and
+        steps single instructions to it; its own deadline clips and kicks do not end a piece), so the replay
+        lands on the recorded clock wherever the two engines' blocks start; an instruction that straddles it
+        (the recording's point is not an instruction boundary here) lands past it and is named a ``stop``."""
         if self.mode == "record" or self.divergence is not None:
             return int(v.run(budget))
+        exact = getattr(v, "exact", None)
+        if exact is None:  # an engine without exact runs: its pieces end at block starts
+            return self._pieces(v, budget)
+        v.exact = True  # each piece ends at exactly its clock (single steps inside the block that holds it)
+        try:
+            return self._pieces(v, budget)
+        finally:
+            v.exact = False
+
+    def _pieces(self, v: Any, budget: int) -> int:
         used = 0
         while True:
             t = self._next_kick(v, after=v.ticks)  # kicks at this clock happen as the next run starts

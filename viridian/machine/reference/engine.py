@@ -174,7 +174,8 @@ class SharedEngine:
             v.pend_valid = False  # stopped before the block: hooks were added for its page
             return
         ticks = v.bytes
-        if ticks >= v.limit:  # the budget is used up: stop before this block, which is not counted
+        if ticks >= v.limit or (v.exact_now and ticks + size > v.limit):  # the budget is used up (or an exact
+            # run's would be passed by this block): stop before this block, which is not counted
             v.limit = MAX_ADDR
             if not v.stop_reason:
                 v.stop_reason = "budget"

@@ -82,6 +82,9 @@ class Vcpu:
         self.bytes = self.blocks = 0
         self.pauses = self.pause_last = self.pause_loop_start = 0
         self.limit = MAX_ADDR
+        self.exact = False  # replays (eventlog.py): a run ends at exactly run_end (single steps at the end)
+        self.exact_now = False  # ... and this emu_start may stop before a block that would pass limit
+        self.step_from: int | None = None  # ... and this emu_start was a step from here
         self.run_end = 0
         self.block_start = self.pend_end = 0
         self.pend_valid = False
@@ -246,7 +249,10 @@ class Vcpu:
             if not EV.enter_multiboot(self, entry, info):
                 return self.bytes - start
         h = eng.h
-        while not self.m.done and self.bytes < self.run_end:
+        stepping = False  # an exact run: the block that holds run_end runs one instruction at a time
+        while not self.m.done and self.bytes < (self.run_end if not self.exact else start + budget):
+            if self.exact:  # the recorded end is where the recording stopped, whatever ended it (a deadline's
+                self.run_end = start + budget  # clip, a kick): a replay's own clips do not move it
             EV.inject_pending(self)
             if self.halted or self.idle or self.m.done:
                 break
@@ -257,9 +263,12 @@ class Vcpu:
             rip = int(_RIP.read(h)[0])
             self.guest_cr2 = int(_CR2.read(h)[0])
             eng.map_changed = False
+            self.exact_now = self.exact and not stepping and self.limit == self.run_end
             error: UcError | None = None
+            if stepping:  # a cached translation has no instruction count in it: translate this one again
+                eng.uc.ctl_remove_cache(rip, rip + 1)
             try:
-                eng.uc.emu_start(rip, MAX_ADDR)
+                eng.uc.emu_start(rip, MAX_ADDR, count=int(stepping))  # count 1: the step of an exact run
             except UcError as exc:
                 error = exc
             finally:
@@ -270,6 +279,10 @@ class Vcpu:
             if error is not None and self.wp_fault is None and not self.m.done:
                 T.engine_error(self, error)
                 break
+            if self.exact_now and self.stop_reason == "budget" and \
+                    self.bytes + self.pend_end + 1 - self.block_start > start + budget:
+                stepping = True  # stopped short of the run's end before the block that holds it: step the rest
+            self.step_from = rip if stepping else None
             if not self.after_stop():
                 break
         used = self.bytes - start
@@ -311,6 +324,8 @@ class Vcpu:
             return True  # budget, or a stop a hook asked for
         if self.eng.map_changed and not EV.ended_in_hlt(self):
             return True
+        if self.step_from is not None and int(_RIP.read(self.eng.h)[0]) != self.step_from:
+            return True  # a step of an exact run ran its one instruction
         EV.after_natural_stop(self)
         return True
 

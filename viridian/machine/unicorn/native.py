@@ -151,6 +151,7 @@ class VnState(ctypes.Structure):
         ("lsr_idle", ctypes.c_uint64),
         ("stub_len", ctypes.c_uint64),
         ("stub_sig", ctypes.c_uint8 * 16),
+        ("exact", ctypes.c_uint64),
     ]
 
 

@@ -44,6 +44,7 @@ from viridian.machine.unicorn.engine_build import new_uc
 from viridian.machine.unicorn.lazy import LazyEngine, capture_boot, load_boot_state, unbuilt
 from viridian.machine.unicorn.lost_fault import recover_lost_fault, resume_stop
 from viridian.machine.unicorn.native import (
+    STOP_BUDGET,
     STOP_NEW_SITES,
     STOP_PAUSE,
     STOP_TABLE_FULL,
@@ -126,6 +127,7 @@ class Vcpu(LazyEngine, SeamMethods):
         self.hidden_flags: D.HiddenFlags | None = None  # the engine's hflags/hflags2 (vcpu_delivery.hidden_flags)
         self.nmi_window = False  # an NMI waits for the IRET that unblocks NMIs: run one block at a time
         self.run_end = 0  # this run ends once the clock (bytes) reaches it
+        self.exact = False  # replays (eventlog.py): a run ends at exactly run_end (single steps at the end)
         self.vp = machine.partition.vps[index]
         self.apic = machine.apics[index]
         self.traps = InstructionTraps(self)
@@ -300,7 +302,10 @@ class Vcpu(LazyEngine, SeamMethods):
             (entry, info), self.multiboot_entry = self.multiboot_entry, None
             if not enter_multiboot(self, entry, BOOT_MAGIC, info):
                 return int(n.bytes) - start
-        while not self.m.done and n.bytes < self.run_end:
+        stepping = False  # an exact run: the block that holds run_end runs one instruction at a time
+        while not self.m.done and n.bytes < (self.run_end if not self.exact else start + budget):
+            if self.exact:  # the recorded end is where the recording stopped, whatever ended it (a deadline's
+                self.run_end = start + budget  # clip, a kick): a replay's own clips do not move it
             self.inject_pending()
             if self.halted or self.idle or self.m.done:
                 break
@@ -309,6 +314,7 @@ class Vcpu(LazyEngine, SeamMethods):
             self.vp.before_run()
             n.stop_reason = 0
             n.limit = limit
+            n.exact = exact_now = int(self.exact and not stepping and limit == self.run_end)
             rip = self.rip_flags.read()[0]
             if self._native_any:
                 self.traps.arm_native_tsc()
@@ -317,8 +323,11 @@ class Vcpu(LazyEngine, SeamMethods):
             n.ple_quiet = int(n.ple_quiet and self._native_any and quiet_ple.allowed(self, limit))
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
             self.guest_cr2 = self._cr2.read()[0]
+            if stepping:  # a cached translation has no instruction count in it: translate this one again
+                uc.ctl_remove_cache(rip, rip + 1)
             try:
-                uc.emu_start(rip, unassigned.until(self))  # MAX_ADDR, or an instruction at the edge of RAM
+                uc.emu_start(rip, unassigned.until(self), count=int(stepping))  # until: MAX_ADDR, or an
+                # instruction at the edge of RAM; count 1: the step of an exact run
             except UcError as exc:
                 if self._wp_fault is None:
                     self._engine_error(exc)
@@ -377,12 +386,14 @@ class Vcpu(LazyEngine, SeamMethods):
                 self.window_open_at = int(n.window_open_at)
                 continue
             if n.stop_reason:
+                stepping = stepping or bool(exact_now and n.stop_reason == STOP_BUDGET  # short of run_end, before
+                                            and n.bytes + n.pend_end + 1 - n.block_start > start + budget)  # its block
                 continue  # budget or interrupt-window slice used up
             if self.map_changed and not ended_in_hlt(self):  # a HLT after the change still halts
                 self.map_changed = False
                 continue
-            if code_written or patch_failed:
-                continue
+            if code_written or patch_failed or (stepping and self.rip_flags.read()[0] != rip):
+                continue  # (a step ran its one instruction)
             self._after_natural_stop()
             if self.halted:
                 continue  # an interrupt may already be deliverable (inject_pending wakes it)

@@ -170,9 +170,10 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
     }
     if (last == first)
         s->last_page = first + 1;
-    if (s->bytes >= s->limit) {
+    if (s->bytes >= s->limit || (s->exact && s->bytes + size > s->limit)) {
         /* the clock reached the budget: stop before this block, which is not counted (the clock counts the
-         * bytes of instructions that ran, whatever path entered the block -- engine_build.py) */
+         * bytes of instructions that ran, whatever path entered the block -- engine_build.py); in a replay's
+         * exact run also before a block that would pass it (the hot paths above need bytes + size < limit) */
         s->limit = ~0ULL;
         if (s->stop_reason == STOP_NONE)
             s->stop_reason = STOP_BUDGET;

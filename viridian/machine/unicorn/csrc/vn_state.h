@@ -121,6 +121,8 @@ typedef struct {
     uint64_t lsr_idle;       /* vn_in: COM1's LSR while it transmits instantly (devices/uart16550.py) */
     uint64_t stub_len;       /* scan_page: our hypercall page's bytes up to its hook (machine/stubs.py) */
     uint8_t stub_sig[16];
+    uint64_t exact;          /* replays only (eventlog.py): also stop before a block that would take bytes past
+                                limit, so the machine can step single instructions to exactly limit */
 } vn_state;
 
 void vn_pause(void *uc, uint64_t address, uint32_t size, void *user);
