@@ -5,68 +5,18 @@ non-present or read-only translation is the page fault the guest must see."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
 from viridian.machine.backend import EXIT_TICKS
+from viridian.machine.descriptor_checks import disassembler, memory_operands
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 STOP_ROUNDS = 8  # engine stops resumed at one RIP with no instruction completed in between, at most
 
 if TYPE_CHECKING:
-    import capstone
-
     from viridian.machine.unicorn.vcpu import Vcpu
-
-
-@cache
-def _disassembler() -> capstone.Cs:
-    import capstone  # here, not at module level: ~0.1 s of every start-up, for a rare recovery
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
-
-def _reg(uc: Any, md: capstone.Cs, reg: int, next_rip: int) -> int:
-    from capstone import x86_const as CX
-
-    if reg == 0:
-        return 0
-    if reg == CX.X86_REG_RIP:
-        return next_rip
-    uid = getattr(X, "UC_X86_REG_" + md.reg_name(reg).upper(), None)
-    return int(uc.reg_read(uid)) if uid is not None else 0
-
-
-def memory_operands(uc: Any, code: bytes, rip: int) -> list[tuple[int, int, bool]]:
-    """(linear address, size, is_write) of each memory operand of the instruction at ``rip``."""
-    import capstone
-    from capstone import x86_const as CX
-
-    md = _disassembler()
-    out: list[tuple[int, int, bool]] = []
-    for insn in md.disasm(code, rip, 1):
-        nxt = rip + insn.size
-        for op in insn.operands:
-            if op.type != CX.X86_OP_MEM:
-                continue
-            m = op.mem
-            addr = _reg(uc, md, m.base, nxt) + _reg(uc, md, m.index, nxt) * (m.scale or 1) + m.disp
-            if m.segment == CX.X86_REG_FS:
-                addr += uc.msr_read(0xC000_0100)
-            elif m.segment == CX.X86_REG_GS:
-                addr += uc.msr_read(0xC000_0101)
-            write = bool(op.access & capstone.CS_AC_WRITE)
-            size = max(1, op.size)
-            if insn.mnemonic.startswith(("xsave", "xrstor", "fxsave", "fxrstor")):
-                size = 512 if insn.mnemonic.startswith("fx") else 576  # SDM vol. 1 §13.4: legacy area + header
-            out.append((addr & 0xFFFF_FFFF_FFFF_FFFF, size, write))
-        if insn.mnemonic.startswith("push") or insn.mnemonic.startswith("call"):
-            out.append(((uc.reg_read(X.UC_X86_REG_RSP) - 8) & 0xFFFF_FFFF_FFFF_FFFF, 8, True))
-    return out
 
 
 def classify(uc: Any, code: bytes, rip: int) -> tuple[str, int]:
@@ -76,7 +26,7 @@ def classify(uc: Any, code: bytes, rip: int) -> tuple[str, int]:
         return "ud", 2
     if code[:3] in (b"\x0f\x01\xc1", b"\x0f\x01\xd9"):
         return "hypercall", 3
-    md = _disassembler()
+    md = disassembler()
     for insn in md.disasm(code, rip, 1):
         if insn.mnemonic in ("div", "idiv"):
             return "de", insn.size
@@ -102,9 +52,8 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
     operands = memory_operands(v.uc, code, rip)
     for addr, size, _write in operands:  # SDM 3.3.7.1: a non-canonical address raises #GP(0) (#SS for RSP)
         if any(not _canonical(p) for p in (addr, (addr + size - 1) & 0xFFFF_FFFF_FFFF_FFFF)):
-            v.stats.exit("exception")
             v.stats.events["lost_fault_recovered"] += 1
-            v.raise_exception(13, 0, rip, deferred=False)
+            v.raise_exception(13, 0, rip, count_exit=True, deferred=False)
             return True
     for addr, size, write in operands:  # the first byte of each page the access touches, in order
         for probe in [addr, *range((addr & ~0xFFF) + 0x1000, addr + size, 0x1000)]:
@@ -113,15 +62,13 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
                 present = v.m.walker.translate(cr3, cr0, probe) is not None
                 cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
                 err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
-                v.stats.exit("exception")
-                v.stats.events["lost_fault_recovered"] += 1
-                v.raise_exception(14, err, rip, deferred=False)
+                    v.stats.events["lost_fault_recovered"] += 1
+                v.raise_exception(14, err, rip, count_exit=True, deferred=False)
                 return True
     seg = segment_load_fault(v, code, rip)  # arch_faults.py: a descriptor the guest's own table made invalid
     if seg is not None and seg[0] != 14:
-        v.stats.exit("exception")
         v.stats.events["lost_fault_recovered"] += 1
-        v.raise_exception(seg[0], seg[1], rip, deferred=False)
+        v.raise_exception(seg[0], seg[1], rip, count_exit=True, deferred=False)
         return True
     kind, length = classify(v.uc, code, rip)
     if kind == "hypercall":
@@ -145,9 +92,8 @@ def fetch_fault(v: Vcpu, rip: int) -> bool:
         arch = refine(v, v.uc, 13, rip)
         if arch is None:
             return False
-        v.stats.exit("exception")
         v.stats.events["lost_fault_recovered"] += 1
-        v.raise_exception(arch[0], 0, arch[1], deferred=False)
+        v.raise_exception(arch[0], 0, arch[1], count_exit=True, deferred=False)
         return True
     cr3, cr0 = v.paging()
     if v.m.walker.translate(cr3, cr0, rip) is not None:
@@ -157,9 +103,8 @@ def fetch_fault(v: Vcpu, rip: int) -> bool:
     fetch = 0x10 if (v.efer >> 11) & 1 or (cr4 >> 20) & 1 else 0
     v.uc.reg_write(X.UC_X86_REG_CR2, rip)
     v.guest_cr2 = rip
-    v.stats.exit("exception")
     v.stats.events["lost_fault_recovered"] += 1
-    v.raise_exception(14, fetch | (4 if cpl == 3 else 0), rip, deferred=False)
+    v.raise_exception(14, fetch | (4 if cpl == 3 else 0), rip, count_exit=True, deferred=False)
     return True
 
 
