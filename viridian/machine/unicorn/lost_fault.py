@@ -62,7 +62,7 @@ def recover_lost_fault(v: Vcpu, rip: int) -> bool:
                 present = v.m.walker.translate(cr3, cr0, probe) is not None
                 cpl = v.uc.reg_read(X.UC_X86_REG_CS) & 3
                 err = int(present) | (2 if write else 0) | (4 if cpl == 3 else 0)
-                    v.stats.events["lost_fault_recovered"] += 1
+                v.stats.events["lost_fault_recovered"] += 1
                 v.raise_exception(14, err, rip, count_exit=True, deferred=False)
                 return True
     seg = segment_load_fault(v, code, rip)  # arch_faults.py: a descriptor the guest's own table made invalid
