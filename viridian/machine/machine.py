@@ -209,6 +209,7 @@ class Machine:
                 self.clock.set_tsc(now)
 
     def poll_vcpu(self, v: Vcpu) -> None:
+        self.sync_clock(v)  # the run loop's poll sees the running vCPU's time, not the last Python exit's
         if self.eventlog is not None and not self.eventlog.may_poll(v):
             return
         self.apics[v.index].poll()
