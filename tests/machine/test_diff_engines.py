@@ -147,19 +147,20 @@ def test_the_first_divergence_names_the_vcpu_clock_rip_and_registers() -> None:
     assert f"vCPU 1 at clock {e[4]}" in text and f"RIP {e[5]:#x}" in text and "rbx" in text
 
 
-def test_a_slice_that_ends_elsewhere_is_named_as_a_stop_point() -> None:
+@pytest.mark.parametrize("disable", ["", "all"])  # block entry (vn_tb_enter) and the block hook (vn_block)
+def test_a_slice_that_ends_elsewhere_is_named_as_a_stop_point(disable: str) -> None:
     entries = _record("hello.elf", 2)
     k = next(i for i, e in enumerate(entries) if e[0] == "slice" and e[4] - e[3] > 1000)
     e = list(entries[k])
     e[4] -= 7  # as if the recording had stopped a few bytes sooner, inside an instruction of the replay
-    log = _replay([*entries[:k], tuple(e), *entries[k + 1:]], "hello.elf", 2)
+    log = _replay([*entries[:k], tuple(e), *entries[k + 1:]], "hello.elf", 2, disable=disable)
     div = log.divergence  # the replay steps to it and the instruction that holds it passes it
     assert div is not None and div.kind == "stop" and div.index == k
     logged, got = div.fields["ticks"]
     assert logged == e[4] < got < e[4] + 7
-    e[4] = got  # an instruction boundary inside the block: the replay lands on it exactly (and there, the
-    log = _replay([*entries[:k], tuple(e), *entries[k + 1:]], "hello.elf", 2)  # registers are not the log's)
-    div = log.divergence
+    e[4] = got  # an instruction boundary inside the block: the replay lands on it exactly (there the
+    log = _replay([*entries[:k], tuple(e), *entries[k + 1:]], "hello.elf", 2, disable=disable)  # (registers
+    div = log.divergence  # are not the log's)
     assert div is not None and div.kind == "slice" and div.index == k and "ticks" not in div.fields
     assert div.fields["rip"][0] != div.fields["rip"][1]
 
