@@ -18,6 +18,7 @@ from unicorn import x86_const as X
 
 from viridian.machine import layout as L
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
+from viridian.machine.reference import arch as A
 from viridian.machine.reference.hidden import reset_hidden
 from viridian.machine.reference.regs import RegSet, ids
 from viridian.machine.reference.startup import bring_up, enter_multiboot  # noqa: F401 - re-exported
@@ -70,6 +71,11 @@ def interrupt(v: Vcpu, intno: int) -> None:
     v.pending_site = 0
     if intno in CONTRIBUTORY or intno in (PF, DF):
         v.fault_state_dirty = True  # the engine's old_exception now holds it (hidden.py)
+    if intno == DF and (seg := A.segment_fault(v, rip)) is not None:  # arch.py: a segment load's own fault
+        v.df_retry = None
+        v.settle(rip)
+        raise_exception(v, seg[0], seg[1], rip, count_exit=True)
+        return
     if intno == DF and v.read_virtual(rip - 2, 2) != b"\xcd\x08":  # the engine escalated a second fault
         if not canonical(rip):
             intno = GP
@@ -93,6 +99,9 @@ def interrupt(v: Vcpu, intno: int) -> None:
             return
         v.guest_cr2 = cr2
         error = pf_error_code(v, cr2)
+    if intno == GP and not canonical(rip) and (at := A.non_canonical_branch(v)) is not None:
+        raise_exception(v, GP, 0, at, count_exit=True)  # SDM vol. 2A JMP/CALL/RET: #GP(0) at the branch
+        return
     v.settle(rip)  # the rest of the block does not run (a fault: nor does the instruction at rip)
     raise_exception(v, intno, error, rip, count_exit=True, external=not software_interrupt(v, intno, rip))
 
@@ -152,11 +161,15 @@ def enter(v: Vcpu, vector: int, error: int | None, rip: int, *, external: bool =
     _s, gdt_base, gdt_limit, _f = uc.reg_read(X.UC_X86_REG_GDTR)
     cpu = CpuView(rip, rsp, rflags, cs, ss, cr0, cr3, idt_base, idt_limit, tr_base, gdt_base, gdt_limit)
     try:
-        d = deliver(v.m.walker, cpu, vector, error, rip, external=external)
+        at = None if external else A.software_interrupt_at(v, vector, rip)
+        d = deliver(v.m.walker, cpu, vector, error, rip, external=external, io=A.reader(v), insn_rip=at)
     except TripleFault as tf:
+        A.delivery_faults(v, tf.raised, tf.cr2)
         v.m.finish("triple-fault", vcpu=v.index, detail=str(tf), disasm=v.describe_instruction(rip))
         v.stop()
         return False
+    if d.raised:
+        A.delivery_faults(v, d.raised, d.cr2)
     new_ss = ss if d.ss is None else d.ss
     if (d.cs & 3 < cs & 3 or v.fault_state_dirty) and d.cs & 3 == 0:
         clean(v, segs=(d.cs, new_ss))
@@ -356,12 +369,7 @@ def after_natural_stop(v: Vcpu) -> None:
         v.m.neg.record_event(v.index, v.m.clock.tsc(), "hlt")
         v.halted = True
         return
-    if lost_fault(v, rip):
-        return
-    here = (rip, v.bytes)
-    if v.unexplained != here:  # as the fast engine: go on once
-        v.unexplained = here
-        v.stats.events["engine stop resumed"] += 1
+    if lost_fault(v, rip) or A.natural_stop(v, rip) or A.resume_stop(v, rip):
         return
     v.m.finish("error", vcpu=v.index, detail=f"engine stopped unexpectedly at {rip:#x}",
                disasm=v.describe_instruction(rip))

@@ -295,6 +295,10 @@ def describe(v: Vcpu, rip: int) -> str:
 
 
 def engine_error(v: Vcpu, exc: UcError) -> None:
+    from viridian.machine.reference.arch import fetch_fault
+
+    if fetch_fault(v, exc):  # a fetch outside RAM: #UD (arch.py)
+        return
     rip = int(v.eng.uc.reg_read(X.UC_X86_REG_RIP))
     v.m.finish("error", vcpu=v.index, detail=f"engine error at {rip:#x}: {exc}", disasm=describe(v, rip))
 

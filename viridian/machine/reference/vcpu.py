@@ -99,7 +99,7 @@ class Vcpu:
         self.retry_clean = False
         self.wp_fault: int | None = None
         self.df_retry: int | None = None
-        self.unexplained: tuple[int, int] | None = None
+        self.unexplained_stop: tuple[int, int, int] | None = None  # (RIP, clock, rounds): arch.resume_stop
         self.guest_cr2 = 0
         self.nmi_blocked = False  # from an NMI's delivery until the next IRET (SDM vol. 3 §6.7.1)
         self.window_active = self.window_first = self.window_shadow = self.window_prev_if = False

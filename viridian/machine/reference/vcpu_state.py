@@ -43,11 +43,9 @@ def write_access(v: Vcpu, rip: int) -> bool | None:
 
 def pf_error_code(v: Vcpu, cr2: int) -> int:
     """P from the page walk, W/R from the instruction, U/S from the CPL (SDM vol. 3A §4.7)."""
-    cr3, cr0 = v.paging()
-    present = v.m.walker.translate(cr3, cr0, cr2) is not None
-    cpl = int(v.eng.uc.reg_read(X.UC_X86_REG_CS)) & 3
-    write = write_access(v, v.rip_flags()[0])
-    return (1 if present else 0) | (2 if (present if write is None else write) else 0) | (4 if cpl == 3 else 0)
+    from viridian.machine.reference.arch import pf_walk_error  # the walk reads what the CPU reads (RSVD too)
+
+    return pf_walk_error(v, cr2, write_access(v, v.rip_flags()[0]))
 
 
 def _reg(v: Vcpu, reg: int, next_rip: int) -> int:
