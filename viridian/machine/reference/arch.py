@@ -166,8 +166,12 @@ def fetch_fault(v: Vcpu, exc: UcError) -> bool:
     rip = int(v.eng.uc.reg_read(X.UC_X86_REG_RIP))
     cr3, cr0 = v.paging()
     pa = v.m.walker.translate(cr3, cr0, rip)
-    if pa is None or pa < v.m.ram_size:
+    if pa is None:
         return False
+    if pa < v.m.ram_size:  # an instruction from RAM into memory outside it (edge.py)
+        from viridian.machine.reference.edge import stop
+
+        return stop(v, rip)
     v.stats.events["fetch from a device page" if _device(v, pa) else "fetch from unassigned memory"] += 1
     from viridian.machine.reference import events as EV
 

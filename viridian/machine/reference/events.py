@@ -19,6 +19,7 @@ from unicorn import x86_const as X
 from viridian.machine import layout as L
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.reference import arch as A
+from viridian.machine.reference.edge import stop as edge_stop
 from viridian.machine.reference.hidden import reset_hidden
 from viridian.machine.reference.regs import RegSet, ids
 from viridian.machine.reference.startup import bring_up, enter_multiboot  # noqa: F401 - re-exported
@@ -369,7 +370,7 @@ def after_natural_stop(v: Vcpu) -> None:
         v.m.neg.record_event(v.index, v.m.clock.tsc(), "hlt")
         v.halted = True
         return
-    if lost_fault(v, rip) or A.natural_stop(v, rip) or A.resume_stop(v, rip):
+    if edge_stop(v, rip) or lost_fault(v, rip) or A.natural_stop(v, rip) or A.resume_stop(v, rip):
         return
     v.m.finish("error", vcpu=v.index, detail=f"engine stopped unexpectedly at {rip:#x}",
                disasm=v.describe_instruction(rip))

@@ -25,6 +25,7 @@ from viridian.machine.backend import CLOCK_FIELDS, EXIT_TICKS, MmioRead, MmioWri
 from viridian.machine.boot import BootRegisters
 from viridian.machine.ports import ExitRequested
 from viridian.machine.ready import own_deadline
+from viridian.machine.reference import edge as E
 from viridian.machine.reference import events as EV
 from viridian.machine.reference import traps as T
 from viridian.machine.reference.engine import MAX_ADDR, engine_of
@@ -100,6 +101,7 @@ class Vcpu:
         self.wp_fault: int | None = None
         self.df_retry: int | None = None
         self.unexplained_stop: tuple[int, int, int] | None = None  # (RIP, clock, rounds): arch.resume_stop
+        self.edge = E.Edge()  # an instruction at the edge of RAM (edge.py)
         self.guest_cr2 = 0
         self.nmi_blocked = False  # from an NMI's delivery until the next IRET (SDM vol. 3 §6.7.1)
         self.window_active = self.window_first = self.window_shadow = self.window_prev_if = False
@@ -268,11 +270,12 @@ class Vcpu:
             if stepping:  # a cached translation has no instruction count in it: translate this one again
                 eng.uc.ctl_remove_cache(rip, rip + 1)
             try:
-                eng.uc.emu_start(rip, MAX_ADDR, count=int(stepping))  # count 1: the step of an exact run
+                eng.uc.emu_start(rip, E.until(self), count=int(stepping))  # count 1: the step of an exact run
             except UcError as exc:
                 error = exc
             finally:
                 self.settle(int(_RIP.read(h)[0]))
+                E.after_run(self)
                 if int(_CR2.read(h)[0]) == SPURIOUS_CR2:
                     _CR2.write(h, (self.guest_cr2,))
                 self.vp.after_run()
