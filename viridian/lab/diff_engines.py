@@ -58,14 +58,9 @@ NOT_COMPARED = {
 }
 
 # Differences between two *different* engines that are known and explained: reported beside the cell ("known"),
-# not failing it (docs/diff-engines.md). Applies when the run made NotifyLongSpinWait calls (hypercall 0x0008).
-SPIN_CALL = "0x0008"
-KNOWN = {
-    "time.tsc": "the fast engine completes fast NotifyLongSpinWait natively (vn_stub) and adds the exit ticks to "
-                "the vCPU clock without raising the partition clock, so its quanta map vCPU time onto host time "
-                "differently; every vCPU clock, exit and output is equal",
-    "time.reference_time_100ns": "follows time.tsc",
-}
+# not failing it (docs/diff-engines.md). None at present: the fast engine's native NotifyLongSpinWait (vn_stub)
+# now raises the partition clock as the Python path does.
+KNOWN: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -259,9 +254,8 @@ def guest_cell(guest: str, vcpus: int, engines: tuple[str, str]) -> dict[str, An
 def split_known(specs: list[EngineSpec], sides: list[dict[str, Any]],
                 diffs: list[Difference]) -> tuple[list[Difference], list[dict[str, Any]]]:
     """(differences that fail the cell, the :data:`KNOWN` ones with their reason): known ones only between two
-    different engines, in a run that made NotifyLongSpinWait calls."""
-    spun = all(s["exits"]["by_hypercall"].get(SPIN_CALL, 0) for s in sides)
-    known = KNOWN if specs[0].engine != specs[1].engine and spun else {}
+    different engines."""
+    known = KNOWN if specs[0].engine != specs[1].engine else {}
     return ([d for d in diffs if d.path not in known],
             [d.to_json() | {"why": known[d.path]} for d in diffs if d.path in known])
 

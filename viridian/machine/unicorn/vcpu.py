@@ -319,6 +319,8 @@ class Vcpu(LazyEngine, SeamMethods):
             if self._native_any:
                 self.traps.arm_native_tsc()
                 vcpu_io.arm(self)
+            elif n.fast_spin_ok:  # vn_stub raises tsc_floor too
+                self.traps.arm_native_tsc()
             self.map_changed = False  # only a change during this run explains its end (else a HLT was lost)
             n.ple_quiet = int(n.ple_quiet and self._native_any and quiet_ple.allowed(self, limit))
             self._engine_enter(self._native_ref)  # TLB fills now belong to this engine (engine_watch.c)
@@ -342,7 +344,7 @@ class Vcpu(LazyEngine, SeamMethods):
                 self.vp.after_run()
             if n.ple_exits:
                 quiet_ple.collect(self)
-            if n.rdtsc_count or n.native_reads:
+            if n.rdtsc_count or n.native_reads or (n.fast_spin_count and not self.m.fast):  # vn_stub's clock
                 self.traps.collect_native_tsc()
             vcpu_io.collect(self)
             patch_failed = bool(n.tb_patch_failed)

@@ -413,7 +413,10 @@ void vn_stub(void *uc, uint64_t address, uint32_t size, void *user) {
         return;
     s->reg_write(uc, s->rax_reg, &zero);
     s->fast_spin_count++;
-    s->bytes += s->exit_ticks;
+    s->bytes += s->exit_ticks;  /* the exit as Vcpu.count_exit accounts it: EXIT_TICKS, and the partition clock */
+    uint64_t t = s->bytes + s->tsc_base;  /* brought up to this vCPU (as vn_pause; the machine collects it) */
+    if ((int64_t)(t - s->tsc_floor) > 0)
+        s->tsc_floor = t;
     s->fast_done_at = address;
 }
 
