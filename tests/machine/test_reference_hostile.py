@@ -19,7 +19,7 @@ from viridian.machine.loader import load_image
 from viridian.machine.machine import Machine
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_hostile_arch import CASES  # noqa: E402 - the expected answers, one table for both engines
+from test_hostile_arch import CASES  # the expected answers: one table for both engines
 
 # (guest, cmdline, MiB, vCPUs): every hostile_arch case, the edge of RAM at other RAM sizes, the cases that hung
 # on 2 vCPUs, and hostile_pages (page MSRs on one page, the APIC and past RAM)
