@@ -216,6 +216,8 @@ class Machine:
         self.partition.poll(v.index)
         if self.platform is not None:
             self.platform.poll()
+        if self.running is v:  # a periodic timer that fell due re-armed itself: the run stops there too (host.py)
+            v.clip_to_deadline()
 
     def next_deadline(self) -> int | None:
         best: int | None = None
