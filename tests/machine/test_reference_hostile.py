@@ -81,3 +81,26 @@ def test_reference_side_never_loads_the_fast_engine(engines: dict[str, dict[str,
     """The shared checks (descriptor_checks.py, delivery.py, paging.py) are engine-neutral: the reference engine
     answers every case without importing viridian.machine.unicorn."""
     assert engines["reference"]["fast_loaded"] == []
+
+
+def test_an_engine_stop_without_progress_is_resumed_a_bounded_number_of_times() -> None:
+    """arch.resume_stop (lost_fault.resume_stop's rule): stops at one RIP with the clock moved only by whole exits
+    are resumed STOP_ROUNDS times, then refused (the run ends "error", not a hang); a completed instruction byte
+    or another RIP between stops starts the count again."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from viridian.machine.backend import EXIT_TICKS
+    from viridian.machine.reference.arch import STOP_ROUNDS, resume_stop
+
+    v: Any = SimpleNamespace(bytes=0, unexplained_stop=None, stats=SimpleNamespace(events=Counter()))
+    answers = []
+    for _ in range(STOP_ROUNDS + 1):
+        answers.append(resume_stop(v, 0x1000))
+        v.bytes += EXIT_TICKS  # an MMIO read each round: an exit, no instruction byte
+    assert answers == [True] * STOP_ROUNDS + [False]
+    for _ in range(3 * STOP_ROUNDS):  # progress (3 bytes) between stops: never refused
+        v.bytes += 3
+        assert resume_stop(v, 0x1000)
+    for i in range(3 * STOP_ROUNDS):  # alternating RIPs: never refused
+        assert resume_stop(v, 0x2000 + (i & 1))
