@@ -78,7 +78,7 @@ def test_reference_engine_answers_as_the_fast_engine(engines: dict[str, dict[str
 
 
 def test_reference_side_never_loads_the_fast_engine(engines: dict[str, dict[str, Any]]) -> None:
-    """The shared checks (descriptor_checks.py, delivery.py, paging.py) are engine-neutral: the reference engine
+    """The shared checks (ucapi/descriptor_checks.py, delivery.py, paging.py) are not the fast engine: the reference engine
     answers every case without importing viridian.machine.unicorn."""
     assert engines["reference"]["fast_loaded"] == []
 

@@ -1,6 +1,6 @@
 """Architectural answers for guest actions the engine stops on without one (the reference engine's side of the
 fast engine's unicorn/arch_faults.py, lost_fault.py and unassigned.py; the SDM checks themselves are shared in
-viridian/machine/descriptor_checks.py):
+viridian/machine/ucapi/descriptor_checks.py):
 
 - What the CPU reads outside RAM (a descriptor table or page table on the APIC page or unassigned memory):
   the bytes the engine's memory core answers there (a device's MMIO callback; all-ones where nothing is
@@ -25,9 +25,9 @@ import capstone
 from unicorn import UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UcError
 from unicorn import x86_const as X
 
-from viridian.machine import descriptor_checks as D
 from viridian.machine.backend import EXIT_TICKS
 from viridian.machine.paging import PhysRead
+from viridian.machine.ucapi import descriptor_checks as D
 
 if TYPE_CHECKING:
     from viridian.machine.reference.vcpu import Vcpu

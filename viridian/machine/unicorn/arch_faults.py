@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as X
 
-from viridian.machine import descriptor_checks
+from viridian.machine.ucapi import descriptor_checks
 from viridian.machine.unicorn.unassigned import read_linear
 
 if TYPE_CHECKING:
@@ -137,5 +137,5 @@ def write_access(v: Vcpu) -> bool | None:
 
 def segment_load_fault(v: Vcpu, code: bytes, rip: int) -> tuple[int, int] | None:
     """(vector, error code) a segment load at ``rip`` raises by its descriptor checks (the SDM checks live in the
-    engine-neutral viridian/machine/descriptor_checks.py; descriptors read as the engine reads them)."""
+    engine-neutral viridian/machine/ucapi/descriptor_checks.py; descriptors read as the engine reads them)."""
     return descriptor_checks.segment_load_fault(v.uc, lambda a, n: read_linear(v, a, n), code, rip)

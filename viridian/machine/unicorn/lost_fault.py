@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import x86_const as X
 
 from viridian.machine.backend import EXIT_TICKS
-from viridian.machine.descriptor_checks import disassembler, memory_operands
+from viridian.machine.ucapi.descriptor_checks import disassembler, memory_operands
 from viridian.machine.unicorn.arch_faults import refine, segment_load_fault
 
 STOP_ROUNDS = 8  # engine stops resumed at one RIP with no instruction completed in between, at most
