@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import capstone
 from unicorn import x86_const as X
 
+from viridian.machine import interrupt_source
 from viridian.machine import layout as L
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.reference import arch as A
@@ -273,43 +274,21 @@ def window_block(v: Vcpu, address: int) -> bool:
 
 def inject_pending(v: Vcpu) -> bool:
     """Deliver an NMI, or the highest pending interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
-    apic = v.apic
-    v.vp.assist.retire_lazy_eoi()
-    v.m.poll_vcpu(v)
-    if v.idle and (apic.irr_vectors() or v.nmi_pending):
-        v.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
+    interrupt_source.prepare(v)
     if v.nmi_pending and not v.nmi_blocked:  # NMI: not maskable by IF or TPR (SDM §6.7)
         v.nmi_pending = v.halted = False
         if enter(v, 2, None, v.rip_flags()[0]):
             v.nmi_blocked = True
-            v.stats.interrupts_delivered += 1
-            v.stats.events["nmi"] += 1
-            if v.m.tracer is not None:
-                v.m.tracer.interrupt(v, 2, "nmi")
+            interrupt_source.delivered(v, 2, "nmi")
         return True
-    platform = v.m.platform if v.index == 0 else None
-    extint = platform is not None and platform.extint_pending()  # the 8259A first, as KVM does
-    vector = None if extint else apic.pending_vector()
-    if vector is None and not extint:
-        return False
-    if not interruptible(v):
+    if (source := interrupt_source.pending(v)) is None or not interruptible(v):
         return False
     v.window_open_at = None
-    if platform is not None and extint:  # ExtINT via LINT0 (SDM §10.5.1): the vector is the 8259A's INTA answer
-        vector = platform.extint_ack()
-    else:
-        assert vector is not None
-        apic.acknowledge()
-        if v.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
-            apic.auto_eoi(vector)
-        else:
-            v.vp.assist.on_inject(vector)
+    extint, _ = source
+    vector = interrupt_source.acknowledge(v, *source)
     v.halted = False
     if enter(v, vector, None, v.rip_flags()[0]):
-        v.stats.interrupts_delivered += 1
-        if v.m.tracer is not None:
-            v.m.tracer.interrupt(v, vector, "extint" if extint else "apic",
-                                 auto_eoi=not extint and v.vp.synic.is_auto_eoi(vector))
+        interrupt_source.delivered(v, vector, "extint" if extint else "apic")
     return True
 
 

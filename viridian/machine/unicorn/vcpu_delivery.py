@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from viridian.machine import interrupt_source
 from viridian.machine.delivery import CONTRIBUTORY, ERROR_CODE_VECTORS, PF, CpuView, TripleFault, deliver
 from viridian.machine.unicorn import engine as E
 from viridian.machine.unicorn.arch_faults import df_segment_load, refine, write_access
@@ -206,11 +207,7 @@ def has_interrupt(v: Vcpu) -> bool:
 
 def inject_pending(v: Vcpu) -> bool:
     """Deliver the highest pending APIC interrupt if RFLAGS.IF and priority allow (HLT wakes here)."""
-    apic = v.apic
-    v.vp.assist.retire_lazy_eoi()
-    v.m.poll_vcpu(v)
-    if v.idle and (apic.irr_vectors() or v.nmi_pending):
-        v.idle = False  # GUEST_IDLE wakes on any pending interrupt, even with IF = 0
+    interrupt_source.prepare(v)
     v.nmi_window = v.nmi_pending and nmi_blocked(v)  # held until IRET: the run loop runs block by block
     if v.nmi_pending and not v.nmi_window:  # NMI: not maskable by IF or TPR (SDM §6.7)
         v.nmi_pending = False
@@ -219,33 +216,15 @@ def inject_pending(v: Vcpu) -> bool:
         if enter(v, 2, None, rip):
             if (h := hidden_flags(v)) is not None:
                 h.set_hflags2(HF2_NMI, True)  # blocked until the handler's IRET (SDM vol. 3 §6.7.1)
-            v.stats.interrupts_delivered += 1
-            v.stats.events["nmi"] += 1
-            if v.m.tracer is not None:
-                v.m.tracer.interrupt(v, 2, "nmi")
+            interrupt_source.delivered(v, 2, "nmi")
         return True
-    platform = v.m.platform if v.index == 0 else None
-    extint = platform is not None and platform.extint_pending()  # the 8259A first, as KVM does
-    vector = None if extint else apic.pending_vector()
-    if vector is None and not extint:
-        return False
-    if not interruptible(v):
+    if (source := interrupt_source.pending(v)) is None or not interruptible(v):
         return False
     v.window_open_at = None
-    if platform is not None and extint:  # ExtINT via LINT0 (SDM §10.5.1): the vector is the 8259A's INTA answer
-        vector = platform.extint_ack()
-    else:
-        assert vector is not None
-        apic.acknowledge()
-        if v.vp.synic.is_auto_eoi(vector):  # SINTx AutoEOI: out of service at delivery (TLFS; KVM)
-            apic.auto_eoi(vector)
-        else:
-            v.vp.assist.on_inject(vector)
+    extint, _ = source
+    vector = interrupt_source.acknowledge(v, *source)
     rip = v.rip_flags.read()[0]
     v.halted = False
     if enter(v, vector, None, rip):
-        v.stats.interrupts_delivered += 1
-        if v.m.tracer is not None:
-            v.m.tracer.interrupt(v, vector, "extint" if extint else "apic",
-                                 auto_eoi=not extint and v.vp.synic.is_auto_eoi(vector))
+        interrupt_source.delivered(v, vector, "extint" if extint else "apic")
     return True
